@@ -1,1 +1,350 @@
-//! placeholder
+//! The compression engine: batches of compress/decompress jobs run on queue pairs, modelled on an
+//! accelerator's DMA queues (see docs/ENGINE.md).
+//!
+//! - Memory: a submitter takes each job's input and output from a fixed-size [`BufferPool`] before it
+//!   submits, and waits when the pool is exhausted. That bounds the memory in flight.
+//! - Queues: each queue is a bounded ring of job slots served by one worker thread owning one codec
+//!   stream. [`Engine::try_submit`] says how many jobs a queue accepted (a short count is
+//!   backpressure); [`Engine::submit`] spreads jobs over the queues and waits while all are full.
+//! - Completions: each job's callback runs on its queue's worker thread with a [`Completion`] holding
+//!   the result and both buffers. Workers never wait for memory, so every accepted job completes.
+//! - Backends: [`Backend`] opens one [`Codec`] per queue. [`SoftwareBackend`] is libdeflate.
+
+pub mod backend;
+pub mod fault;
+mod job;
+pub mod pool;
+mod queue;
+pub mod software;
+mod stored;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use parking_lot::{Mutex, RwLock};
+
+pub use backend::{Backend, Codec, CodecError};
+pub use job::{Completion, CompletionCallback, Done, EngineError, Job, Op, Ticket};
+pub use pool::{BufferPool, PoolBuf, PoolError};
+pub use software::SoftwareBackend;
+pub use stored::stored_stream_len;
+
+use queue::{Offer, QueueCounters, QueuePair, SlotSignal};
+
+/// How to build an [`Engine`].
+#[derive(Clone)]
+pub struct EngineConfig {
+    /// Number of queue pairs, each with its own worker thread and codec stream (at least 1).
+    pub queues: usize,
+    /// Slots in each queue's ring: jobs accepted but not yet picked up by the worker (at least 1).
+    pub queue_depth: usize,
+    /// Where the codecs come from.
+    pub backend: Arc<dyn Backend>,
+}
+
+/// Counters of one queue since the engine started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Jobs completed, successfully or not.
+    pub jobs_completed: u64,
+    /// Jobs completed with an error.
+    pub jobs_failed: u64,
+    /// Bytes consumed by successful jobs (compress: input; decompress: stream).
+    pub bytes_in: u64,
+    /// Bytes produced by successful jobs (compress: stream; decompress: output).
+    pub bytes_out: u64,
+    /// Jobs accepted and not yet completed, right now.
+    pub occupancy: usize,
+    /// Largest occupancy seen: at most `queue_depth + 1` (full ring plus the job being run).
+    pub max_occupancy: usize,
+}
+
+/// A snapshot of the engine's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    pub backend: String,
+    /// One entry per queue, by queue index.
+    pub queues: Vec<QueueStats>,
+}
+
+impl EngineStats {
+    /// Jobs completed over all queues.
+    pub fn jobs_completed(&self) -> u64 {
+        self.queues.iter().map(|q| q.jobs_completed).sum()
+    }
+    /// Failed jobs over all queues.
+    pub fn jobs_failed(&self) -> u64 {
+        self.queues.iter().map(|q| q.jobs_failed).sum()
+    }
+    /// Bytes consumed over all queues.
+    pub fn bytes_in(&self) -> u64 {
+        self.queues.iter().map(|q| q.bytes_in).sum()
+    }
+    /// Bytes produced over all queues.
+    pub fn bytes_out(&self) -> u64 {
+        self.queues.iter().map(|q| q.bytes_out).sum()
+    }
+    /// Largest occupancy seen on any queue.
+    pub fn max_occupancy(&self) -> usize {
+        self.queues
+            .iter()
+            .map(|q| q.max_occupancy)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// A set of queue pairs over one backend. Dropping the last `Arc` shuts it down (draining).
+pub struct Engine {
+    backend_name: String,
+    /// Submit sides, by queue index; emptied by [`Engine::shutdown`], which closes the rings.
+    queues: RwLock<Vec<QueuePair>>,
+    counters: Vec<Arc<QueueCounters>>,
+    slots: Arc<SlotSignal>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+    /// Rotates the starting queue of the least-loaded search so ties spread round-robin.
+    next_queue: AtomicUsize,
+}
+
+impl Engine {
+    /// Opens one codec per queue and starts the workers ("dfs-queue-N").
+    pub fn new(cfg: EngineConfig) -> Result<Arc<Engine>, EngineError> {
+        if cfg.queues == 0 {
+            return Err(EngineError::InvalidConfig(
+                "queues must be at least 1".into(),
+            ));
+        }
+        if cfg.queue_depth == 0 {
+            return Err(EngineError::InvalidConfig(
+                "queue_depth must be at least 1".into(),
+            ));
+        }
+        let slots = Arc::new(SlotSignal::default());
+        let mut pairs = Vec::with_capacity(cfg.queues);
+        let mut counters = Vec::with_capacity(cfg.queues);
+        let mut workers = Vec::with_capacity(cfg.queues);
+        for index in 0..cfg.queues {
+            match queue::start_queue(
+                index,
+                cfg.queue_depth,
+                Arc::clone(&cfg.backend),
+                Arc::clone(&slots),
+            ) {
+                Ok((pair, c, handle)) => {
+                    pairs.push(pair);
+                    counters.push(c);
+                    workers.push(handle);
+                }
+                Err(e) => {
+                    drop(pairs); // closes the rings: started workers exit
+                    for handle in workers {
+                        let _ = handle.join();
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(Arc::new(Engine {
+            backend_name: cfg.backend.name(),
+            queues: RwLock::new(pairs),
+            counters,
+            slots,
+            workers: Mutex::new(workers),
+            next_queue: AtomicUsize::new(0),
+        }))
+    }
+
+    /// Number of queue pairs.
+    pub fn queue_count(&self) -> usize {
+        self.counters.len()
+    }
+
+    /// The backend's name ("sw" for libdeflate).
+    pub fn backend_name(&self) -> String {
+        self.backend_name.clone()
+    }
+
+    /// Offers jobs from the front of `jobs` to queue `queue` until its ring is full; returns how many
+    /// were accepted (they are removed from `jobs`, the rest stay in order). Never blocks, so it may
+    /// be called from a completion callback.
+    ///
+    /// After [`Engine::shutdown`], all jobs are "accepted" and completed at once, on this thread,
+    /// with [`EngineError::Shutdown`].
+    ///
+    /// # Panics
+    /// If `queue >= self.queue_count()`.
+    pub fn try_submit(&self, queue: usize, jobs: &mut Vec<Job>) -> usize {
+        assert!(
+            queue < self.queue_count(),
+            "queue {queue} out of range (engine has {})",
+            self.queue_count()
+        );
+        let mut accepted = 0;
+        let mut refused = Vec::new();
+        {
+            let queues = self.queues.read();
+            let mut offered = std::mem::take(jobs).into_iter();
+            match queues.get(queue) {
+                Some(pair) => {
+                    for job in offered.by_ref() {
+                        match pair.offer(job) {
+                            Offer::Accepted => accepted += 1,
+                            Offer::Full(job) => {
+                                jobs.push(job);
+                                break;
+                            }
+                            Offer::Closed(job) => {
+                                refused.push(job);
+                                accepted += 1;
+                            }
+                        }
+                    }
+                    jobs.extend(offered);
+                }
+                None => {
+                    accepted = offered.len();
+                    refused.extend(offered);
+                }
+            }
+        }
+        complete_refused(refused);
+        accepted
+    }
+
+    /// Submits all `jobs`, spreading them over the queues (each to the least occupied queue), and
+    /// waits while every queue is full. Must not be called from a completion callback.
+    ///
+    /// After [`Engine::shutdown`], the remaining jobs complete at once, on this thread, with
+    /// [`EngineError::Shutdown`].
+    pub fn submit(&self, jobs: Vec<Job>) {
+        for job in jobs {
+            self.submit_one(job);
+        }
+    }
+
+    /// Submits one job whose completion fills the returned [`Ticket`]; waits while every queue is full.
+    pub fn submit_with_ticket(&self, op: Op, input: PoolBuf, output: PoolBuf) -> Ticket {
+        let (job, ticket) = Job::with_ticket(op, input, output);
+        self.submit_one(job);
+        ticket
+    }
+
+    fn submit_one(&self, mut job: Job) {
+        loop {
+            job = match self.offer_anywhere(job) {
+                Ok(()) => return,
+                Err(job) => job,
+            };
+            // Every ring was full: register as a waiter, re-check (a slot may have freed before we
+            // registered), then sleep until a worker frees one.
+            let guard = self.slots.prepare();
+            job = match self.offer_anywhere(job) {
+                Ok(()) => {
+                    self.slots.cancel(guard);
+                    return;
+                }
+                Err(job) => job,
+            };
+            self.slots.wait(guard);
+        }
+    }
+
+    /// Offers `job` to the least occupied queue, then to the others; gives it back if all are full.
+    /// Completes it with [`EngineError::Shutdown`] if the engine is shut down.
+    fn offer_anywhere(&self, job: Job) -> Result<(), Job> {
+        let refused = {
+            let queues = self.queues.read();
+            let n = queues.len();
+            if n == 0 {
+                job
+            } else {
+                let start = self.next_queue.fetch_add(1, Ordering::Relaxed) % n;
+                let mut best = start;
+                let mut best_occupancy = usize::MAX;
+                for i in 0..n {
+                    let q = (start + i) % n;
+                    let occupancy = queues[q].occupancy();
+                    if occupancy < best_occupancy {
+                        best = q;
+                        best_occupancy = occupancy;
+                        if occupancy == 0 {
+                            break;
+                        }
+                    }
+                }
+                let mut job = job;
+                let mut i = 0;
+                loop {
+                    match queues[(best + i) % n].offer(job) {
+                        Offer::Accepted => return Ok(()),
+                        Offer::Closed(j) => break j,
+                        Offer::Full(j) if i + 1 == n => return Err(j),
+                        Offer::Full(j) => job = j,
+                    }
+                    i += 1;
+                }
+            }
+        };
+        complete_refused(vec![refused]);
+        Ok(())
+    }
+
+    /// Stops accepting jobs, lets the workers finish every job already accepted, and joins them.
+    /// Later submits complete with [`EngineError::Shutdown`]. Idempotent. Called from a completion
+    /// callback it cannot join the calling worker, which then exits after its current job.
+    pub fn shutdown(&self) {
+        let pairs = std::mem::take(&mut *self.queues.write());
+        drop(pairs); // closes the rings; workers drain what was accepted, then exit
+        {
+            let _guard = self.slots.prepare();
+            // Waiting submitters re-check and find the engine shut down.
+        }
+        let me = std::thread::current().id();
+        let workers = std::mem::take(&mut *self.workers.lock());
+        for handle in workers {
+            if handle.thread().id() == me {
+                continue;
+            }
+            if handle.join().is_err() {
+                log::error!("an engine queue worker panicked outside a job");
+            }
+        }
+    }
+
+    /// A snapshot of the per-queue counters.
+    pub fn stats(&self) -> EngineStats {
+        EngineStats {
+            backend: self.backend_name.clone(),
+            queues: self
+                .counters
+                .iter()
+                .map(|c| QueueStats {
+                    jobs_completed: c.jobs_completed.load(Ordering::Relaxed),
+                    jobs_failed: c.jobs_failed.load(Ordering::Relaxed),
+                    bytes_in: c.bytes_in.load(Ordering::Relaxed),
+                    bytes_out: c.bytes_out.load(Ordering::Relaxed),
+                    occupancy: c.occupancy.load(Ordering::Relaxed),
+                    max_occupancy: c.max_occupancy.load(Ordering::Relaxed),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Completes jobs the engine did not run, on the calling thread.
+fn complete_refused(jobs: Vec<Job>) {
+    for job in jobs {
+        (job.on_complete)(Completion {
+            result: Err(EngineError::Shutdown),
+            input: job.input,
+            output: job.output,
+        });
+    }
+}

@@ -1,0 +1,353 @@
+//! Queue pairs: a bounded ring of job slots feeding one worker thread that owns one codec stream.
+
+use std::any::Any;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use parking_lot::{Condvar, Mutex, MutexGuard};
+
+use super::backend::{Backend, Codec, CodecError};
+use super::job::{Completion, Done, EngineError, Job, Op};
+use super::stored::{read_stored, stored_stream_len, write_stored};
+
+/// Counters of one queue, shared by its submitters and its worker. Aligned to keep queues' counters
+/// off each other's cache lines.
+#[repr(align(128))]
+#[derive(Default)]
+pub(super) struct QueueCounters {
+    /// Jobs accepted and not yet completed (waiting in the ring or being run).
+    pub occupancy: AtomicUsize,
+    pub max_occupancy: AtomicUsize,
+    pub jobs_completed: AtomicU64,
+    pub jobs_failed: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+}
+
+/// The submit side of a queue pair.
+pub(super) struct QueuePair {
+    tx: Sender<Job>,
+    counters: Arc<QueueCounters>,
+}
+
+/// Outcome of offering one job to a queue.
+pub(super) enum Offer {
+    Accepted,
+    Full(Job),
+    /// The worker is gone (it only exits once its ring is closed, so this means shutdown).
+    Closed(Job),
+}
+
+impl QueuePair {
+    /// Puts `job` in a free slot of the ring, if there is one. Never blocks.
+    pub fn offer(&self, job: Job) -> Offer {
+        // Counted before the send so the worker's decrement can never come first.
+        let occupancy = self.counters.occupancy.fetch_add(1, Ordering::Relaxed) + 1;
+        match self.tx.try_send(job) {
+            Ok(()) => {
+                self.counters
+                    .max_occupancy
+                    .fetch_max(occupancy, Ordering::Relaxed);
+                Offer::Accepted
+            }
+            Err(err) => {
+                self.counters.occupancy.fetch_sub(1, Ordering::Relaxed);
+                match err {
+                    TrySendError::Full(job) => Offer::Full(job),
+                    TrySendError::Disconnected(job) => Offer::Closed(job),
+                }
+            }
+        }
+    }
+
+    pub fn occupancy(&self) -> usize {
+        self.counters.occupancy.load(Ordering::Relaxed)
+    }
+}
+
+/// Wakes submitters waiting for a free slot in any queue. Workers only touch the lock when someone
+/// is waiting, so the common path costs one atomic load per job.
+#[derive(Default)]
+pub(super) struct SlotSignal {
+    waiters: AtomicUsize,
+    lock: Mutex<()>,
+    cond: Condvar,
+}
+
+impl SlotSignal {
+    /// Registers a waiter; hold the guard while re-checking for space, then pass it to `wait`.
+    pub fn prepare(&self) -> MutexGuard<'_, ()> {
+        let guard = self.lock.lock();
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        guard
+    }
+
+    /// Waits for a slot to free up (or a short timeout, as a safety net), then unregisters.
+    pub fn wait(&self, mut guard: MutexGuard<'_, ()>) {
+        self.cond.wait_for(&mut guard, Duration::from_millis(50));
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Unregisters without waiting.
+    pub fn cancel(&self, guard: MutexGuard<'_, ()>) {
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+        drop(guard);
+    }
+
+    /// Called after a slot was freed. A waiter registered before our load is woken; one registered
+    /// after it re-checks under the lock and sees the freed slot.
+    pub fn notify(&self) {
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            let _guard = self.lock.lock();
+            self.cond.notify_all();
+        }
+    }
+}
+
+/// Creates queue `index` with `depth` slots and starts its worker, named "dfs-queue-N".
+pub(super) fn start_queue(
+    index: usize,
+    depth: usize,
+    backend: Arc<dyn Backend>,
+    slots: Arc<SlotSignal>,
+) -> Result<(QueuePair, Arc<QueueCounters>, JoinHandle<()>), EngineError> {
+    let codec = backend.open_queue()?;
+    let (tx, rx) = crossbeam_channel::bounded(depth);
+    let counters = Arc::new(QueueCounters::default());
+    let worker = Worker {
+        index,
+        rx,
+        codec,
+        backend,
+        counters: Arc::clone(&counters),
+        slots,
+    };
+    let handle = std::thread::Builder::new()
+        .name(format!("dfs-queue-{index}"))
+        .spawn(move || worker.run())
+        .map_err(EngineError::Spawn)?;
+    let pair = QueuePair {
+        tx,
+        counters: Arc::clone(&counters),
+    };
+    Ok((pair, counters, handle))
+}
+
+struct Worker {
+    index: usize,
+    rx: Receiver<Job>,
+    codec: Box<dyn Codec>,
+    backend: Arc<dyn Backend>,
+    counters: Arc<QueueCounters>,
+    slots: Arc<SlotSignal>,
+}
+
+impl Worker {
+    /// Runs jobs until the ring is closed and empty (shutdown drains).
+    fn run(mut self) {
+        while let Ok(job) = self.rx.recv() {
+            self.slots.notify();
+            self.run_job(job);
+        }
+        log::debug!("queue {} worker exits", self.index);
+    }
+
+    fn run_job(&mut self, job: Job) {
+        let Job {
+            op,
+            input,
+            mut output,
+            on_complete,
+        } = job;
+        let codec = &mut self.codec;
+        let result = match catch_unwind(AssertUnwindSafe(|| {
+            execute(codec.as_mut(), &op, &input, &mut output)
+        })) {
+            Ok(result) => result,
+            Err(payload) => {
+                let msg = panic_message(payload.as_ref());
+                log::error!(
+                    "queue {}: codec panicked running {op:?}: {msg}; reopening the codec",
+                    self.index
+                );
+                // The codec may be left inconsistent by the unwind: replace it.
+                match self.backend.open_queue() {
+                    Ok(fresh) => self.codec = fresh,
+                    Err(e) => log::error!(
+                        "queue {}: cannot reopen codec ({e}); keeping the old one",
+                        self.index
+                    ),
+                }
+                Err(EngineError::Codec(CodecError::Panicked(msg)))
+            }
+        };
+
+        let c = &self.counters;
+        match &result {
+            Ok(done) => {
+                let (bytes_in, bytes_out) = match &op {
+                    Op::Compress { .. } => (input.len(), done.len),
+                    Op::Decompress { stream, .. } => (stream.len(), done.len),
+                };
+                c.bytes_in.fetch_add(bytes_in as u64, Ordering::Relaxed);
+                c.bytes_out.fetch_add(bytes_out as u64, Ordering::Relaxed);
+            }
+            Err(_) => {
+                c.jobs_failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        c.jobs_completed.fetch_add(1, Ordering::Relaxed);
+        c.occupancy.fetch_sub(1, Ordering::Relaxed);
+
+        let completion = Completion {
+            result,
+            input,
+            output,
+        };
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(move || on_complete(completion))) {
+            log::error!(
+                "queue {}: completion callback panicked: {}",
+                self.index,
+                panic_message(payload.as_ref())
+            );
+        }
+    }
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_string()
+    }
+}
+
+/// Runs one operation with `codec`. Allocates only to describe an error.
+pub(super) fn execute(
+    codec: &mut dyn Codec,
+    op: &Op,
+    input: &[u8],
+    output: &mut [u8],
+) -> Result<Done, EngineError> {
+    match *op {
+        Op::Compress {
+            level,
+            headroom,
+            tailroom,
+        } => compress(codec, level, headroom, tailroom, input, output),
+        Op::Decompress {
+            ref stream,
+            expected_crc,
+            stored,
+        } => {
+            let Some(src) = input.get(stream.clone()) else {
+                return Err(EngineError::InvalidJob(format!(
+                    "stream range {stream:?} outside the {}-byte input",
+                    input.len()
+                )));
+            };
+            decompress(codec, src, expected_crc, stored, output)
+        }
+    }
+}
+
+fn compress(
+    codec: &mut dyn Codec,
+    level: u32,
+    headroom: usize,
+    tailroom: usize,
+    input: &[u8],
+    output: &mut [u8],
+) -> Result<Done, EngineError> {
+    let out_len = output.len();
+    let region = match out_len.checked_sub(tailroom) {
+        Some(end) if end >= headroom => &mut output[headroom..end],
+        _ => {
+            return Err(EngineError::InvalidJob(format!(
+                "headroom {headroom} + tailroom {tailroom} exceed the {out_len}-byte output"
+            )))
+        }
+    };
+    let crc32 = libdeflater::crc32(input);
+    if level > 0 {
+        // One byte less than stored blocks would take: a stream that does not beat them "does not
+        // fit", and the codec may give up early.
+        let limit = region.len().min(stored_stream_len(input.len()) - 1);
+        match codec.deflate(level, input, &mut region[..limit]) {
+            Ok(len) if len <= limit => {
+                return Ok(Done {
+                    len,
+                    crc32,
+                    stored: false,
+                    level: u8::try_from(level).unwrap_or(u8::MAX),
+                    window_log2: codec.window_log2(),
+                })
+            }
+            Ok(len) => {
+                return Err(EngineError::Codec(CodecError::Failed(format!(
+                    "codec reported {len} bytes written into a {limit}-byte buffer"
+                ))))
+            }
+            Err(CodecError::NoSpace) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    match write_stored(input, region) {
+        Some(len) => Ok(Done {
+            len,
+            crc32,
+            stored: true,
+            level: 0,
+            window_log2: 0,
+        }),
+        None => Err(EngineError::Codec(CodecError::NoSpace)),
+    }
+}
+
+fn decompress(
+    codec: &mut dyn Codec,
+    src: &[u8],
+    expected_crc: u32,
+    stored: bool,
+    output: &mut [u8],
+) -> Result<Done, EngineError> {
+    let expected_len = output.len();
+    if stored {
+        read_stored(src, output).map_err(EngineError::Corrupt)?;
+    } else {
+        match codec.inflate(src, output) {
+            Ok(n) if n == expected_len => {}
+            Ok(n) => {
+                return Err(EngineError::Corrupt(format!(
+                    "deflate stream decodes to {n} bytes, expected {expected_len}"
+                )))
+            }
+            Err(CodecError::Corrupt) => {
+                return Err(EngineError::Corrupt(format!(
+                    "{}-byte deflate stream is invalid or does not decode to exactly {expected_len} bytes",
+                    src.len()
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let crc32 = libdeflater::crc32(output);
+    if crc32 != expected_crc {
+        return Err(EngineError::Corrupt(format!(
+            "crc32 of the {expected_len} decompressed bytes is {crc32:08x}, expected {expected_crc:08x}"
+        )));
+    }
+    Ok(Done {
+        len: expected_len,
+        crc32,
+        stored,
+        level: 0,
+        window_log2: if stored { 0 } else { codec.window_log2() },
+    })
+}
