@@ -1,1 +1,85 @@
-//! placeholder
+//! The backing-file format: containers of RFC 1952 gzip members (docs/FORMAT.md, version 1).
+//!
+//! Layout of this module:
+//! - [`record`]: the fixed records (member framing, header, index entries, index members, commits);
+//! - [`member`]: data member helpers (framing, stored blocks, validation, decoding);
+//! - [`index`]: the in-memory chunk index and its replay rules;
+//! - [`file`]: [`Container`], one open container file (recovery, appends, commits, compaction).
+//!
+//! Parsing never panics, never loops forever and never allocates more than the file length
+//! justifies, whatever the input bytes are: every length and count read from a file is validated
+//! before it is used, and every error names what was wrong and at which container offset.
+
+pub mod file;
+pub mod index;
+pub mod member;
+pub mod record;
+
+pub use file::Container;
+pub use index::ChunkIndex;
+pub use member::{
+    build_deflate_member, build_stored_member, data_member_header, decode_piece,
+    decode_stored_blocks, encode_stored_blocks, member_trailer, parse_data_member,
+    stored_stream_len,
+};
+pub use record::{
+    header_member, index_member_len, CommitRecord, IndexEntry, PieceKind, FORMAT_VERSION, MAGIC,
+};
+
+/// Length of the header member: 16 framing + 20 payload + 2 (`03 00`) + 8 trailer.
+pub const HEADER_MEMBER_LEN: usize = 46;
+/// Length of a commit member: 16 framing + 68 payload + 2 (`03 00`) + 8 trailer.
+pub const COMMIT_MEMBER_LEN: usize = 94;
+/// Length of a data member's header: 16 framing + 16 payload.
+pub const DATA_HEADER_LEN: usize = 32;
+/// Length of every member's trailer (CRC32, ISIZE).
+pub const MEMBER_TRAILER_LEN: usize = 8;
+/// Length of an encoded index entry.
+pub const INDEX_ENTRY_LEN: usize = 64;
+/// Maximum number of entries in one index member.
+pub const MAX_INDEX_ENTRIES_PER_MEMBER: usize = 1000;
+/// Smallest chunk size (log2): 4 KiB.
+pub const MIN_CHUNK_LOG2: u8 = 12;
+/// Largest chunk size (log2): 4 MiB.
+pub const MAX_CHUNK_LOG2: u8 = 22;
+/// Compaction is only considered for containers at least this long.
+pub const COMPACTION_MIN_LEN: u64 = 1 << 20;
+/// Checkpoint policy: a checkpoint is written after this many delta commits, and when the
+/// entries written since the last checkpoint exceed `max(live entries, CHECKPOINT_MIN_ENTRIES)`.
+pub const CHECKPOINT_MAX_DELTAS: u64 = 1024;
+/// See [`CHECKPOINT_MAX_DELTAS`].
+pub const CHECKPOINT_MIN_ENTRIES: u64 = 1024;
+
+/// Errors of the container layer.
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("corrupt container: {what} (at offset {offset})")]
+    Corrupt { what: String, offset: u64 },
+    #[error("unsupported container format version {0}")]
+    UnsupportedVersion(u16),
+    #[error("not a deflatefs container")]
+    NotAContainer,
+}
+
+impl ContainerError {
+    /// The errno to report to the kernel: the OS error for I/O errors, else EIO.
+    pub fn errno(&self) -> i32 {
+        match self {
+            ContainerError::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
+            _ => libc::EIO,
+        }
+    }
+}
+
+/// Result type of the container layer.
+pub type Result<T> = std::result::Result<T, ContainerError>;
+
+/// Shorthand for a [`ContainerError::Corrupt`].
+pub(crate) fn corrupt(what: impl Into<String>, offset: u64) -> ContainerError {
+    ContainerError::Corrupt {
+        what: what.into(),
+        offset,
+    }
+}

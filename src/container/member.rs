@@ -1,0 +1,448 @@
+//! Data member helpers: framing, deflate stored blocks, validation and decoding of pieces.
+
+use std::ops::Range;
+
+use super::record::{
+    check_framing, framing, u32_at, u64_at, DATA_PAYLOAD_LEN, FRAMING_LEN, RECORD_DATA,
+};
+use super::{corrupt, IndexEntry, PieceKind, Result, DATA_HEADER_LEN, MEMBER_TRAILER_LEN};
+
+/// Largest payload of one deflate stored block.
+pub const MAX_STORED_BLOCK: usize = 65535;
+/// Bytes of framing per stored block (1 header byte, LEN, NLEN).
+pub const STORED_BLOCK_OVERHEAD: usize = 5;
+
+/// Data member payload flag: the piece replaces all earlier pieces of its chunk.
+pub const DATA_FLAG_RESET: u32 = 1;
+/// Data member payload flag: the deflate stream consists of stored blocks only.
+pub const DATA_FLAG_STORED: u32 = 2;
+
+/// Smallest possible data member: header, a 2-byte deflate stream, trailer.
+pub const MIN_DATA_MEMBER_LEN: usize = DATA_HEADER_LEN + 2 + MEMBER_TRAILER_LEN;
+
+/// The 32 bytes that start a data member: framing and the 16-byte payload.
+pub fn data_member_header(logical_offset: u64, reset: bool, stored: bool) -> [u8; DATA_HEADER_LEN] {
+    let mut h = [0u8; DATA_HEADER_LEN];
+    h[..FRAMING_LEN].copy_from_slice(&framing(RECORD_DATA, DATA_PAYLOAD_LEN));
+    let p = &mut h[FRAMING_LEN..];
+    p[0..8].copy_from_slice(&logical_offset.to_le_bytes());
+    let flags = if reset { DATA_FLAG_RESET } else { 0 } | if stored { DATA_FLAG_STORED } else { 0 };
+    p[8..12].copy_from_slice(&flags.to_le_bytes());
+    let crc = libdeflater::crc32(&p[..12]);
+    p[12..16].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// The 8-byte gzip member trailer: CRC32 and ISIZE.
+pub fn member_trailer(crc32: u32, len: u32) -> [u8; MEMBER_TRAILER_LEN] {
+    let mut t = [0u8; MEMBER_TRAILER_LEN];
+    t[..4].copy_from_slice(&crc32.to_le_bytes());
+    t[4..].copy_from_slice(&len.to_le_bytes());
+    t
+}
+
+/// Bytes of deflate stored blocks needed for `n` bytes of data (`n == 0`: one empty final
+/// stored block, 5 bytes).
+pub fn stored_stream_len(n: usize) -> usize {
+    let blocks = n.div_ceil(MAX_STORED_BLOCK).max(1);
+    n + blocks * STORED_BLOCK_OVERHEAD
+}
+
+/// Writes `data` as deflate stored blocks (the last one final) into `out`; returns the length.
+///
+/// Panics if `out` is shorter than [`stored_stream_len`]`(data.len())`.
+pub fn encode_stored_blocks(data: &[u8], out: &mut [u8]) -> usize {
+    let need = stored_stream_len(data.len());
+    assert!(
+        out.len() >= need,
+        "encode_stored_blocks: output buffer too small"
+    );
+    let mut pos = 0;
+    let mut rest = data;
+    loop {
+        let n = rest.len().min(MAX_STORED_BLOCK);
+        let last = n == rest.len();
+        out[pos] = last as u8; // BFINAL, BTYPE 00, padding 0
+        out[pos + 1..pos + 3].copy_from_slice(&(n as u16).to_le_bytes());
+        out[pos + 3..pos + 5].copy_from_slice(&(!(n as u16)).to_le_bytes());
+        out[pos + 5..pos + 5 + n].copy_from_slice(&rest[..n]);
+        pos += STORED_BLOCK_OVERHEAD + n;
+        rest = &rest[n..];
+        if last {
+            break;
+        }
+    }
+    debug_assert_eq!(pos, need);
+    pos
+}
+
+/// Copies the data of a deflate stream made only of stored blocks into `out`; returns the number
+/// of bytes copied. Validates the block types, LEN/NLEN, that the last block is final, that
+/// nothing follows it and that the data fits in `out`. Error offsets are relative to `stream`.
+pub fn decode_stored_blocks(stream: &[u8], out: &mut [u8]) -> Result<usize> {
+    let mut pos = 0usize;
+    let mut written = 0usize;
+    loop {
+        if stream.len() - pos < STORED_BLOCK_OVERHEAD {
+            return Err(corrupt(
+                "stored deflate stream ends inside a block header",
+                pos as u64,
+            ));
+        }
+        let hdr = stream[pos];
+        if (hdr >> 1) & 3 != 0 {
+            return Err(corrupt(
+                format!(
+                    "deflate block type {} in a stored-only stream",
+                    (hdr >> 1) & 3
+                ),
+                pos as u64,
+            ));
+        }
+        let len = u16::from_le_bytes([stream[pos + 1], stream[pos + 2]]);
+        let nlen = u16::from_le_bytes([stream[pos + 3], stream[pos + 4]]);
+        if len != !nlen {
+            return Err(corrupt(
+                format!("stored block LEN {len:#06x} and NLEN {nlen:#06x} disagree"),
+                pos as u64 + 1,
+            ));
+        }
+        let len = len as usize;
+        let data_start = pos + STORED_BLOCK_OVERHEAD;
+        if stream.len() - data_start < len {
+            return Err(corrupt(
+                "stored block extends past the end of the stream",
+                pos as u64,
+            ));
+        }
+        if out.len() - written < len {
+            return Err(corrupt(
+                "stored blocks hold more data than expected",
+                pos as u64,
+            ));
+        }
+        out[written..written + len].copy_from_slice(&stream[data_start..data_start + len]);
+        written += len;
+        pos = data_start + len;
+        if hdr & 1 != 0 {
+            if pos != stream.len() {
+                return Err(corrupt("bytes after the final stored block", pos as u64));
+            }
+            return Ok(written);
+        }
+    }
+}
+
+/// Validates a data member read back (`bytes.len() == entry.stored_len`): framing, subfield
+/// `D` `d`, payload crc32, payload logical offset == `entry.logical_offset`, payload flags agree
+/// with the entry (RESET, STORED == kind Stored), trailer CRC32 == `entry.crc32` and
+/// ISIZE == `entry.logical_len`. Returns the byte range of the deflate stream within `bytes`.
+/// Error offsets are container offsets (`entry.member_offset` + position).
+pub fn parse_data_member(bytes: &[u8], entry: &IndexEntry) -> Result<Range<usize>> {
+    let base = if entry.member_offset == u64::MAX {
+        0
+    } else {
+        entry.member_offset
+    };
+    let at = |rel: usize| base.saturating_add(rel as u64);
+    if entry.kind == PieceKind::Hole {
+        return Err(corrupt("a hole entry has no data member", at(0)));
+    }
+    if bytes.len() != entry.stored_len as usize {
+        return Err(corrupt(
+            format!(
+                "data member is {} bytes, index says {}",
+                bytes.len(),
+                entry.stored_len
+            ),
+            at(0),
+        ));
+    }
+    if bytes.len() < MIN_DATA_MEMBER_LEN {
+        return Err(corrupt(
+            format!("data member of {} bytes is too short", bytes.len()),
+            at(0),
+        ));
+    }
+    let len = check_framing(bytes, RECORD_DATA, at(0))?;
+    if len != DATA_PAYLOAD_LEN {
+        return Err(corrupt(
+            format!("data member payload length {len} (expected 16)"),
+            at(14),
+        ));
+    }
+    let p = &bytes[FRAMING_LEN..DATA_HEADER_LEN];
+    if libdeflater::crc32(&p[..12]) != u32_at(p, 12) {
+        return Err(corrupt("data member payload crc32 mismatch", at(28)));
+    }
+    let off = u64_at(p, 0);
+    if off != entry.logical_offset {
+        return Err(corrupt(
+            format!(
+                "data member holds logical offset {off}, index says {}",
+                entry.logical_offset
+            ),
+            at(16),
+        ));
+    }
+    let flags = u32_at(p, 8);
+    if flags & !(DATA_FLAG_RESET | DATA_FLAG_STORED) != 0 {
+        return Err(corrupt(
+            format!("unknown data member flags {flags:#x}"),
+            at(24),
+        ));
+    }
+    if (flags & DATA_FLAG_RESET != 0) != entry.reset
+        || (flags & DATA_FLAG_STORED != 0) != (entry.kind == PieceKind::Stored)
+    {
+        return Err(corrupt(
+            format!("data member flags {flags:#x} disagree with the index entry"),
+            at(24),
+        ));
+    }
+    let t = bytes.len() - MEMBER_TRAILER_LEN;
+    let crc = u32_at(bytes, t);
+    let isize = u32_at(bytes, t + 4);
+    if crc != entry.crc32 {
+        return Err(corrupt(
+            format!(
+                "data member CRC32 {crc:#010x}, index says {:#010x}",
+                entry.crc32
+            ),
+            at(t),
+        ));
+    }
+    if isize != entry.logical_len {
+        return Err(corrupt(
+            format!(
+                "data member ISIZE {isize}, index says {}",
+                entry.logical_len
+            ),
+            at(t + 4),
+        ));
+    }
+    Ok(DATA_HEADER_LEN..t)
+}
+
+/// Decodes the data member `bytes` of `entry` into `out` (`out.len() == entry.logical_len`):
+/// validates it with [`parse_data_member`], copies stored blocks or inflates, and checks the
+/// crc32 of the result.
+pub fn decode_piece(
+    bytes: &[u8],
+    entry: &IndexEntry,
+    decompressor: &mut libdeflater::Decompressor,
+    out: &mut [u8],
+) -> Result<()> {
+    let range = parse_data_member(bytes, entry)?;
+    let at = entry.member_offset.saturating_add(range.start as u64);
+    if out.len() != entry.logical_len as usize {
+        return Err(corrupt(
+            format!(
+                "output buffer of {} bytes for a piece of {}",
+                out.len(),
+                entry.logical_len
+            ),
+            at,
+        ));
+    }
+    let stream = &bytes[range];
+    let n = match entry.kind {
+        PieceKind::Stored => decode_stored_blocks(stream, out).map_err(|e| match e {
+            super::ContainerError::Corrupt { what, offset } => corrupt(what, at + offset),
+            other => other,
+        })?,
+        PieceKind::Deflate => decompressor
+            .deflate_decompress(stream, out)
+            .map_err(|e| corrupt(format!("inflate failed: {e}"), at))?,
+        PieceKind::Hole => unreachable!("parse_data_member rejects holes"),
+    };
+    if n != out.len() {
+        return Err(corrupt(
+            format!("piece decodes to {n} bytes, index says {}", out.len()),
+            at,
+        ));
+    }
+    if libdeflater::crc32(out) != entry.crc32 {
+        return Err(corrupt("piece crc32 mismatch after decoding", at));
+    }
+    Ok(())
+}
+
+fn entry_for(logical_offset: u64, reset: bool, data: &[u8], member_len: usize) -> IndexEntry {
+    IndexEntry {
+        logical_offset,
+        logical_len: data.len() as u32,
+        member_offset: u64::MAX,
+        stored_len: member_len as u32,
+        crc32: libdeflater::crc32(data),
+        kind: PieceKind::Stored,
+        reset,
+        level: 0,
+        window_log2: 0,
+        chaining_value: [0; 32],
+    }
+}
+
+/// Builds a complete stored data member for `data` (at most one chunk) and its index entry
+/// (`member_offset` is `u64::MAX` until the member is appended).
+pub fn build_stored_member(logical_offset: u64, reset: bool, data: &[u8]) -> (Vec<u8>, IndexEntry) {
+    assert!(data.len() <= u32::MAX as usize / 2);
+    let len = DATA_HEADER_LEN + stored_stream_len(data.len()) + MEMBER_TRAILER_LEN;
+    let mut m = vec![0u8; len];
+    m[..DATA_HEADER_LEN].copy_from_slice(&data_member_header(logical_offset, reset, true));
+    let n = encode_stored_blocks(data, &mut m[DATA_HEADER_LEN..]);
+    let e = entry_for(logical_offset, reset, data, len);
+    m[DATA_HEADER_LEN + n..].copy_from_slice(&member_trailer(e.crc32, e.logical_len));
+    (m, e)
+}
+
+/// Builds a complete deflate data member for `data` with `compressor` (created with `level`)
+/// and its index entry (`member_offset` is `u64::MAX` until the member is appended).
+pub fn build_deflate_member(
+    compressor: &mut libdeflater::Compressor,
+    level: u8,
+    logical_offset: u64,
+    reset: bool,
+    data: &[u8],
+) -> (Vec<u8>, IndexEntry) {
+    assert!(data.len() <= u32::MAX as usize / 2);
+    let bound = compressor.deflate_compress_bound(data.len()).max(2);
+    let mut m = vec![0u8; DATA_HEADER_LEN + bound + MEMBER_TRAILER_LEN];
+    m[..DATA_HEADER_LEN].copy_from_slice(&data_member_header(logical_offset, reset, false));
+    let n = compressor
+        .deflate_compress(data, &mut m[DATA_HEADER_LEN..DATA_HEADER_LEN + bound])
+        .expect("buffer sized with deflate_compress_bound");
+    let len = DATA_HEADER_LEN + n + MEMBER_TRAILER_LEN;
+    m.truncate(len);
+    let mut e = entry_for(logical_offset, reset, data, len);
+    e.kind = PieceKind::Deflate;
+    e.level = level;
+    e.window_log2 = 15;
+    m[DATA_HEADER_LEN + n..].copy_from_slice(&member_trailer(e.crc32, e.logical_len));
+    (m, e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_stream_len_counts_block_headers() {
+        assert_eq!(stored_stream_len(0), 5);
+        assert_eq!(stored_stream_len(1), 6);
+        assert_eq!(stored_stream_len(65535), 65540);
+        assert_eq!(stored_stream_len(65536), 65546);
+        assert_eq!(stored_stream_len(4 << 20), (4 << 20) + 5 * 65);
+    }
+
+    #[test]
+    fn stored_blocks_round_trip_at_block_boundaries() {
+        for n in [0usize, 1, 5, 65534, 65535, 65536, 131070, 131071, 200_000] {
+            let data: Vec<u8> = (0..n).map(|i| (i * 7 + i / 300) as u8).collect();
+            let mut s = vec![0u8; stored_stream_len(n)];
+            assert_eq!(encode_stored_blocks(&data, &mut s), s.len());
+            let mut out = vec![0u8; n];
+            assert_eq!(decode_stored_blocks(&s, &mut out).unwrap(), n);
+            assert_eq!(out, data);
+            // Standard inflate agrees.
+            let mut d = libdeflater::Decompressor::new();
+            let mut out2 = vec![0u8; n];
+            assert_eq!(d.deflate_decompress(&s, &mut out2).unwrap(), n);
+            assert_eq!(out2, data);
+        }
+    }
+
+    #[test]
+    fn decode_stored_blocks_rejects_garbage() {
+        let mut s = vec![0u8; stored_stream_len(10)];
+        encode_stored_blocks(b"0123456789", &mut s);
+        let mut out = [0u8; 10];
+        let mut bad = s.clone();
+        bad[3] ^= 1; // NLEN
+        assert!(decode_stored_blocks(&bad, &mut out).is_err());
+        let mut bad = s.clone();
+        bad[0] = 0; // not final: runs off the end
+        assert!(decode_stored_blocks(&bad, &mut out).is_err());
+        let mut bad = s.clone();
+        bad[0] = 3; // fixed huffman
+        assert!(decode_stored_blocks(&bad, &mut out).is_err());
+        let mut bad = s.clone();
+        bad.push(0);
+        assert!(decode_stored_blocks(&bad, &mut out).is_err());
+        assert!(decode_stored_blocks(&s[..9], &mut out).is_err());
+        assert!(decode_stored_blocks(&s, &mut out[..9]).is_err());
+        assert!(decode_stored_blocks(&[], &mut out).is_err());
+    }
+
+    #[test]
+    fn data_member_header_layout_matches_spec() {
+        let h = data_member_header(0x1000, true, true);
+        assert_eq!(
+            &h[..16],
+            &[0x1f, 0x8b, 8, 4, 0, 0, 0, 0, 0, 0xff, 20, 0, b'D', b'd', 16, 0]
+        );
+        assert_eq!(&h[16..24], &0x1000u64.to_le_bytes());
+        assert_eq!(&h[24..28], &3u32.to_le_bytes());
+        assert_eq!(&h[28..32], &libdeflater::crc32(&h[16..28]).to_le_bytes());
+        assert_eq!(member_trailer(0x01020304, 5), [4, 3, 2, 1, 5, 0, 0, 0]);
+    }
+
+    #[test]
+    fn stored_and_deflate_members_parse_and_decode() {
+        let data: Vec<u8> = b"hello world ".iter().cycle().take(5000).copied().collect();
+        let mut c = libdeflater::Compressor::new(libdeflater::CompressionLvl::new(6).unwrap());
+        let mut d = libdeflater::Decompressor::new();
+        for (m, mut e) in [
+            build_stored_member(8192, false, &data),
+            build_deflate_member(&mut c, 6, 8192, true, &data),
+        ] {
+            e.member_offset = 1000;
+            let r = parse_data_member(&m, &e).unwrap();
+            assert_eq!(r.start, DATA_HEADER_LEN);
+            assert_eq!(r.end, m.len() - 8);
+            let mut out = vec![0u8; data.len()];
+            decode_piece(&m, &e, &mut d, &mut out).unwrap();
+            assert_eq!(out, data);
+            // Each checked field is checked.
+            let mut e2 = e.clone();
+            e2.logical_offset += 1;
+            assert!(parse_data_member(&m, &e2).is_err());
+            let mut e2 = e.clone();
+            e2.crc32 ^= 1;
+            assert!(parse_data_member(&m, &e2).is_err());
+            let mut e2 = e.clone();
+            e2.logical_len += 1;
+            assert!(parse_data_member(&m, &e2).is_err());
+            let mut e2 = e.clone();
+            e2.reset = !e2.reset;
+            assert!(parse_data_member(&m, &e2).is_err());
+            assert!(parse_data_member(&m[1..], &e).is_err());
+            let mut m2 = m.clone();
+            m2[13] = b'i';
+            assert!(parse_data_member(&m2, &e).is_err());
+            let mut m2 = m.clone();
+            m2[20] ^= 1; // payload crc
+            assert!(parse_data_member(&m2, &e).is_err());
+            let mut m2 = m.clone();
+            let mid = m2.len() / 2;
+            m2[mid] ^= 0x55; // body: only decode_piece notices
+            assert!(decode_piece(&m2, &e, &mut d, &mut out).is_err());
+        }
+    }
+
+    #[test]
+    fn decode_piece_reports_container_offsets() {
+        let (m, mut e) = build_stored_member(0, true, b"abc");
+        e.member_offset = 4096;
+        let mut m2 = m.clone();
+        m2[DATA_HEADER_LEN + 1] ^= 0xff; // LEN
+        let mut d = libdeflater::Decompressor::new();
+        let mut out = [0u8; 3];
+        match decode_piece(&m2, &e, &mut d, &mut out) {
+            Err(crate::container::ContainerError::Corrupt { offset, .. }) => {
+                assert_eq!(offset, 4096 + DATA_HEADER_LEN as u64 + 1)
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
