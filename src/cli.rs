@@ -1,0 +1,87 @@
+//! The command line: `deflatefs mount ...` and the `deflatefs SOURCE MOUNTPOINT -o OPTS` form that
+//! mount.fuse3 runs for `mount -t fuse.deflatefs`.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::options::OPTION_HELP;
+
+/// deflatefs: a transparent-compression filesystem. Files written through the mount are stored in
+/// the source directory as chunked gzip (docs/FORMAT.md).
+#[derive(Debug, Parser)]
+#[command(name = "deflatefs", version, after_help = OPTION_HELP)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Mount SOURCE on MOUNTPOINT (they may be the same directory).
+    #[command(after_help = OPTION_HELP)]
+    Mount(MountArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct MountArgs {
+    /// Stay in the foreground and log to stderr.
+    #[arg(short, long)]
+    pub foreground: bool,
+    /// Mount options, comma-separated (may be repeated); see below.
+    #[arg(short = 'o', value_name = "OPT[,OPT...]")]
+    pub options: Vec<String>,
+    /// Directory holding the backing files.
+    pub source: PathBuf,
+    /// Where to mount.
+    pub mountpoint: PathBuf,
+}
+
+/// Parses argv, accepting `deflatefs SOURCE MOUNTPOINT [-o OPTS]` as `deflatefs mount ...`.
+pub fn parse_args(args: Vec<OsString>) -> Cli {
+    let known = ["mount", "help", "-h", "--help", "-V", "--version"];
+    let first_positional = args
+        .iter()
+        .skip(1)
+        .find(|a| !a.to_string_lossy().starts_with('-'));
+    let bare_form = match (args.get(1), first_positional) {
+        (Some(first), Some(p)) => {
+            let first = first.to_string_lossy();
+            !known.contains(&first.as_ref()) && !known.contains(&p.to_string_lossy().as_ref())
+        }
+        _ => false,
+    };
+    if bare_form {
+        let mut v = vec![args[0].clone(), OsString::from("mount")];
+        v.extend(args.into_iter().skip(1));
+        Cli::parse_from(v)
+    } else {
+        Cli::parse_from(args)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(v: &[&str]) -> Cli {
+        parse_args(v.iter().map(OsString::from).collect())
+    }
+
+    #[test]
+    fn bare_form_from_mount_fuse3_is_a_mount() {
+        let Command::Mount(m) = parse(&["deflatefs", "/src", "/mnt", "-o", "rw,chunk=64k"]).command;
+        assert_eq!(m.source, PathBuf::from("/src"));
+        assert_eq!(m.options, vec!["rw,chunk=64k"]);
+        assert!(!m.foreground);
+    }
+
+    #[test]
+    fn mount_subcommand_takes_foreground_and_options() {
+        let Command::Mount(m) =
+            parse(&["deflatefs", "mount", "-f", "-o", "ro", "/a", "/b"]).command;
+        assert!(m.foreground);
+        assert_eq!(m.mountpoint, PathBuf::from("/b"));
+    }
+}

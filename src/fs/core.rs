@@ -1,0 +1,806 @@
+//! The filesystem core: every operation of the mount, on backing descriptors, returning
+//! `FsResult`. It knows nothing of fuser; `fuse.rs` adapts the callbacks to these methods.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use super::cache::ChunkCache;
+use super::error::{errno, FsError, FsResult};
+use super::file::{ContainerFile, FileContext, OpenFile, PlainFile};
+use super::inode::{Format, InodeTable, Node, NodeKind, ROOT_ID};
+use super::sys;
+use crate::container::Container;
+use crate::engine::pool::BufferPool;
+use crate::engine::Engine;
+use crate::options::MountOptions;
+
+/// Names in the backing directory that belong to deflatefs itself and are never shown.
+pub const INTERNAL_PREFIX: &str = ".deflatefs-";
+
+/// Caller identity for operations that create files.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// One open file or directory handle.
+pub struct Handle {
+    pub node: Arc<Node>,
+    pub file: Option<Arc<OpenFile>>,
+    pub append: bool,
+    pub writable: bool,
+    /// Directory listing snapshot taken at opendir (offsets index into it).
+    pub entries: Mutex<Option<Vec<DirEntry>>>,
+}
+
+/// One directory entry as listed.
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    pub ino: u64,
+    pub kind: NodeKind,
+    pub name: OsString,
+}
+
+/// Changes requested by setattr.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeSpec>,
+    pub mtime: Option<TimeSpec>,
+}
+
+/// A time to set: now, or seconds and nanoseconds.
+#[derive(Debug, Clone, Copy)]
+pub enum TimeSpec {
+    Now,
+    At(i64, u32),
+}
+
+/// The mounted filesystem.
+pub struct DeflateFs {
+    pub opts: MountOptions,
+    inodes: InodeTable,
+    handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    next_handle: AtomicU64,
+    ctx: Arc<FileContext>,
+    shutting_down: AtomicBool,
+}
+
+fn time_to_timespec(t: Option<TimeSpec>) -> libc::timespec {
+    match t {
+        None => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        Some(TimeSpec::Now) => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
+        Some(TimeSpec::At(s, ns)) => libc::timespec {
+            tv_sec: s,
+            tv_nsec: ns as i64,
+        },
+    }
+}
+
+fn is_internal(name: &[u8]) -> bool {
+    name.starts_with(INTERNAL_PREFIX.as_bytes())
+}
+
+impl DeflateFs {
+    /// A filesystem over the source directory `root_fd` (opened before mounting).
+    pub fn new(root_fd: OwnedFd, opts: MountOptions, engine: Arc<Engine>) -> FsResult<DeflateFs> {
+        let st = sys::fstat(root_fd.as_raw_fd())?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            return errno(libc::ENOTDIR);
+        }
+        let ctx = Arc::new(FileContext {
+            engine: engine.clone(),
+            job_pool: BufferPool::new(opts.pool_bytes),
+            dirty_pool: BufferPool::new(opts.dirty_bytes),
+            cache: Arc::new(ChunkCache::new(opts.cache_bytes)),
+            level: opts.level,
+            readahead_chunks: (engine.queue_count() * 2).max(2),
+        });
+        Ok(DeflateFs {
+            opts,
+            inodes: InodeTable::new(root_fd, &st),
+            handles: Mutex::new(HashMap::new()),
+            next_handle: AtomicU64::new(1),
+            ctx,
+            shutting_down: AtomicBool::new(false),
+        })
+    }
+
+    fn node(&self, id: u64) -> FsResult<Arc<Node>> {
+        self.inodes
+            .get(id)
+            .ok_or_else(|| FsError::with_context(libc::ENOENT, format!("unknown node {id}")))
+    }
+
+    fn handle(&self, fh: u64) -> FsResult<Arc<Handle>> {
+        self.handles
+            .lock()
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::new(libc::EBADF))
+    }
+
+    fn check_writable(&self) -> FsResult<()> {
+        if self.opts.read_only {
+            errno(libc::EROFS)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn label(node: &Node) -> String {
+        format!("inode {}", node.ino)
+    }
+
+    /// Whether a regular file is a container; decided once per node.
+    fn format_of(&self, node: &Node) -> FsResult<Format> {
+        if let Some(f) = *node.format.lock() {
+            return Ok(f);
+        }
+        let file = sys::reopen(node.raw_fd(), libc::O_RDONLY)?;
+        let f = if Container::probe(&file)? {
+            Format::Container
+        } else {
+            Format::Plain
+        };
+        *node.format.lock() = Some(f);
+        Ok(f)
+    }
+
+    /// stat of a node with the logical size of containers and the real allocation in st_blocks.
+    pub fn stat_node(&self, node: &Node) -> FsResult<libc::stat> {
+        let mut st = sys::fstat(node.raw_fd())?;
+        st.st_ino = node.id;
+        if node.kind != NodeKind::Regular || st.st_size == 0 {
+            return Ok(st);
+        }
+        if let Some(open) = node.open.lock().clone() {
+            if let Some(size) = open.logical_size() {
+                st.st_size = size as i64;
+            }
+            return Ok(st);
+        }
+        if self.format_of(node)? == Format::Container {
+            let file = sys::reopen(node.raw_fd(), libc::O_RDONLY)?;
+            let size = Container::read_logical_size(&file).map_err(|e| {
+                let e = FsError::from(e);
+                tracing::error!("{}: cannot read its size: {}", Self::label(node), e);
+                e
+            })?;
+            st.st_size = size as i64;
+        }
+        Ok(st)
+    }
+
+    // ---- names ----
+
+    /// Looks a name up in a directory; registers one kernel lookup of the result.
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> FsResult<(Arc<Node>, libc::stat)> {
+        if is_internal(name.as_bytes()) {
+            return errno(libc::ENOENT);
+        }
+        let dir = self.node(parent)?;
+        let cname = sys::cstr(name)?;
+        let fd = sys::openat(dir.raw_fd(), &cname, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+        let st = sys::fstat(fd.as_raw_fd())?;
+        let node = self.inodes.insert_lookup(fd, &st);
+        match self.stat_node(&node) {
+            Ok(st) => Ok((node, st)),
+            Err(e) => {
+                self.inodes.forget(node.id, 1);
+                Err(e)
+            }
+        }
+    }
+
+    pub fn forget(&self, id: u64, n: u64) {
+        self.inodes.forget(id, n);
+    }
+
+    pub fn getattr(&self, id: u64) -> FsResult<libc::stat> {
+        let node = self.node(id)?;
+        self.stat_node(&node)
+    }
+
+    fn owner_for_new(&self, dir: &Node, caller: Caller) -> FsResult<(u32, u32)> {
+        let dst = sys::fstat(dir.raw_fd())?;
+        let gid = if dst.st_mode & libc::S_ISGID != 0 {
+            dst.st_gid
+        } else {
+            caller.gid
+        };
+        Ok((caller.uid, gid))
+    }
+
+    /// After creating `name` in `dir` as root, give it to the caller and look it up.
+    fn finish_create(
+        &self,
+        dir: &Node,
+        name: &OsStr,
+        caller: Caller,
+    ) -> FsResult<(Arc<Node>, libc::stat)> {
+        let cname = sys::cstr(name)?;
+        let (uid, gid) = self.owner_for_new(dir, caller)?;
+        if let Err(e) = sys::chown_at(dir.raw_fd(), &cname, uid, gid) {
+            let _ = sys::unlinkat(dir.raw_fd(), &cname, 0);
+            let _ = sys::unlinkat(dir.raw_fd(), &cname, libc::AT_REMOVEDIR);
+            return Err(e);
+        }
+        self.lookup(dir.id, name)
+    }
+
+    pub fn mkdir(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        caller: Caller,
+    ) -> FsResult<(Arc<Node>, libc::stat)> {
+        self.check_writable()?;
+        self.refuse_internal(name)?;
+        let dir = self.node(parent)?;
+        let cname = sys::cstr(name)?;
+        sys::mkdirat(dir.raw_fd(), &cname, mode & 0o7777)?;
+        self.finish_create(&dir, name, caller)
+    }
+
+    pub fn mknod(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        rdev: u64,
+        caller: Caller,
+    ) -> FsResult<(Arc<Node>, libc::stat)> {
+        self.check_writable()?;
+        self.refuse_internal(name)?;
+        let dir = self.node(parent)?;
+        let cname = sys::cstr(name)?;
+        if mode & libc::S_IFMT == libc::S_IFREG {
+            // A regular file made by mknod is a new file like any other: make it a container.
+            let fd = sys::openat(
+                dir.raw_fd(),
+                &cname,
+                libc::O_CREAT | libc::O_EXCL | libc::O_RDWR,
+                mode & 0o7777,
+            )?;
+            let file = std::fs::File::from(fd);
+            if let Err(e) = Container::create(file, self.opts.chunk_log2) {
+                let _ = sys::unlinkat(dir.raw_fd(), &cname, 0);
+                return Err(e.into());
+            }
+        } else {
+            sys::mknodat(dir.raw_fd(), &cname, mode, rdev)?;
+        }
+        self.finish_create(&dir, name, caller)
+    }
+
+    pub fn symlink(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        target: &OsStr,
+        caller: Caller,
+    ) -> FsResult<(Arc<Node>, libc::stat)> {
+        self.check_writable()?;
+        self.refuse_internal(name)?;
+        let dir = self.node(parent)?;
+        let cname = sys::cstr(name)?;
+        sys::symlinkat(&sys::cstr(target)?, dir.raw_fd(), &cname)?;
+        self.finish_create(&dir, name, caller)
+    }
+
+    pub fn readlink(&self, id: u64) -> FsResult<Vec<u8>> {
+        let node = self.node(id)?;
+        if node.kind != NodeKind::Symlink {
+            return errno(libc::EINVAL);
+        }
+        sys::readlink_fd(node.raw_fd())
+    }
+
+    fn refuse_internal(&self, name: &OsStr) -> FsResult<()> {
+        if is_internal(name.as_bytes()) {
+            // Reserved for deflatefs' own temporary files in the backing directory.
+            errno(libc::EPERM)
+        } else {
+            Ok(())
+        }
+    }
+
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> FsResult<()> {
+        self.check_writable()?;
+        self.refuse_internal(name)?;
+        let dir = self.node(parent)?;
+        sys::unlinkat(dir.raw_fd(), &sys::cstr(name)?, 0)
+    }
+
+    pub fn rmdir(&self, parent: u64, name: &OsStr) -> FsResult<()> {
+        self.check_writable()?;
+        self.refuse_internal(name)?;
+        let dir = self.node(parent)?;
+        sys::unlinkat(dir.raw_fd(), &sys::cstr(name)?, libc::AT_REMOVEDIR)
+    }
+
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+    ) -> FsResult<()> {
+        self.check_writable()?;
+        self.refuse_internal(name)?;
+        self.refuse_internal(newname)?;
+        let dir = self.node(parent)?;
+        let newdir = self.node(newparent)?;
+        sys::renameat2(
+            dir.raw_fd(),
+            &sys::cstr(name)?,
+            newdir.raw_fd(),
+            &sys::cstr(newname)?,
+            flags,
+        )
+    }
+
+    pub fn link(
+        &self,
+        id: u64,
+        newparent: u64,
+        newname: &OsStr,
+    ) -> FsResult<(Arc<Node>, libc::stat)> {
+        self.check_writable()?;
+        self.refuse_internal(newname)?;
+        let node = self.node(id)?;
+        let newdir = self.node(newparent)?;
+        if node.kind == NodeKind::Directory {
+            return errno(libc::EPERM);
+        }
+        if node.kind == NodeKind::Symlink {
+            // linkat through /proc would follow the link; hard-link the symlink itself.
+            let empty = c"";
+            let r = unsafe {
+                libc::linkat(
+                    node.raw_fd(),
+                    empty.as_ptr(),
+                    newdir.raw_fd(),
+                    sys::cstr(newname)?.as_ptr(),
+                    libc::AT_EMPTY_PATH,
+                )
+            };
+            if r < 0 {
+                return errno(sys::last_errno());
+            }
+        } else {
+            sys::link_fd(node.raw_fd(), newdir.raw_fd(), &sys::cstr(newname)?)?;
+        }
+        self.lookup(newparent, newname)
+    }
+
+    // ---- attributes ----
+
+    pub fn setattr(&self, id: u64, fh: Option<u64>, a: SetAttr) -> FsResult<libc::stat> {
+        let node = self.node(id)?;
+        if a.mode.is_some() || a.uid.is_some() || a.gid.is_some() || a.size.is_some() {
+            self.check_writable()?;
+        }
+        if let Some(mode) = a.mode {
+            if node.kind == NodeKind::Symlink {
+                return errno(libc::EOPNOTSUPP);
+            }
+            sys::chmod_fd(node.raw_fd(), mode & 0o7777)?;
+        }
+        if a.uid.is_some() || a.gid.is_some() {
+            sys::chown_fd(node.raw_fd(), a.uid, a.gid)?;
+        }
+        if let Some(size) = a.size {
+            self.truncate(&node, fh, size)?;
+        }
+        if a.atime.is_some() || a.mtime.is_some() {
+            self.check_writable()?;
+            // Write back first, so a later commit does not move the mtime the user just set.
+            if let Some(open) = node.open.lock().clone() {
+                open.flush()?;
+            }
+            sys::utimens_fd(
+                node.raw_fd(),
+                node.kind == NodeKind::Symlink,
+                [time_to_timespec(a.atime), time_to_timespec(a.mtime)],
+            )?;
+        }
+        self.stat_node(&node)
+    }
+
+    fn truncate(&self, node: &Arc<Node>, fh: Option<u64>, size: u64) -> FsResult<()> {
+        match node.kind {
+            NodeKind::Directory => return errno(libc::EISDIR),
+            NodeKind::Regular => {}
+            _ => return errno(libc::EINVAL),
+        }
+        if size > i64::MAX as u64 {
+            return errno(libc::EFBIG);
+        }
+        let _ = fh;
+        let open = self.open_state(node)?;
+        let r = open.truncate(size).and_then(|_| open.flush());
+        self.maybe_close_state(node);
+        r
+    }
+
+    pub fn statfs(&self) -> FsResult<libc::statvfs> {
+        let root = self.node(ROOT_ID)?;
+        sys::fstatvfs(root.raw_fd())
+    }
+
+    pub fn access(&self, id: u64, mask: i32) -> FsResult<()> {
+        let node = self.node(id)?;
+        let st = sys::fstat(node.raw_fd())?;
+        if mask & libc::W_OK != 0 && self.opts.read_only {
+            return errno(libc::EROFS);
+        }
+        let _ = st;
+        Ok(())
+    }
+
+    // ---- xattrs ----
+
+    pub fn getxattr(&self, id: u64, name: &OsStr, size: u32) -> FsResult<Vec<u8>> {
+        let node = self.node(id)?;
+        let cname = sys::cstr(name)?;
+        if size == 0 {
+            let n = sys::getxattr_len(node.raw_fd(), &cname)?;
+            return Ok(vec![0; n]);
+        }
+        sys::getxattr_fd(node.raw_fd(), &cname, size as usize)
+    }
+
+    pub fn setxattr(&self, id: u64, name: &OsStr, value: &[u8], flags: i32) -> FsResult<()> {
+        self.check_writable()?;
+        let node = self.node(id)?;
+        sys::setxattr_fd(node.raw_fd(), &sys::cstr(name)?, value, flags)
+    }
+
+    pub fn listxattr(&self, id: u64, size: u32) -> FsResult<Vec<u8>> {
+        let node = self.node(id)?;
+        sys::listxattr_fd(node.raw_fd(), size as usize)
+    }
+
+    pub fn removexattr(&self, id: u64, name: &OsStr) -> FsResult<()> {
+        self.check_writable()?;
+        let node = self.node(id)?;
+        sys::removexattr_fd(node.raw_fd(), &sys::cstr(name)?)
+    }
+
+    // ---- files ----
+
+    /// The open-file state of a regular file, created on first use and shared by all handles.
+    fn open_state(&self, node: &Arc<Node>) -> FsResult<Arc<OpenFile>> {
+        let mut slot = node.open.lock();
+        if let Some(open) = slot.clone() {
+            return Ok(open);
+        }
+        let access = if self.opts.read_only {
+            libc::O_RDONLY
+        } else {
+            libc::O_RDWR
+        };
+        let file = match sys::reopen(node.raw_fd(), access) {
+            Err(e)
+                if access == libc::O_RDWR
+                    && matches!(e.errno, libc::EROFS | libc::EACCES | libc::ETXTBSY) =>
+            {
+                sys::reopen(node.raw_fd(), libc::O_RDONLY)?
+            }
+            other => other?,
+        };
+        let open = match self.format_of(node)? {
+            Format::Plain => OpenFile::Plain(PlainFile { file }),
+            Format::Container => {
+                let label = Self::label(node);
+                let container = Container::open(file).map_err(|e| {
+                    let e = FsError::from(e);
+                    tracing::error!("{label}: cannot open container: {e}");
+                    e
+                })?;
+                OpenFile::Container(ContainerFile::new(
+                    node.id,
+                    label,
+                    self.ctx.clone(),
+                    container,
+                )?)
+            }
+        };
+        let open = Arc::new(open);
+        *slot = Some(open.clone());
+        Ok(open)
+    }
+
+    /// Drops the shared state of a node when no handle uses it and nothing is left to write.
+    fn maybe_close_state(&self, node: &Arc<Node>) {
+        let in_use = self
+            .handles
+            .lock()
+            .values()
+            .any(|h| Arc::ptr_eq(&h.node, node) && h.file.is_some());
+        if in_use {
+            return;
+        }
+        let mut slot = node.open.lock();
+        if let Some(open) = slot.as_ref() {
+            if !open.has_unflushed() {
+                *slot = None;
+            }
+        }
+    }
+
+    fn new_handle(&self, h: Handle) -> u64 {
+        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().insert(fh, Arc::new(h));
+        fh
+    }
+
+    pub fn open(&self, id: u64, flags: i32) -> FsResult<u64> {
+        let node = self.node(id)?;
+        let acc = flags & libc::O_ACCMODE;
+        let writable = acc == libc::O_WRONLY || acc == libc::O_RDWR;
+        if writable || flags & libc::O_TRUNC != 0 {
+            self.check_writable()?;
+        }
+        match node.kind {
+            NodeKind::Directory => return errno(libc::EISDIR),
+            NodeKind::Regular => {}
+            // Fifos and devices are opened by the kernel itself; never reaches here normally.
+            _ => return errno(libc::ENXIO),
+        }
+        let open = self.open_state(&node)?;
+        if flags & libc::O_TRUNC != 0 && writable {
+            open.truncate(0)?;
+        }
+        Ok(self.new_handle(Handle {
+            node,
+            file: Some(open),
+            append: flags & libc::O_APPEND != 0,
+            writable,
+            entries: Mutex::new(None),
+        }))
+    }
+
+    /// Creates a new regular file (a container) and opens it.
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+        caller: Caller,
+    ) -> FsResult<(Arc<Node>, libc::stat, u64)> {
+        self.check_writable()?;
+        self.refuse_internal(name)?;
+        let dir = self.node(parent)?;
+        let cname = sys::cstr(name)?;
+        match sys::openat(
+            dir.raw_fd(),
+            &cname,
+            libc::O_CREAT | libc::O_EXCL | libc::O_RDWR,
+            mode & 0o7777,
+        ) {
+            Ok(fd) => {
+                let file = std::fs::File::from(fd);
+                if let Err(e) = Container::create(file, self.opts.chunk_log2) {
+                    let _ = sys::unlinkat(dir.raw_fd(), &cname, 0);
+                    return Err(e.into());
+                }
+                let (node, _) = self.finish_create(&dir, name, caller)?;
+                *node.format.lock() = Some(Format::Container);
+                let fh = self.open(node.id, flags & !libc::O_TRUNC)?;
+                let st = self.stat_node(&node)?;
+                Ok((node, st, fh))
+            }
+            Err(e) if e.errno == libc::EEXIST && flags & libc::O_EXCL == 0 => {
+                let (node, _) = self.lookup(parent, name)?;
+                let fh = self.open(node.id, flags)?;
+                let st = self.stat_node(&node)?;
+                Ok((node, st, fh))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let h = self.handle(fh)?;
+        let file = h.file.as_ref().ok_or(FsError::new(libc::EISDIR))?;
+        file.read(offset, size as usize)
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<usize> {
+        let h = self.handle(fh)?;
+        if !h.writable {
+            return errno(libc::EBADF);
+        }
+        let file = h.file.as_ref().ok_or(FsError::new(libc::EISDIR))?;
+        file.write(offset, data, h.append)
+    }
+
+    pub fn flush(&self, fh: u64) -> FsResult<()> {
+        let h = self.handle(fh)?;
+        match &h.file {
+            Some(f) => f.flush(),
+            None => Ok(()),
+        }
+    }
+
+    pub fn fsync(&self, fh: u64, datasync: bool) -> FsResult<()> {
+        let h = self.handle(fh)?;
+        match &h.file {
+            Some(f) => f.fsync(datasync),
+            None => Ok(()),
+        }
+    }
+
+    pub fn release(&self, fh: u64) -> FsResult<()> {
+        let h = self.handles.lock().remove(&fh);
+        let Some(h) = h else {
+            return errno(libc::EBADF);
+        };
+        let r = match &h.file {
+            Some(f) => f.flush(),
+            None => Ok(()),
+        };
+        self.maybe_close_state(&h.node);
+        r
+    }
+
+    pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> FsResult<()> {
+        self.check_writable()?;
+        let h = self.handle(fh)?;
+        let file = h.file.as_ref().ok_or(FsError::new(libc::EISDIR))?;
+        match file.as_ref() {
+            OpenFile::Plain(p) => sys::fallocate(&p.file, mode, offset, length),
+            OpenFile::Container(_) => {
+                if mode & !libc::FALLOC_FL_KEEP_SIZE != 0 {
+                    return errno(libc::EOPNOTSUPP);
+                }
+                // Space cannot be reserved for data whose compressed size is unknown; extending
+                // the logical size is what callers rely on.
+                let end = offset
+                    .checked_add(length)
+                    .ok_or(FsError::new(libc::EFBIG))?;
+                if mode & libc::FALLOC_FL_KEEP_SIZE == 0 {
+                    let size = file.logical_size().unwrap_or(0);
+                    if end > size {
+                        file.truncate(end)?;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    // ---- directories ----
+
+    pub fn opendir(&self, id: u64) -> FsResult<u64> {
+        let node = self.node(id)?;
+        if node.kind != NodeKind::Directory {
+            return errno(libc::ENOTDIR);
+        }
+        Ok(self.new_handle(Handle {
+            node,
+            file: None,
+            append: false,
+            writable: false,
+            entries: Mutex::new(None),
+        }))
+    }
+
+    /// Entries from `offset` on; offsets are positions in a snapshot taken at the first call (or
+    /// whenever the listing restarts at 0, as rewinddir does).
+    pub fn readdir(&self, fh: u64, offset: u64) -> FsResult<Vec<DirEntry>> {
+        let h = self.handle(fh)?;
+        let mut snap = h.entries.lock();
+        if snap.is_none() || offset == 0 {
+            let raw = sys::read_dir(h.node.raw_fd())?;
+            let list = raw
+                .into_iter()
+                .filter(|(_, _, name)| !is_internal(name))
+                .map(|(ino, dtype, name)| DirEntry {
+                    ino,
+                    kind: match dtype {
+                        libc::DT_DIR => NodeKind::Directory,
+                        libc::DT_REG => NodeKind::Regular,
+                        libc::DT_LNK => NodeKind::Symlink,
+                        _ => NodeKind::Other,
+                    },
+                    name: OsString::from_vec(name),
+                })
+                .collect();
+            *snap = Some(list);
+        }
+        let list = snap.as_ref().expect("filled");
+        Ok(list.iter().skip(offset as usize).cloned().collect())
+    }
+
+    /// The raw d_type of an entry kind, for fuser.
+    pub fn releasedir(&self, fh: u64) -> FsResult<()> {
+        self.handles.lock().remove(&fh);
+        Ok(())
+    }
+
+    // ---- lifecycle ----
+
+    /// Writes back and commits every open file (unmount, SIGTERM). Errors are logged.
+    pub fn flush_all(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        let mut files: Vec<Arc<OpenFile>> = self.inodes.open_files();
+        files.extend(self.handles.lock().values().filter_map(|h| h.file.clone()));
+        for f in files {
+            if let Err(e) = f.flush() {
+                tracing::error!("flush at unmount failed: {e}");
+            }
+        }
+    }
+
+    /// One pass of the background flusher: relieve dirty-memory pressure and commit files that
+    /// have had uncommitted data for a while.
+    pub fn background_pass(&self, commit: bool) {
+        let files: Vec<Arc<OpenFile>> = self
+            .handles
+            .lock()
+            .values()
+            .filter_map(|h| h.file.clone())
+            .collect();
+        let pool = &self.ctx.dirty_pool;
+        let pressure = pool.in_use() * 2 > pool.capacity();
+        for f in files {
+            if pressure {
+                f.relieve_pressure();
+            }
+            if commit {
+                if let OpenFile::Container(c) = f.as_ref() {
+                    c.try_periodic_commit();
+                }
+            }
+        }
+    }
+
+    /// Runs the background flusher until shutdown.
+    pub fn spawn_flusher(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("dfs-flusher".into())
+            .spawn(move || {
+                let mut tick = 0u64;
+                loop {
+                    std::thread::sleep(Duration::from_millis(50));
+                    let Some(fs) = weak.upgrade() else { return };
+                    if fs.shutting_down.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    tick += 1;
+                    // Commit every 5 s what writers left uncommitted, like ext4's commit interval.
+                    fs.background_pass(tick % 100 == 0);
+                }
+            })
+            .expect("spawn flusher thread");
+    }
+
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.ctx.engine
+    }
+}

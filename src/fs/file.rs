@@ -1,0 +1,949 @@
+//! Open-file state: plain files pass straight through; containers get chunked write-back.
+//!
+//! Write-back of a container works like this:
+//! - `write` copies into per-chunk dirty buffers taken from the dirty pool (a full pool makes the
+//!   writer flush and wait: that bounds unwritten data). A chunk that a write fills to its end is
+//!   submitted to the engine at once, so sequential writers compress in parallel across queues
+//!   while they go on writing.
+//! - A submitted job carries a sequence number. Its completion callback (on an engine worker)
+//!   frames the gzip member and appends it to the container in sequence order, so the container
+//!   stays in write order (and `zcat` of a sequentially written file gives its content). The
+//!   callback only takes the store lock, never the write-state lock, and never waits on the engine:
+//!   that is what keeps the pipeline free of deadlock.
+//! - `flush`/`fsync` submit what is dirty, wait for the file's jobs to land, and commit the index.
+//! - A chunk that was only appended to since it was last stored is written as a non-RESET piece
+//!   holding just the new bytes (see docs/FORMAT.md), so a log fsync'd after every line stays a
+//!   valid in-order gzip stream.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex, MutexGuard};
+
+use super::cache::{ChunkCache, ChunkKey};
+use super::error::{FsError, FsResult};
+use crate::container::{
+    self, Container, IndexEntry, PieceKind, DATA_HEADER_LEN, MEMBER_TRAILER_LEN,
+};
+use crate::engine::pool::{BufferPool, PoolBuf};
+use crate::engine::{stored_stream_len, Completion, Engine, Job, Op};
+
+/// What every open container needs from the mount.
+pub struct FileContext {
+    pub engine: Arc<Engine>,
+    /// Input and output buffers of decompression jobs, and outputs of compression jobs (the
+    /// `pool=` option): the fixed pool the engine's queues work from.
+    pub job_pool: Arc<BufferPool>,
+    /// Budget for unwritten data (the `dirty=` option).
+    pub dirty_pool: Arc<BufferPool>,
+    pub cache: Arc<ChunkCache>,
+    pub level: u32,
+    /// Chunks decompressed ahead of a sequential reader.
+    pub readahead_chunks: usize,
+}
+
+/// The state shared by every handle open on one inode.
+pub enum OpenFile {
+    Plain(PlainFile),
+    Container(ContainerFile),
+}
+
+impl OpenFile {
+    pub fn read(&self, offset: u64, size: usize) -> FsResult<Vec<u8>> {
+        match self {
+            OpenFile::Plain(p) => p.read(offset, size),
+            OpenFile::Container(c) => c.read(offset, size),
+        }
+    }
+
+    pub fn write(&self, offset: u64, data: &[u8], append: bool) -> FsResult<usize> {
+        match self {
+            OpenFile::Plain(p) => p.write(offset, data, append),
+            OpenFile::Container(c) => c.write(offset, data, append),
+        }
+    }
+
+    /// Makes everything written so far part of a committed state (close and flush semantics).
+    pub fn flush(&self) -> FsResult<()> {
+        match self {
+            OpenFile::Plain(_) => Ok(()),
+            OpenFile::Container(c) => c.flush(false),
+        }
+    }
+
+    /// flush, then make it durable.
+    pub fn fsync(&self, datasync: bool) -> FsResult<()> {
+        match self {
+            OpenFile::Plain(p) => {
+                if datasync {
+                    p.file.sync_data()?
+                } else {
+                    p.file.sync_all()?
+                }
+                Ok(())
+            }
+            OpenFile::Container(c) => c.flush(true),
+        }
+    }
+
+    pub fn truncate(&self, size: u64) -> FsResult<()> {
+        match self {
+            OpenFile::Plain(p) => Ok(p.file.set_len(size)?),
+            OpenFile::Container(c) => c.truncate(size),
+        }
+    }
+
+    /// Logical size, if this state knows it better than the backing file does.
+    pub fn logical_size(&self) -> Option<u64> {
+        match self {
+            OpenFile::Plain(_) => None,
+            OpenFile::Container(c) => Some(c.state.lock().size),
+        }
+    }
+
+    /// True while unwritten data or uncommitted appends remain.
+    pub fn has_unflushed(&self) -> bool {
+        match self {
+            OpenFile::Plain(_) => false,
+            OpenFile::Container(c) => c.has_unflushed(),
+        }
+    }
+
+    /// Writes back dirty chunks and gives clean cached ones back to the dirty pool, without
+    /// blocking if the file is busy. Used by the background flusher under memory pressure.
+    pub fn relieve_pressure(&self) {
+        if let OpenFile::Container(c) = self {
+            c.relieve_pressure()
+        }
+    }
+}
+
+/// A non-container file served byte for byte.
+pub struct PlainFile {
+    pub file: File,
+}
+
+impl PlainFile {
+    fn read(&self, offset: u64, size: usize) -> FsResult<Vec<u8>> {
+        let mut buf = vec![0u8; size];
+        let mut done = 0;
+        while done < size {
+            match self.file.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        buf.truncate(done);
+        Ok(buf)
+    }
+
+    fn write(&self, offset: u64, data: &[u8], append: bool) -> FsResult<usize> {
+        let offset = if append {
+            self.file.metadata()?.len()
+        } else {
+            offset
+        };
+        self.file.write_all_at(data, offset)?;
+        Ok(data.len())
+    }
+}
+
+/// One chunk held in memory by the writer.
+struct DirtyChunk {
+    /// Capacity: the chunk size; bytes `[..valid]` are the chunk's content.
+    buf: PoolBuf,
+    valid: usize,
+    /// Bytes `[..persisted]` equal what the container already holds for this chunk.
+    persisted: usize,
+    /// Content changed since it was last submitted.
+    dirty: bool,
+    /// Something below `persisted` changed: the next piece must replace the chunk (RESET).
+    rewrite: bool,
+}
+
+struct WriteState {
+    size: u64,
+    dirty: BTreeMap<u64, DirtyChunk>,
+    next_seq: u64,
+    /// End of the last read, to recognise a sequential reader.
+    last_read_end: u64,
+}
+
+enum Ready {
+    Member {
+        output: PoolBuf,
+        len: usize,
+        entry: IndexEntry,
+        chunk: u64,
+    },
+    Failed {
+        error: FsError,
+        chunk: u64,
+    },
+}
+
+struct StoreInner {
+    container: Container,
+    next_append: u64,
+    ready: BTreeMap<u64, Ready>,
+    inflight: u64,
+    inflight_chunks: HashMap<u64, u32>,
+    /// First write-back error since the last flush; reported by the next flush or fsync.
+    error: Option<FsError>,
+    /// Changes whenever the container is reset, so cached chunk versions of before never match.
+    epoch: u64,
+}
+
+struct Store {
+    inner: Mutex<StoreInner>,
+    landed: Condvar,
+}
+
+/// Read-ahead jobs in flight for a file, so a reader waits for them instead of redoing the work.
+#[derive(Default)]
+struct Readahead {
+    pending: Mutex<HashSet<u64>>,
+    done: Condvar,
+}
+
+/// A container open for reading and writing.
+pub struct ContainerFile {
+    node: u64,
+    label: String,
+    ctx: Arc<FileContext>,
+    state: Mutex<WriteState>,
+    store: Arc<Store>,
+    /// A second descriptor for reading members without holding the store lock.
+    reader: File,
+    chunk_log2: u8,
+    readahead: Arc<Readahead>,
+    damaged_logged: Mutex<Option<Instant>>,
+}
+
+impl ContainerFile {
+    /// Wraps an opened container. `label` names the file in log lines.
+    pub fn new(
+        node: u64,
+        label: String,
+        ctx: Arc<FileContext>,
+        container: Container,
+    ) -> FsResult<ContainerFile> {
+        let reader = container.file().try_clone()?;
+        let chunk_log2 = container.chunk_log2();
+        let size = container.size();
+        Ok(ContainerFile {
+            node,
+            label,
+            ctx,
+            state: Mutex::new(WriteState {
+                size,
+                dirty: BTreeMap::new(),
+                next_seq: 0,
+                last_read_end: u64::MAX,
+            }),
+            store: Arc::new(Store {
+                inner: Mutex::new(StoreInner {
+                    container,
+                    next_append: 0,
+                    ready: BTreeMap::new(),
+                    inflight: 0,
+                    inflight_chunks: HashMap::new(),
+                    error: None,
+                    epoch: 0,
+                }),
+                landed: Condvar::new(),
+            }),
+            reader,
+            chunk_log2,
+            readahead: Arc::new(Readahead::default()),
+            damaged_logged: Mutex::new(None),
+        })
+    }
+
+    fn chunk_size(&self) -> usize {
+        1 << self.chunk_log2
+    }
+
+    /// Container statistics for `user.deflatefs.info`-style reporting and `du`.
+    pub fn with_container<T>(&self, f: impl FnOnce(&Container) -> T) -> T {
+        f(&self.store.inner.lock().container)
+    }
+
+    fn has_unflushed(&self) -> bool {
+        let st = self.state.lock();
+        if st.dirty.values().any(|d| d.dirty) {
+            return true;
+        }
+        let s = self.store.inner.lock();
+        s.inflight > 0 || s.container.has_pending() || s.container.size() != st.size
+    }
+
+    // ---- reading ----
+
+    fn read(&self, offset: u64, size: usize) -> FsResult<Vec<u8>> {
+        let mut st = self.state.lock();
+        if offset >= st.size || size == 0 {
+            return Ok(Vec::new());
+        }
+        let end = st.size.min(offset + size as u64);
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        let cs = self.chunk_size() as u64;
+        let mut pos = offset;
+        while pos < end {
+            let chunk = pos >> self.chunk_log2;
+            let chunk_start = chunk << self.chunk_log2;
+            let a = (pos - chunk_start) as usize;
+            let b = ((end - chunk_start).min(cs)) as usize;
+            if let Some(d) = st.dirty.get(&chunk) {
+                copy_with_zero_tail(&mut out, &d.buf[..d.valid], a, b);
+            } else {
+                let data = self.load_chunk(chunk)?;
+                copy_with_zero_tail(&mut out, &data, a, b);
+            }
+            pos = chunk_start + b as u64;
+        }
+        let sequential = offset == st.last_read_end || offset == 0;
+        st.last_read_end = end;
+        if sequential && self.ctx.readahead_chunks > 0 {
+            let next = (end + cs - 1) >> self.chunk_log2;
+            self.start_readahead(&st, next);
+        }
+        Ok(out)
+    }
+
+    /// Waits until no job of this file touching `chunk` is still in flight.
+    fn wait_chunk_idle(&self, chunk: u64) {
+        let mut s = self.store.inner.lock();
+        while s.inflight_chunks.get(&chunk).copied().unwrap_or(0) > 0 {
+            self.store.landed.wait(&mut s);
+        }
+    }
+
+    fn chunk_key(&self, chunk: u64) -> (Vec<IndexEntry>, Option<ChunkKey>) {
+        let s = self.store.inner.lock();
+        let pieces = s.container.index().pieces(chunk).to_vec();
+        let key = pieces.last().map(|last| ChunkKey {
+            node: self.node,
+            epoch: s.epoch,
+            chunk,
+            last_member_offset: last.member_offset,
+            pieces: pieces.len() as u32,
+        });
+        (pieces, key)
+    }
+
+    /// The stored content of a chunk (without the dirty overlay), as far as its pieces reach;
+    /// callers treat bytes beyond the returned length as zeros.
+    fn load_chunk(&self, chunk: u64) -> FsResult<Arc<Vec<u8>>> {
+        self.wait_chunk_idle(chunk);
+        let (pieces, key) = self.chunk_key(chunk);
+        let Some(key) = key else {
+            return Ok(Arc::new(Vec::new()));
+        };
+        if let Some(hit) = self.ctx.cache.get(&key) {
+            return Ok(hit);
+        }
+        // A read-ahead job may be producing it right now.
+        {
+            let mut pending = self.readahead.pending.lock();
+            while pending.contains(&chunk) {
+                self.readahead.done.wait(&mut pending);
+            }
+        }
+        if let Some(hit) = self.ctx.cache.get(&key) {
+            return Ok(hit);
+        }
+        let data = self
+            .decode_pieces(chunk, &pieces)
+            .map_err(|e| self.report_damage(chunk, e))?;
+        let data = Arc::new(data);
+        self.ctx.cache.insert(key, data.clone());
+        Ok(data)
+    }
+
+    fn report_damage(&self, chunk: u64, e: FsError) -> FsError {
+        if e.errno == libc::EIO {
+            // One line per file per minute: a damaged file read in a loop must not flood the log.
+            let mut last = self.damaged_logged.lock();
+            let now = Instant::now();
+            if last.is_none_or(|t| now.duration_since(t) > Duration::from_secs(60)) {
+                *last = Some(now);
+                tracing::error!(
+                    "{}: chunk {} (bytes {}..{}) cannot be read: {}",
+                    self.label,
+                    chunk,
+                    chunk << self.chunk_log2,
+                    (chunk + 1) << self.chunk_log2,
+                    e
+                );
+            }
+        }
+        e
+    }
+
+    fn decode_pieces(&self, chunk: u64, pieces: &[IndexEntry]) -> FsResult<Vec<u8>> {
+        let chunk_start = chunk << self.chunk_log2;
+        let extent = pieces
+            .iter()
+            .map(|p| (p.logical_offset - chunk_start) as usize + p.logical_len as usize)
+            .max()
+            .unwrap_or(0)
+            .min(self.chunk_size());
+        let mut out = vec![0u8; extent];
+        for p in pieces {
+            if p.kind == PieceKind::Hole {
+                let start = (p.logical_offset - chunk_start) as usize;
+                let end = (start + p.logical_len as usize).min(extent);
+                out[start.min(end)..end].fill(0);
+                continue;
+            }
+            let output = self.decode_piece(p)?;
+            let start = (p.logical_offset - chunk_start) as usize;
+            let end = start + output.len();
+            if end > out.len() {
+                return Err(FsError::with_context(
+                    libc::EIO,
+                    format!("piece at {} reaches beyond its chunk", p.logical_offset),
+                ));
+            }
+            out[start..end].copy_from_slice(&output);
+        }
+        Ok(out)
+    }
+
+    fn decode_piece(&self, p: &IndexEntry) -> FsResult<PoolBuf> {
+        // Input and output together, so two readers can never each hold half of what they need.
+        let [mut input, output] = self
+            .ctx
+            .job_pool
+            .take_many([p.stored_len as usize, p.logical_len as usize])
+            .map_err(|e| FsError::with_context(libc::EIO, format!("{e}")))?;
+        self.reader
+            .read_exact_at(&mut input, p.member_offset)
+            .map_err(|e| {
+                let ctx = format!("reading member at {}", p.member_offset);
+                if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                    FsError::with_context(libc::EIO, ctx)
+                } else {
+                    FsError::from(e).context(ctx)
+                }
+            })?;
+        let stream = container::parse_data_member(&input, p)?;
+        let op = Op::Decompress {
+            stream,
+            expected_crc: p.crc32,
+            stored: p.kind == PieceKind::Stored,
+        };
+        let done = self.ctx.engine.submit_with_ticket(op, input, output).wait();
+        match done.result {
+            Ok(_) => Ok(done.output),
+            Err(e) => Err(FsError::with_context(
+                libc::EIO,
+                format!("member at {}: {e}", p.member_offset),
+            )),
+        }
+    }
+
+    /// Submits decompression of the chunks after `first` that are stored in one piece and not
+    /// cached, so a sequential reader finds them ready.
+    fn start_readahead(&self, st: &WriteState, first: u64) {
+        let last_chunk = if st.size == 0 {
+            return;
+        } else {
+            (st.size - 1) >> self.chunk_log2
+        };
+        let end = (first + self.ctx.readahead_chunks as u64).min(last_chunk + 1);
+        let pool = &self.ctx.job_pool;
+        for chunk in first..end {
+            if st.dirty.contains_key(&chunk) {
+                continue;
+            }
+            let (pieces, key) = {
+                let s = self.store.inner.lock();
+                if s.inflight_chunks.contains_key(&chunk) {
+                    continue;
+                }
+                let pieces = s.container.index().pieces(chunk).to_vec();
+                let key = pieces.last().map(|last| ChunkKey {
+                    node: self.node,
+                    epoch: s.epoch,
+                    chunk,
+                    last_member_offset: last.member_offset,
+                    pieces: pieces.len() as u32,
+                });
+                (pieces, key)
+            };
+            let (Some(key), [p]) = (key, pieces.as_slice()) else {
+                continue;
+            };
+            if p.kind == PieceKind::Hole
+                || p.logical_offset != chunk << self.chunk_log2
+                || self.ctx.cache.get(&key).is_some()
+            {
+                continue;
+            }
+            {
+                let mut pending = self.readahead.pending.lock();
+                if !pending.insert(chunk) {
+                    continue;
+                }
+            }
+            let release = |ra: &Readahead| {
+                ra.pending.lock().remove(&chunk);
+                ra.done.notify_all();
+            };
+            // Read-ahead never waits for memory: if the pool is busy, the reader does the work.
+            let Some([mut input, output]) = pool.try_take_many_timeout(
+                [p.stored_len as usize, p.logical_len as usize],
+                Duration::ZERO,
+            ) else {
+                release(&self.readahead);
+                break;
+            };
+            let stream = match self.reader.read_exact_at(&mut input, p.member_offset) {
+                Ok(()) => container::parse_data_member(&input, p).ok(),
+                Err(_) => None,
+            };
+            let Some(stream) = stream else {
+                release(&self.readahead);
+                continue;
+            };
+            let cache = self.ctx.cache.clone();
+            let ra = self.readahead.clone();
+            let job = Job {
+                op: Op::Decompress {
+                    stream,
+                    expected_crc: p.crc32,
+                    stored: p.kind == PieceKind::Stored,
+                },
+                input,
+                output,
+                on_complete: Box::new(move |c: Completion| {
+                    if c.result.is_ok() {
+                        cache.insert(key, Arc::new(c.output.to_vec()));
+                    }
+                    ra.pending.lock().remove(&chunk);
+                    ra.done.notify_all();
+                }),
+            };
+            self.ctx.engine.submit(vec![job]);
+        }
+    }
+
+    // ---- writing ----
+
+    fn write(&self, offset: u64, data: &[u8], append: bool) -> FsResult<usize> {
+        let mut st = self.state.lock();
+        let offset = if append { st.size } else { offset };
+        let end = offset
+            .checked_add(data.len() as u64)
+            .filter(|e| *e <= i64::MAX as u64)
+            .ok_or(FsError::new(libc::EFBIG))?;
+        let cs = self.chunk_size();
+        let mut pos = offset;
+        while pos < end {
+            let chunk = pos >> self.chunk_log2;
+            let chunk_start = chunk << self.chunk_log2;
+            let a = (pos - chunk_start) as usize;
+            let b = ((end - chunk_start) as usize).min(cs);
+            let src = &data[(pos - offset) as usize..(pos - offset) as usize + (b - a)];
+            if !st.dirty.contains_key(&chunk) {
+                let d = self.make_resident(&mut st, chunk, a == 0 && b == cs)?;
+                st.dirty.insert(chunk, d);
+            }
+            let d = st.dirty.get_mut(&chunk).expect("just inserted");
+            if a > d.valid {
+                d.buf[d.valid..a].fill(0);
+            }
+            d.buf[a..b].copy_from_slice(src);
+            if a < d.persisted {
+                d.rewrite = true;
+            }
+            d.valid = d.valid.max(b);
+            d.dirty = true;
+            pos = chunk_start + b as u64;
+            if b == cs {
+                // The writer reached the end of this chunk: compress it while it goes on.
+                self.submit_chunk(&mut st, chunk)?;
+            }
+        }
+        st.size = st.size.max(end);
+        Ok(data.len())
+    }
+
+    /// Brings a chunk into memory for writing. `overwritten` means the caller replaces all of it.
+    fn make_resident(
+        &self,
+        st: &mut MutexGuard<'_, WriteState>,
+        chunk: u64,
+        overwritten: bool,
+    ) -> FsResult<DirtyChunk> {
+        let mut buf = self.take_dirty_buffer(st)?;
+        let chunk_start = chunk << self.chunk_log2;
+        let logical_len = if st.size > chunk_start {
+            ((st.size - chunk_start) as usize).min(self.chunk_size())
+        } else {
+            0
+        };
+        if overwritten || logical_len == 0 {
+            return Ok(DirtyChunk {
+                buf,
+                valid: 0,
+                persisted: 0,
+                dirty: false,
+                rewrite: true,
+            });
+        }
+        let stored = self.load_chunk(chunk)?;
+        let n = stored.len().min(logical_len);
+        buf[..n].copy_from_slice(&stored[..n]);
+        buf[n..logical_len].fill(0);
+        // Appending a piece is only right if what is stored is exactly our prefix.
+        let persisted = if stored.len() == logical_len { n } else { 0 };
+        Ok(DirtyChunk {
+            buf,
+            valid: logical_len,
+            persisted,
+            dirty: false,
+            rewrite: persisted == 0,
+        })
+    }
+
+    /// A chunk-sized buffer from the dirty pool. When the pool is exhausted, this file's own dirty
+    /// chunks are written back first, then the writer waits for write-back (its own or, through
+    /// the background flusher, other files') to give memory back.
+    fn take_dirty_buffer(&self, st: &mut MutexGuard<'_, WriteState>) -> FsResult<PoolBuf> {
+        let cs = self.chunk_size();
+        let pool = &self.ctx.dirty_pool;
+        if let Some(b) = pool.try_take(cs) {
+            return Ok(b);
+        }
+        self.submit_all(st)?;
+        // Clean resident chunks only speed up appends; give their memory back.
+        st.dirty.retain(|_, d| d.dirty);
+        loop {
+            if let Some(b) = pool.take_timeout(cs, Duration::from_millis(20)) {
+                return Ok(b);
+            }
+        }
+    }
+
+    fn submit_all(&self, st: &mut MutexGuard<'_, WriteState>) -> FsResult<()> {
+        let chunks: Vec<u64> = st
+            .dirty
+            .iter()
+            .filter(|(_, d)| d.dirty)
+            .map(|(c, _)| *c)
+            .collect();
+        for c in chunks {
+            self.submit_chunk(st, c)?;
+        }
+        Ok(())
+    }
+
+    /// Hands one dirty chunk to the engine. A chunk that was only appended to is sent as a piece
+    /// holding just the new bytes; anything else replaces the whole chunk.
+    fn submit_chunk(&self, st: &mut MutexGuard<'_, WriteState>, chunk: u64) -> FsResult<()> {
+        let cs = self.chunk_size();
+        let chunk_start = chunk << self.chunk_log2;
+        let Some(d) = st.dirty.get_mut(&chunk) else {
+            return Ok(());
+        };
+        if !d.dirty {
+            return Ok(());
+        }
+        let append_only = !d.rewrite && d.persisted > 0;
+        let (input, offset_in_chunk, reset) = if append_only {
+            if d.valid == d.persisted {
+                d.dirty = false;
+                return Ok(());
+            }
+            let n = d.valid - d.persisted;
+            let mut input = self.take_job_buffer(n)?;
+            input.copy_from_slice(&d.buf[d.persisted..d.valid]);
+            (input, d.persisted, false)
+        } else if d.valid == cs {
+            let d = st.dirty.remove(&chunk).expect("present");
+            (d.buf, 0, true)
+        } else {
+            let mut input = self.take_job_buffer(d.valid)?;
+            input.copy_from_slice(&d.buf[..d.valid]);
+            (input, 0, true)
+        };
+        if let Some(d) = st.dirty.get_mut(&chunk) {
+            d.persisted = d.valid;
+            d.dirty = false;
+            d.rewrite = false;
+        }
+        let len = input.len();
+        let output = self
+            .ctx
+            .job_pool
+            .take(DATA_HEADER_LEN + stored_stream_len(len) + MEMBER_TRAILER_LEN)
+            .map_err(|e| FsError::with_context(libc::EIO, format!("{e}")))?;
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        {
+            let mut s = self.store.inner.lock();
+            s.inflight += 1;
+            *s.inflight_chunks.entry(chunk).or_insert(0) += 1;
+        }
+        let logical_offset = chunk_start + offset_in_chunk as u64;
+        let store = self.store.clone();
+        let label = self.label.clone();
+        let job = Job {
+            op: Op::Compress {
+                level: self.ctx.level,
+                headroom: DATA_HEADER_LEN,
+                tailroom: MEMBER_TRAILER_LEN,
+            },
+            input,
+            output,
+            on_complete: Box::new(move |c: Completion| {
+                land_compressed(&store, &label, seq, chunk, logical_offset, reset, len, c)
+            }),
+        };
+        self.ctx.engine.submit(vec![job]);
+        Ok(())
+    }
+
+    /// A job input buffer of exactly `len` bytes, from the dirty pool.
+    fn take_job_buffer(&self, len: usize) -> FsResult<PoolBuf> {
+        let mut b = self
+            .ctx
+            .dirty_pool
+            .take(len.max(1))
+            .map_err(|e| FsError::with_context(libc::EIO, format!("{e}")))?;
+        b.set_len(len);
+        Ok(b)
+    }
+
+    /// Waits until every submitted job of this file has landed in the container.
+    fn drain(&self) {
+        let mut s = self.store.inner.lock();
+        while s.inflight > 0 {
+            self.store.landed.wait(&mut s);
+        }
+    }
+
+    /// Writes back everything and commits; with `durable`, also fdatasyncs the container.
+    fn flush(&self, durable: bool) -> FsResult<()> {
+        let mut st = self.state.lock();
+        self.flush_locked(&mut st, durable)
+    }
+
+    fn flush_locked(&self, st: &mut MutexGuard<'_, WriteState>, durable: bool) -> FsResult<()> {
+        self.submit_all(st)?;
+        self.drain();
+        let mut s = self.store.inner.lock();
+        if let Some(e) = s.error.take() {
+            return Err(e);
+        }
+        if s.container.size() != st.size {
+            s.container.set_size(st.size);
+        }
+        let committed = s.container.has_pending();
+        s.container
+            .commit()
+            .map_err(|e| FsError::from(e).context(format!("{}: commit", self.label)))?;
+        if durable && committed {
+            s.container.sync_data()?;
+        } else if durable {
+            // Nothing new to commit, but an earlier commit may not be on disk yet.
+            s.container.sync_data()?;
+        }
+        Ok(())
+    }
+
+    fn truncate(&self, size: u64) -> FsResult<()> {
+        let mut st = self.state.lock();
+        self.drain();
+        if size == 0 {
+            st.dirty.clear();
+            let mut s = self.store.inner.lock();
+            s.container.reset()?;
+            s.epoch += 1;
+            st.size = 0;
+            return Ok(());
+        }
+        if size < st.size {
+            let cs = self.chunk_size() as u64;
+            let first_gone = size.div_ceil(cs);
+            st.dirty.retain(|c, _| *c < first_gone);
+            let partial = size >> self.chunk_log2;
+            let keep = (size - (partial << self.chunk_log2)) as usize;
+            if keep > 0 {
+                if !st.dirty.contains_key(&partial) {
+                    let d = self.make_resident(&mut st, partial, false)?;
+                    st.dirty.insert(partial, d);
+                }
+                let d = st.dirty.get_mut(&partial).expect("resident");
+                if d.valid > keep {
+                    d.valid = keep;
+                }
+                // Bytes beyond the new end must never come back: replace the chunk.
+                d.rewrite = true;
+                d.persisted = 0;
+                d.dirty = true;
+            }
+            self.store.inner.lock().container.set_size(size);
+        }
+        st.size = size;
+        Ok(())
+    }
+
+    fn relieve_pressure(&self) {
+        let Some(mut st) = self.state.try_lock() else {
+            return;
+        };
+        if self.submit_all(&mut st).is_ok() {
+            st.dirty.retain(|_, d| d.dirty);
+        }
+    }
+
+    /// Commits if anything was written and not yet committed (periodic commit). Skips a busy file.
+    pub fn try_periodic_commit(&self) {
+        let Some(mut st) = self.state.try_lock() else {
+            return;
+        };
+        let pending = {
+            let s = self.store.inner.lock();
+            s.container.has_pending() || s.inflight > 0
+        } || st.dirty.values().any(|d| d.dirty);
+        if pending {
+            if let Err(e) = self.flush_locked(&mut st, false) {
+                tracing::warn!("{}: periodic commit failed: {}", self.label, e);
+                // Keep the error for the next flush/fsync of the user.
+                self.store.inner.lock().error.get_or_insert(e);
+            }
+        }
+    }
+}
+
+/// Completion of one compression job: frame the member, then append every member that is next in
+/// sequence. Runs on an engine worker; takes only the store lock.
+#[allow(clippy::too_many_arguments)]
+fn land_compressed(
+    store: &Store,
+    label: &str,
+    seq: u64,
+    chunk: u64,
+    logical_offset: u64,
+    reset: bool,
+    len: usize,
+    c: Completion,
+) {
+    let Completion {
+        result,
+        input,
+        mut output,
+    } = c;
+    drop(input); // give the dirty memory back as early as possible
+    let ready = match result {
+        Ok(done) => {
+            let header = container::data_member_header(logical_offset, reset, done.stored);
+            output[..DATA_HEADER_LEN].copy_from_slice(&header);
+            let trailer_at = DATA_HEADER_LEN + done.len;
+            output[trailer_at..trailer_at + MEMBER_TRAILER_LEN]
+                .copy_from_slice(&container::member_trailer(done.crc32, len as u32));
+            let total = trailer_at + MEMBER_TRAILER_LEN;
+            let entry = IndexEntry {
+                logical_offset,
+                logical_len: len as u32,
+                member_offset: 0,
+                stored_len: total as u32,
+                crc32: done.crc32,
+                kind: if done.stored {
+                    PieceKind::Stored
+                } else {
+                    PieceKind::Deflate
+                },
+                reset,
+                level: done.level,
+                window_log2: done.window_log2,
+                chaining_value: [0; 32],
+            };
+            Ready::Member {
+                output,
+                len: total,
+                entry,
+                chunk,
+            }
+        }
+        Err(e) => Ready::Failed {
+            error: FsError::with_context(
+                libc::EIO,
+                format!("{label}: compressing chunk {chunk}: {e}"),
+            ),
+            chunk,
+        },
+    };
+    let mut s = store.inner.lock();
+    s.ready.insert(seq, ready);
+    loop {
+        let next = s.next_append;
+        let Some(r) = s.ready.remove(&next) else {
+            break;
+        };
+        let chunk = match r {
+            Ready::Member {
+                output,
+                len,
+                entry,
+                chunk,
+            } => {
+                if let Err(e) = s.container.append_member(&output[..len], entry) {
+                    let e = FsError::from(e).context(format!("{label}: writing chunk {chunk}"));
+                    tracing::error!("{e}");
+                    s.error.get_or_insert(e);
+                }
+                chunk
+            }
+            Ready::Failed { error, chunk } => {
+                tracing::error!("{error}");
+                s.error.get_or_insert(error);
+                chunk
+            }
+        };
+        s.next_append += 1;
+        s.inflight -= 1;
+        if let Some(n) = s.inflight_chunks.get_mut(&chunk) {
+            *n -= 1;
+            if *n == 0 {
+                s.inflight_chunks.remove(&chunk);
+            }
+        }
+    }
+    drop(s);
+    store.landed.notify_all();
+}
+
+/// Appends `data[a..b]` to `out`, reading bytes beyond `data.len()` as zeros.
+fn copy_with_zero_tail(out: &mut Vec<u8>, data: &[u8], a: usize, b: usize) {
+    let have = data.len().min(b);
+    if a < have {
+        out.extend_from_slice(&data[a..have]);
+    }
+    let zeros = b - a.max(have);
+    out.resize(out.len() + zeros, 0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::copy_with_zero_tail;
+
+    #[test]
+    fn bytes_beyond_stored_content_read_as_zeros() {
+        let mut out = Vec::new();
+        copy_with_zero_tail(&mut out, b"abc", 1, 6);
+        assert_eq!(out, b"bc\0\0\0");
+        let mut out = Vec::new();
+        copy_with_zero_tail(&mut out, b"abc", 4, 6);
+        assert_eq!(out, b"\0\0");
+    }
+}

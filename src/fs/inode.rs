@@ -1,0 +1,198 @@
+//! The inode table: one node per backing inode (st_dev, st_ino), reference-counted by the
+//! kernel's lookup/forget, each holding an O_PATH descriptor to its backing inode.
+//!
+//! Keying on the backing inode rather than on a path is what makes hard links share one node (and
+//! one open-file state, so both names see the same data at once), and what keeps renames, long
+//! names and unlinked-but-open files working without path bookkeeping.
+
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use super::file::OpenFile;
+
+/// The node id the kernel uses for the mount's root.
+pub const ROOT_ID: u64 = 1;
+
+/// What kind of backing object a node is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeKind {
+    Directory,
+    Regular,
+    Symlink,
+    Other,
+}
+
+impl NodeKind {
+    pub fn from_mode(mode: u32) -> NodeKind {
+        match mode & libc::S_IFMT {
+            libc::S_IFDIR => NodeKind::Directory,
+            libc::S_IFREG => NodeKind::Regular,
+            libc::S_IFLNK => NodeKind::Symlink,
+            _ => NodeKind::Other,
+        }
+    }
+}
+
+/// How a regular file's backing bytes are to be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// A deflatefs container (docs/FORMAT.md).
+    Container,
+    /// Anything else: served byte for byte.
+    Plain,
+}
+
+/// One backing inode known to the kernel.
+pub struct Node {
+    pub id: u64,
+    pub dev: u64,
+    pub ino: u64,
+    pub kind: NodeKind,
+    /// O_PATH (|O_NOFOLLOW for symlinks) descriptor of the backing inode.
+    pub fd: OwnedFd,
+    /// Outstanding kernel lookups (root: never forgotten).
+    lookups: Mutex<u64>,
+    /// Backing format, decided on first use (regular files only).
+    pub format: Mutex<Option<Format>>,
+    /// Shared state while any handle is open (and while write-back is pending).
+    pub open: Mutex<Option<Arc<OpenFile>>>,
+}
+
+impl Node {
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "node {} (ino {})", self.id, self.ino)
+    }
+}
+
+#[derive(Default)]
+struct Table {
+    by_id: HashMap<u64, Arc<Node>>,
+    by_key: HashMap<(u64, u64), u64>,
+    /// Device of the source directory: its inodes keep their own numbers as node ids.
+    root_dev: u64,
+    /// Next id for inodes of other devices (mounts inside the source) and number clashes.
+    next_synthetic: u64,
+}
+
+/// Node ids at or above this are synthesized (never a real inode number in practice).
+const SYNTHETIC_BASE: u64 = 1 << 63;
+
+/// All nodes the kernel currently holds a reference to.
+pub struct InodeTable {
+    table: Mutex<Table>,
+}
+
+impl InodeTable {
+    /// A table holding only the root, whose descriptor is the source directory opened before the
+    /// mount.
+    pub fn new(root_fd: OwnedFd, st: &libc::stat) -> InodeTable {
+        let root = Arc::new(Node {
+            id: ROOT_ID,
+            dev: st.st_dev,
+            ino: st.st_ino,
+            kind: NodeKind::Directory,
+            fd: root_fd,
+            lookups: Mutex::new(1),
+            format: Mutex::new(None),
+            open: Mutex::new(None),
+        });
+        let mut t = Table {
+            root_dev: st.st_dev,
+            next_synthetic: SYNTHETIC_BASE,
+            ..Default::default()
+        };
+        t.by_key.insert((st.st_dev, st.st_ino), ROOT_ID);
+        t.by_id.insert(ROOT_ID, root);
+        InodeTable {
+            table: Mutex::new(t),
+        }
+    }
+
+    /// The node for a kernel node id.
+    pub fn get(&self, id: u64) -> Option<Arc<Node>> {
+        self.table.lock().by_id.get(&id).cloned()
+    }
+
+    /// Registers one kernel lookup of the inode described by `st`, reached through `fd`. An inode
+    /// already known keeps its node (and its existing descriptor; `fd` is dropped).
+    pub fn insert_lookup(&self, fd: OwnedFd, st: &libc::stat) -> Arc<Node> {
+        let mut t = self.table.lock();
+        let key = (st.st_dev, st.st_ino);
+        if let Some(id) = t.by_key.get(&key).copied() {
+            let node = t.by_id[&id].clone();
+            *node.lookups.lock() += 1;
+            return node;
+        }
+        // The kernel shows the node id as st_ino, so backing inode numbers are used as ids: they
+        // stay stable across remounts and `ls -i`, `find -inum` and hard-link checks work.
+        let id = if st.st_dev == t.root_dev
+            && st.st_ino != ROOT_ID
+            && st.st_ino < SYNTHETIC_BASE
+            && !t.by_id.contains_key(&st.st_ino)
+        {
+            st.st_ino
+        } else {
+            t.next_synthetic += 1;
+            t.next_synthetic
+        };
+        let node = Arc::new(Node {
+            id,
+            dev: st.st_dev,
+            ino: st.st_ino,
+            kind: NodeKind::from_mode(st.st_mode),
+            fd,
+            lookups: Mutex::new(1),
+            format: Mutex::new(None),
+            open: Mutex::new(None),
+        });
+        t.by_key.insert(key, id);
+        t.by_id.insert(id, node.clone());
+        node
+    }
+
+    /// Drops `n` kernel lookups; the node leaves the table when none remain (open handles keep
+    /// their own Arc, so data in flight is unaffected).
+    pub fn forget(&self, id: u64, n: u64) {
+        if id == ROOT_ID {
+            return;
+        }
+        let mut t = self.table.lock();
+        let Some(node) = t.by_id.get(&id).cloned() else {
+            return;
+        };
+        let mut lookups = node.lookups.lock();
+        *lookups = lookups.saturating_sub(n);
+        if *lookups == 0 {
+            drop(lookups);
+            t.by_id.remove(&id);
+            t.by_key.remove(&(node.dev, node.ino));
+        }
+    }
+
+    /// Every node with an open-file state (for flushing at unmount).
+    pub fn open_files(&self) -> Vec<Arc<OpenFile>> {
+        let t = self.table.lock();
+        t.by_id
+            .values()
+            .filter_map(|n| n.open.lock().clone())
+            .collect()
+    }
+
+    /// Number of nodes (for tests and statistics).
+    pub fn len(&self) -> usize {
+        self.table.lock().by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

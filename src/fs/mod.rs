@@ -1,0 +1,12 @@
+//! The filesystem: core operations on the backing tree, open-file write-back, caches, and the
+//! adapter to fuser.
+pub mod cache;
+pub mod core;
+pub mod error;
+pub mod file;
+pub mod fuse;
+pub mod inode;
+pub mod sys;
+
+pub use self::core::DeflateFs;
+pub use self::error::{FsError, FsResult};

@@ -1,0 +1,292 @@
+//! Thin wrappers over the *at system calls on backing file descriptors.
+//!
+//! The backing tree is reached only through file descriptors opened before the mount (and their
+//! children): a path lookup into the mount point from a request handler would deadlock when the
+//! mount sits on top of its own source directory. Where a call has no fd form for an O_PATH
+//! descriptor, the /proc/self/fd/N magic link names the same inode without a lookup in the tree.
+
+use std::ffi::{CStr, CString, OsStr};
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+
+use super::error::{FsError, FsResult};
+
+/// Converts a name or path to a C string; names with a NUL byte are invalid.
+pub fn cstr(name: &OsStr) -> FsResult<CString> {
+    CString::new(name.as_bytes()).map_err(|_| FsError::new(libc::EINVAL))
+}
+
+/// The /proc/self/fd/N path of a descriptor.
+pub fn proc_path(fd: RawFd) -> CString {
+    CString::new(format!("/proc/self/fd/{fd}")).expect("no NUL in a number")
+}
+
+fn check(ret: libc::c_int) -> FsResult<libc::c_int> {
+    if ret < 0 {
+        Err(FsError::new(last_errno()))
+    } else {
+        Ok(ret)
+    }
+}
+
+/// The errno of the last failed libc call.
+pub fn last_errno() -> i32 {
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}
+
+/// openat(2) returning an owned descriptor.
+pub fn openat(dir: RawFd, name: &CStr, flags: i32, mode: u32) -> FsResult<OwnedFd> {
+    let fd = unsafe { libc::openat(dir, name.as_ptr(), flags | libc::O_CLOEXEC, mode) };
+    check(fd)?;
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Opens the inode behind an O_PATH descriptor for I/O with `flags` (O_RDONLY, O_RDWR, ...).
+pub fn reopen(fd: RawFd, flags: i32) -> FsResult<File> {
+    let path = proc_path(fd);
+    let flags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_TRUNC);
+    let fd = unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC) };
+    check(fd)?;
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// fstat of any descriptor, O_PATH included.
+pub fn fstat(fd: RawFd) -> FsResult<libc::stat> {
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    let empty = c"";
+    check(unsafe {
+        libc::fstatat(
+            fd,
+            empty.as_ptr(),
+            &mut st,
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    Ok(st)
+}
+
+/// fstatat of a name in a directory, not following a final symlink.
+pub fn fstatat(dir: RawFd, name: &CStr) -> FsResult<libc::stat> {
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    check(unsafe { libc::fstatat(dir, name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) })?;
+    Ok(st)
+}
+
+pub fn mkdirat(dir: RawFd, name: &CStr, mode: u32) -> FsResult<()> {
+    check(unsafe { libc::mkdirat(dir, name.as_ptr(), mode) }).map(drop)
+}
+
+pub fn mknodat(dir: RawFd, name: &CStr, mode: u32, rdev: u64) -> FsResult<()> {
+    check(unsafe { libc::mknodat(dir, name.as_ptr(), mode, rdev) }).map(drop)
+}
+
+pub fn symlinkat(target: &CStr, dir: RawFd, name: &CStr) -> FsResult<()> {
+    check(unsafe { libc::symlinkat(target.as_ptr(), dir, name.as_ptr()) }).map(drop)
+}
+
+pub fn unlinkat(dir: RawFd, name: &CStr, flags: i32) -> FsResult<()> {
+    check(unsafe { libc::unlinkat(dir, name.as_ptr(), flags) }).map(drop)
+}
+
+pub fn renameat2(
+    olddir: RawFd,
+    oldname: &CStr,
+    newdir: RawFd,
+    newname: &CStr,
+    flags: u32,
+) -> FsResult<()> {
+    check(unsafe { libc::renameat2(olddir, oldname.as_ptr(), newdir, newname.as_ptr(), flags) })
+        .map(drop)
+}
+
+/// Hard link of the inode behind `fd` (O_PATH) as `newname` in `newdir`.
+pub fn link_fd(fd: RawFd, newdir: RawFd, newname: &CStr) -> FsResult<()> {
+    let path = proc_path(fd);
+    check(unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            newdir,
+            newname.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    })
+    .map(drop)
+}
+
+/// readlink of a symlink held by an O_PATH|O_NOFOLLOW descriptor.
+pub fn readlink_fd(fd: RawFd) -> FsResult<Vec<u8>> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    let empty = c"";
+    let n = unsafe {
+        libc::readlinkat(
+            fd,
+            empty.as_ptr(),
+            buf.as_mut_ptr() as *mut libc::c_char,
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return Err(FsError::new(last_errno()));
+    }
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
+pub fn chmod_fd(fd: RawFd, mode: u32) -> FsResult<()> {
+    let path = proc_path(fd);
+    check(unsafe { libc::chmod(path.as_ptr(), mode) }).map(drop)
+}
+
+pub fn chown_fd(fd: RawFd, uid: Option<u32>, gid: Option<u32>) -> FsResult<()> {
+    let empty = c"";
+    check(unsafe {
+        libc::fchownat(
+            fd,
+            empty.as_ptr(),
+            uid.unwrap_or(u32::MAX),
+            gid.unwrap_or(u32::MAX),
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })
+    .map(drop)
+}
+
+pub fn chown_at(dir: RawFd, name: &CStr, uid: u32, gid: u32) -> FsResult<()> {
+    check(unsafe { libc::fchownat(dir, name.as_ptr(), uid, gid, libc::AT_SYMLINK_NOFOLLOW) })
+        .map(drop)
+}
+
+/// utimensat on the inode behind `fd`; each time is (sec, nsec) or UTIME_NOW/UTIME_OMIT in nsec.
+pub fn utimens_fd(fd: RawFd, is_symlink: bool, times: [libc::timespec; 2]) -> FsResult<()> {
+    if is_symlink {
+        // The magic link would resolve to the symlink's target: use the empty path instead.
+        let empty = c"";
+        return check(unsafe {
+            libc::utimensat(
+                fd,
+                empty.as_ptr(),
+                times.as_ptr(),
+                libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+            )
+        })
+        .map(drop);
+    }
+    let path = proc_path(fd);
+    check(unsafe { libc::utimensat(libc::AT_FDCWD, path.as_ptr(), times.as_ptr(), 0) }).map(drop)
+}
+
+pub fn fstatvfs(fd: RawFd) -> FsResult<libc::statvfs> {
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // fstatvfs works on O_PATH descriptors since Linux 3.x through the proc path.
+    let path = proc_path(fd);
+    check(unsafe { libc::statvfs(path.as_ptr(), &mut st) })?;
+    Ok(st)
+}
+
+/// Reads a directory's entries through a fresh descriptor (the O_PATH one cannot be read).
+pub fn read_dir(fd: RawFd) -> FsResult<Vec<(u64, u8, Vec<u8>)>> {
+    let dot = c".";
+    let dirfd = openat(fd, dot, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+    let dir = unsafe { libc::fdopendir(dirfd.as_raw_fd()) };
+    if dir.is_null() {
+        return Err(FsError::new(last_errno()));
+    }
+    std::mem::forget(dirfd); // owned by the DIR stream now
+    let mut out = Vec::new();
+    loop {
+        unsafe { *libc::__errno_location() = 0 };
+        let ent = unsafe { libc::readdir64(dir) };
+        if ent.is_null() {
+            let e = unsafe { *libc::__errno_location() };
+            unsafe { libc::closedir(dir) };
+            if e != 0 {
+                return Err(FsError::new(e));
+            }
+            break;
+        }
+        let ent = unsafe { &*ent };
+        let name = unsafe { CStr::from_ptr(ent.d_name.as_ptr()) };
+        out.push((ent.d_ino, ent.d_type, name.to_bytes().to_vec()));
+    }
+    Ok(out)
+}
+
+fn xattr_result(n: isize) -> FsResult<usize> {
+    if n < 0 {
+        Err(FsError::new(last_errno()))
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// getxattr on the inode behind `fd`; `size` 0 asks for the length only.
+pub fn getxattr_fd(fd: RawFd, name: &CStr, size: usize) -> FsResult<Vec<u8>> {
+    let path = proc_path(fd);
+    let mut buf = vec![0u8; size];
+    let n = unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr() as *mut libc::c_void,
+            size,
+        )
+    };
+    let n = xattr_result(n)?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// Length of an xattr value.
+pub fn getxattr_len(fd: RawFd, name: &CStr) -> FsResult<usize> {
+    let path = proc_path(fd);
+    xattr_result(unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) })
+}
+
+pub fn setxattr_fd(fd: RawFd, name: &CStr, value: &[u8], flags: i32) -> FsResult<()> {
+    let path = proc_path(fd);
+    check(unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr() as *const libc::c_void,
+            value.len(),
+            flags,
+        )
+    })
+    .map(drop)
+}
+
+/// listxattr; `size` 0 asks for the length only.
+pub fn listxattr_fd(fd: RawFd, size: usize) -> FsResult<Vec<u8>> {
+    let path = proc_path(fd);
+    let mut buf = vec![0u8; size];
+    let n = unsafe { libc::listxattr(path.as_ptr(), buf.as_mut_ptr() as *mut libc::c_char, size) };
+    let n = xattr_result(n)?;
+    if size == 0 {
+        return Ok(vec![0; n]);
+    }
+    buf.truncate(n);
+    Ok(buf)
+}
+
+pub fn removexattr_fd(fd: RawFd, name: &CStr) -> FsResult<()> {
+    let path = proc_path(fd);
+    check(unsafe { libc::removexattr(path.as_ptr(), name.as_ptr()) }).map(drop)
+}
+
+/// fallocate on an open file.
+pub fn fallocate(file: &File, mode: i32, offset: u64, len: u64) -> FsResult<()> {
+    check(unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            mode,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    })
+    .map(drop)
+}

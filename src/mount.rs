@@ -1,0 +1,477 @@
+//! Mounting: checks, the readiness pipe of the daemon, mount(2) with type `fuse.deflatefs`, the
+//! FUSE session, and a clean unmount on SIGTERM/SIGINT.
+//!
+//! We call mount(2) ourselves and hand the /dev/fuse descriptor to `fuser::Session::from_fd`, so
+//! fuser 0.18.0 never unmounts anything: its own unmount-on-drop checks "still mounted" the wrong
+//! way round and, after an external `umount`, would unmount whatever lies underneath the mount
+//! point (../shared/notes/fuse.md). Our own unmount (on a signal) first checks, by mount id, that
+//! the mount it is about to remove is still ours.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::engine::software::SoftwareBackend;
+use crate::engine::{Engine, EngineConfig};
+use crate::fs::fuse::FuseAdapter;
+use crate::fs::sys;
+use crate::fs::DeflateFs;
+use crate::logging::{self, LogTarget};
+use crate::options::MountOptions;
+
+/// The filesystem type shown in /proc/mounts and by findmnt.
+pub const FS_TYPE: &str = "fuse.deflatefs";
+
+/// What `deflatefs mount` was asked to do.
+#[derive(Debug, Clone)]
+pub struct MountRequest {
+    pub source: PathBuf,
+    pub mountpoint: PathBuf,
+    pub options: MountOptions,
+    pub foreground: bool,
+}
+
+/// An error before the mount is live; printed as `deflatefs: <message>`.
+#[derive(Debug)]
+pub struct MountError(pub String);
+
+impl std::fmt::Display for MountError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn fail<T>(msg: impl Into<String>) -> Result<T, MountError> {
+    Err(MountError(msg.into()))
+}
+
+/// One line of /proc/self/mountinfo that matters here.
+#[derive(Debug, Clone)]
+pub struct MountInfo {
+    pub id: u64,
+    pub mount_point: PathBuf,
+    pub fs_type: String,
+}
+
+fn unescape_mountinfo(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 3 < bytes.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..(i + 4).min(s.len())], 8) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Every mount of this process's namespace, in mount order.
+pub fn read_mountinfo() -> Vec<MountInfo> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    text.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let sep = fields.iter().position(|f| *f == "-")?;
+            Some(MountInfo {
+                id: fields.first()?.parse().ok()?,
+                mount_point: PathBuf::from(unescape_mountinfo(fields.get(4)?)),
+                fs_type: fields.get(sep + 1)?.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// The topmost mount at `path`, if `path` is a mount point.
+pub fn top_mount_at(path: &Path) -> Option<MountInfo> {
+    read_mountinfo()
+        .into_iter()
+        .filter(|m| m.mount_point == path)
+        .last()
+}
+
+/// Validates the request and prepares what must exist before mounting: the source directory's
+/// descriptor (opened before the mount hides it).
+fn prepare(req: &MountRequest) -> Result<(OwnedFd, PathBuf, PathBuf), MountError> {
+    let source = match std::fs::canonicalize(&req.source) {
+        Ok(p) => p,
+        Err(e) => return fail(format!("source {}: {e}", req.source.display())),
+    };
+    if !source.is_dir() {
+        return fail(format!("source {} is not a directory", source.display()));
+    }
+    let mountpoint = match std::fs::canonicalize(&req.mountpoint) {
+        Ok(p) => p,
+        Err(e) => return fail(format!("mount point {}: {e}", req.mountpoint.display())),
+    };
+    if !mountpoint.is_dir() {
+        return fail(format!(
+            "mount point {} is not a directory",
+            mountpoint.display()
+        ));
+    }
+    if let Some(m) = top_mount_at(&mountpoint) {
+        if m.fs_type == FS_TYPE {
+            return fail(format!(
+                "{} is already a deflatefs mount point",
+                mountpoint.display()
+            ));
+        }
+    }
+    if !Path::new("/dev/fuse").exists() {
+        return fail("/dev/fuse is missing (load the fuse module: modprobe fuse)");
+    }
+    let csource = CString::new(source.as_os_str().as_bytes())
+        .map_err(|_| MountError("source path contains a NUL byte".into()))?;
+    let root = sys::openat(
+        libc::AT_FDCWD,
+        &csource,
+        libc::O_PATH | libc::O_DIRECTORY,
+        0,
+    )
+    .map_err(|e| MountError(format!("cannot open source {}: {e}", source.display())))?;
+    Ok((root, source, mountpoint))
+}
+
+/// Raises the descriptor limit: every inode the kernel holds costs one O_PATH descriptor.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            let want = std::fs::read_to_string("/proc/sys/fs/nr_open")
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .unwrap_or(lim.rlim_max);
+            let raised = libc::rlimit {
+                rlim_cur: want,
+                rlim_max: want,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
+                lim.rlim_cur = lim.rlim_max;
+                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            }
+        }
+    }
+}
+
+/// mount(2) of a FUSE filesystem; returns the /dev/fuse descriptor.
+fn kernel_mount(
+    source: &Path,
+    mountpoint: &Path,
+    opts: &MountOptions,
+) -> Result<OwnedFd, MountError> {
+    let dev = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .map_err(|e| MountError(format!("cannot open /dev/fuse: {e}")))?;
+    let fd: OwnedFd = dev.into();
+    let mut data = format!(
+        "fd={},rootmode=40000,user_id={},group_id={}",
+        fd.as_raw_fd(),
+        unsafe { libc::getuid() },
+        unsafe { libc::getgid() }
+    );
+    if opts.allow_other {
+        data.push_str(",allow_other");
+    }
+    if opts.default_permissions {
+        data.push_str(",default_permissions");
+    }
+    let mut flags = libc::MS_NOSUID | libc::MS_NODEV;
+    if opts.read_only {
+        flags |= libc::MS_RDONLY;
+    }
+    let csrc = CString::new(source.as_os_str().as_bytes()).expect("checked");
+    let cmnt = CString::new(mountpoint.as_os_str().as_bytes()).expect("checked");
+    let ctype = CString::new(FS_TYPE).expect("static");
+    let cdata = CString::new(data).expect("no NUL");
+    let r = unsafe {
+        libc::mount(
+            csrc.as_ptr(),
+            cmnt.as_ptr(),
+            ctype.as_ptr(),
+            flags,
+            cdata.as_ptr() as *const libc::c_void,
+        )
+    };
+    if r != 0 {
+        let e = std::io::Error::last_os_error();
+        let hint = if e.raw_os_error() == Some(libc::EPERM) {
+            " (mounting needs root)"
+        } else {
+            ""
+        };
+        return fail(format!(
+            "mount {} on {} failed: {e}{hint}",
+            source.display(),
+            mountpoint.display()
+        ));
+    }
+    Ok(fd)
+}
+
+/// Unmounts `mountpoint` only if the mount with id `mount_id` is still there.
+pub fn unmount_if_ours(mountpoint: &Path, mount_id: u64) {
+    let still_ours = read_mountinfo().iter().any(|m| m.id == mount_id);
+    if !still_ours {
+        tracing::info!(
+            "{} is no longer mounted; nothing to unmount",
+            mountpoint.display()
+        );
+        return;
+    }
+    let c = CString::new(mountpoint.as_os_str().as_bytes()).expect("checked");
+    if unsafe { libc::umount2(c.as_ptr(), 0) } != 0 {
+        let e = std::io::Error::last_os_error();
+        tracing::warn!(
+            "unmount of {} failed ({e}); detaching it lazily",
+            mountpoint.display()
+        );
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// Blocks SIGTERM/SIGINT/SIGHUP in this thread and every thread started after it, so one
+/// dedicated thread can wait for them.
+fn block_signals() -> libc::sigset_t {
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+/// Runs the mount: daemonizes unless `foreground`, and returns the process exit code.
+pub fn run(req: MountRequest) -> i32 {
+    let (root, source, mountpoint) = match prepare(&req) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("deflatefs: {e}");
+            return 1;
+        }
+    };
+    if req.foreground {
+        let target = match &req.options.log_file {
+            Some(f) => LogTarget::File(f.clone()),
+            None => LogTarget::Stderr,
+        };
+        if let Err(e) = logging::init(target, &req.options.log_level) {
+            eprintln!("deflatefs: {e}");
+            return 1;
+        }
+        return match serve(root, &source, &mountpoint, &req.options, None) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("deflatefs: {e}");
+                1
+            }
+        };
+    }
+    // Daemon: the parent waits on a pipe until the child reports the mount live (or an error).
+    let mut fds = [0; 2];
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        eprintln!("deflatefs: pipe: {}", std::io::Error::last_os_error());
+        return 1;
+    }
+    let mut rd = unsafe { File::from_raw_fd(fds[0]) };
+    let wr = unsafe { File::from_raw_fd(fds[1]) };
+    match unsafe { libc::fork() } {
+        -1 => {
+            eprintln!("deflatefs: fork: {}", std::io::Error::last_os_error());
+            1
+        }
+        0 => {
+            drop(rd);
+            unsafe { libc::setsid() };
+            redirect_stdio();
+            let target = match &req.options.log_file {
+                Some(f) => LogTarget::File(f.clone()),
+                None => LogTarget::Syslog,
+            };
+            let mut wr = wr;
+            if let Err(e) = logging::init(target, &req.options.log_level) {
+                let _ = wr.write_all(format!("ERR {e}").as_bytes());
+                unsafe { libc::_exit(1) };
+            }
+            let ready = ReadyPipe(Some(wr));
+            let code = match serve(root, &source, &mountpoint, &req.options, Some(ready)) {
+                Ok(()) => 0,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    1
+                }
+            };
+            unsafe { libc::_exit(code) }
+        }
+        _child => {
+            drop(wr);
+            let mut msg = String::new();
+            let _ = rd.read_to_string(&mut msg);
+            if msg == "OK" {
+                0
+            } else {
+                let msg = msg.strip_prefix("ERR ").unwrap_or(&msg);
+                if msg.is_empty() {
+                    eprintln!("deflatefs: the daemon exited before the mount was ready");
+                } else {
+                    eprintln!("deflatefs: {msg}");
+                }
+                1
+            }
+        }
+    }
+}
+
+fn redirect_stdio() {
+    let null = c"/dev/null";
+    unsafe {
+        let fd = libc::open(null.as_ptr(), libc::O_RDWR);
+        if fd >= 0 {
+            libc::dup2(fd, 0);
+            libc::dup2(fd, 1);
+            libc::dup2(fd, 2);
+            if fd > 2 {
+                libc::close(fd);
+            }
+        }
+    }
+}
+
+/// The write end of the readiness pipe: "OK" once the mount is live, "ERR <why>" otherwise.
+struct ReadyPipe(Option<File>);
+
+impl ReadyPipe {
+    fn send(&mut self, msg: &str) {
+        if let Some(mut f) = self.0.take() {
+            let _ = f.write_all(msg.as_bytes());
+        }
+    }
+}
+
+/// Mounts and serves until unmounted.
+fn serve(
+    root: OwnedFd,
+    source: &Path,
+    mountpoint: &Path,
+    opts: &MountOptions,
+    mut ready: Option<ReadyPipe>,
+) -> Result<(), MountError> {
+    let result = serve_inner(root, source, mountpoint, opts, &mut ready);
+    if let (Err(e), Some(r)) = (&result, ready.as_mut()) {
+        r.send(&format!("ERR {e}"));
+    }
+    result
+}
+
+fn serve_inner(
+    root: OwnedFd,
+    source: &Path,
+    mountpoint: &Path,
+    opts: &MountOptions,
+    ready: &mut Option<ReadyPipe>,
+) -> Result<(), MountError> {
+    raise_fd_limit();
+    let signals = block_signals();
+    let engine = Engine::new(EngineConfig {
+        queues: opts.queues,
+        queue_depth: 4,
+        backend: Arc::new(SoftwareBackend::new()),
+    })
+    .map_err(|e| MountError(format!("compression engine: {e}")))?;
+    let fs = Arc::new(
+        DeflateFs::new(root, opts.clone(), engine.clone())
+            .map_err(|e| MountError(format!("source {}: {e}", source.display())))?,
+    );
+    let fuse_fd = kernel_mount(source, mountpoint, opts)?;
+    let mount_id = top_mount_at(mountpoint).map(|m| m.id).unwrap_or(0);
+    let mut config = fuser::Config::default();
+    config.n_threads = Some(opts.threads);
+    config.clone_fd = true;
+    let acl = if opts.allow_other {
+        fuser::SessionACL::All
+    } else {
+        fuser::SessionACL::Owner
+    };
+    let adapter = FuseAdapter { fs: fs.clone() };
+    let session = match fuser::Session::from_fd(adapter, fuse_fd, acl, config) {
+        Ok(s) => s,
+        Err(e) => {
+            unmount_if_ours(mountpoint, mount_id);
+            return fail(format!("FUSE handshake failed: {e}"));
+        }
+    };
+    fs.spawn_flusher();
+    tracing::info!(
+        "mounted {} on {} (chunk={}k level={} queues={} backend={} cache={}m dirty={}m pool={}m)",
+        source.display(),
+        mountpoint.display(),
+        opts.chunk_size() >> 10,
+        opts.level,
+        engine.queue_count(),
+        engine.backend_name(),
+        opts.cache_bytes >> 20,
+        opts.dirty_bytes >> 20,
+        opts.pool_bytes >> 20
+    );
+    {
+        let fs = fs.clone();
+        let mountpoint = mountpoint.to_path_buf();
+        std::thread::Builder::new()
+            .name("dfs-signals".into())
+            .spawn(move || loop {
+                let mut sig = 0;
+                if unsafe { libc::sigwait(&signals, &mut sig) } != 0 {
+                    continue;
+                }
+                tracing::info!("signal {sig}: writing back and unmounting");
+                fs.flush_all();
+                unmount_if_ours(&mountpoint, mount_id);
+            })
+            .map_err(|e| MountError(format!("signal thread: {e}")))?;
+    }
+    if let Some(r) = ready.as_mut() {
+        r.send("OK");
+    }
+    *ready = None;
+    let result = session.run();
+    fs.flush_all();
+    engine.shutdown();
+    tracing::info!("{} unmounted", mountpoint.display());
+    result.map_err(|e| MountError(format!("FUSE session ended with an error: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_decoded() {
+        assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+        assert_eq!(unescape_mountinfo("/x\\134y"), "/x\\y");
+    }
+
+    #[test]
+    fn root_is_listed_in_mountinfo() {
+        assert!(read_mountinfo()
+            .iter()
+            .any(|m| m.mount_point == Path::new("/")));
+    }
+}

@@ -1,0 +1,276 @@
+//! Mount options (`-o chunk=128k,level=1,...`): parsing and validation.
+//!
+//! Every option the user can give is listed in [`OPTION_HELP`]; anything else is an error that names
+//! the option, so nothing is mounted with a typo silently ignored.
+
+use std::fmt;
+
+/// Default chunk size: 128 KiB (see docs/FORMAT.md; the same record size btrfs and ZFS use).
+pub const DEFAULT_CHUNK_LOG2: u8 = 17;
+/// Default compression level. Level 1 of libdeflate compresses ~250 MB/s per core with a ratio
+/// close to zlib level 6 (../shared/notes/codecs.md); higher levels cost 2-5x the CPU for a few
+/// percent of ratio, which a filesystem on the write path cannot afford by default.
+pub const DEFAULT_LEVEL: u32 = 1;
+
+/// Everything a mount can be configured with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountOptions {
+    /// log2 of the chunk size for new files (12..=22).
+    pub chunk_log2: u8,
+    /// Compression level, 0..=12 (0 stores without compressing).
+    pub level: u32,
+    /// Engine queue pairs (worker threads); default = number of CPUs.
+    pub queues: usize,
+    /// Decompressed-chunk cache, bytes.
+    pub cache_bytes: usize,
+    /// Most unwritten (dirty) data buffered, bytes.
+    pub dirty_bytes: usize,
+    /// Engine buffer pool, bytes.
+    pub pool_bytes: usize,
+    /// FUSE worker threads.
+    pub threads: usize,
+    pub read_only: bool,
+    pub allow_other: bool,
+    pub default_permissions: bool,
+    /// Log verbosity: error, warn, info, debug, trace.
+    pub log_level: String,
+    /// Log file instead of syslog/stderr.
+    pub log_file: Option<String>,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            chunk_log2: DEFAULT_CHUNK_LOG2,
+            level: DEFAULT_LEVEL,
+            queues: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            cache_bytes: 64 << 20,
+            dirty_bytes: 64 << 20,
+            pool_bytes: 32 << 20,
+            threads: 4,
+            read_only: false,
+            allow_other: false,
+            default_permissions: false,
+            log_level: "info".into(),
+            log_file: None,
+        }
+    }
+}
+
+/// One line per option, printed by `deflatefs --help` and kept in step with the README.
+pub const OPTION_HELP: &str = "\
+Mount options (-o OPT[,OPT...]):
+  chunk=SIZE           chunk size for new files: power of two, 4k..4m (default 128k)
+  level=N              compression level 0..12, 0 = store only (default 1)
+  queues=N             compression queue pairs / worker threads (default: number of CPUs)
+  cache=SIZE           decompressed-chunk cache (default 64m)
+  dirty=SIZE           most unwritten data buffered before writers wait (default 64m)
+  pool=SIZE            compression engine buffer pool (default 32m)
+  threads=N            FUSE request worker threads (default 4)
+  ro                   read-only mount
+  rw                   read-write mount (default)
+  allow_other          let other users access the mount
+  default_permissions  let the kernel check permissions against file modes
+  log=FILE             log to FILE instead of syslog (daemon) or stderr (-f)
+  log_level=LEVEL      error, warn, info (default), debug or trace
+  Accepted and ignored, as passed by mount(8)/mount.fuse3: dev, nodev, suid, nosuid, exec,
+  noexec, atime, noatime, relatime, async, defaults.
+SIZE takes a suffix k, m or g (powers of 1024).";
+
+/// A malformed or unknown option, with the text that caused it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OptionError(pub String);
+
+impl fmt::Display for OptionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for OptionError {}
+
+/// Parses a size such as `128k`, `4m`, `1g` or `65536`.
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let (digits, mult) = match t.chars().last() {
+        Some('k' | 'K') => (&t[..t.len() - 1], 1usize << 10),
+        Some('m' | 'M') => (&t[..t.len() - 1], 1 << 20),
+        Some('g' | 'G') => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1),
+    };
+    let n: usize = digits
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size (examples: 65536, 128k, 4m, 1g)"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("'{text}' is too large"))
+}
+
+fn parse_count(name: &str, value: &str, min: usize, max: usize) -> Result<usize, OptionError> {
+    let n: usize = value
+        .parse()
+        .map_err(|_| OptionError(format!("option {name}={value}: not a number")))?;
+    if n < min || n > max {
+        return Err(OptionError(format!(
+            "option {name}={value}: must be between {min} and {max}"
+        )));
+    }
+    Ok(n)
+}
+
+fn parse_bytes(name: &str, value: &str, min: usize) -> Result<usize, OptionError> {
+    let n = parse_size(value).map_err(|e| OptionError(format!("option {name}: {e}")))?;
+    if n < min {
+        return Err(OptionError(format!(
+            "option {name}={value}: must be at least {}k",
+            min >> 10
+        )));
+    }
+    Ok(n)
+}
+
+impl MountOptions {
+    /// Parses a list of comma-separated option strings (each `-o` argument is one element) on top
+    /// of the defaults. The first bad option is reported, and nothing is applied.
+    pub fn parse<S: AsRef<str>>(groups: &[S]) -> Result<MountOptions, OptionError> {
+        let mut o = MountOptions::default();
+        for group in groups {
+            for opt in group.as_ref().split(',').filter(|s| !s.is_empty()) {
+                o.apply(opt)?;
+            }
+        }
+        Ok(o)
+    }
+
+    fn apply(&mut self, opt: &str) -> Result<(), OptionError> {
+        let (name, value) = match opt.split_once('=') {
+            Some((n, v)) => (n, Some(v)),
+            None => (opt, None),
+        };
+        fn need<'a>(name: &str, v: Option<&'a str>) -> Result<&'a str, OptionError> {
+            v.filter(|v| !v.is_empty())
+                .ok_or_else(|| OptionError(format!("option {name} needs a value ({name}=...)")))
+        }
+        let flag = |v: Option<&str>| match v {
+            None => Ok(()),
+            Some(_) => Err(OptionError(format!("option {name} takes no value"))),
+        };
+        match name {
+            "chunk" => {
+                let v = need(name, value)?;
+                let n = parse_size(v).map_err(|e| OptionError(format!("option chunk: {e}")))?;
+                if !n.is_power_of_two() || !(4096..=4 << 20).contains(&n) {
+                    return Err(OptionError(format!(
+                        "option chunk={v}: must be a power of two between 4k and 4m"
+                    )));
+                }
+                self.chunk_log2 = n.trailing_zeros() as u8;
+            }
+            "level" => self.level = parse_count(name, need(name, value)?, 0, 12)? as u32,
+            "queues" => self.queues = parse_count(name, need(name, value)?, 1, 256)?,
+            "threads" => self.threads = parse_count(name, need(name, value)?, 1, 64)?,
+            "cache" => self.cache_bytes = parse_bytes(name, need(name, value)?, 0)?,
+            "dirty" => self.dirty_bytes = parse_bytes(name, need(name, value)?, 8 << 20)?,
+            "pool" => self.pool_bytes = parse_bytes(name, need(name, value)?, 1 << 20)?,
+            "ro" => {
+                flag(value)?;
+                self.read_only = true
+            }
+            "rw" => {
+                flag(value)?;
+                self.read_only = false
+            }
+            "allow_other" => {
+                flag(value)?;
+                self.allow_other = true
+            }
+            "default_permissions" => {
+                flag(value)?;
+                self.default_permissions = true
+            }
+            "log" => self.log_file = Some(need(name, value)?.to_string()),
+            "log_level" => {
+                let v = need(name, value)?;
+                if !["error", "warn", "info", "debug", "trace"].contains(&v) {
+                    return Err(OptionError(format!(
+                        "option log_level={v}: must be error, warn, info, debug or trace"
+                    )));
+                }
+                self.log_level = v.to_string();
+            }
+            "dev" | "nodev" | "suid" | "nosuid" | "exec" | "noexec" | "atime" | "noatime"
+            | "relatime" | "async" | "defaults" => flag(value)?,
+            _ => {
+                return Err(OptionError(format!(
+                    "unknown mount option '{opt}' (see deflatefs --help)"
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    /// Chunk size for new files, in bytes.
+    pub fn chunk_size(&self) -> usize {
+        1 << self.chunk_log2
+    }
+
+    /// The most memory the daemon's data buffers may take: cache + dirty + engine pool.
+    pub fn memory_bound(&self) -> usize {
+        self.cache_bytes + self.dirty_bytes + self.pool_bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_apply_without_options() {
+        let o = MountOptions::parse::<&str>(&[]).unwrap();
+        assert_eq!(o.chunk_size(), 128 << 10);
+        assert_eq!(o.level, DEFAULT_LEVEL);
+        assert_eq!(o.cache_bytes, 64 << 20);
+    }
+
+    #[test]
+    fn chunk_accepts_powers_of_two_between_4k_and_4m() {
+        for (text, log2) in [("4k", 12), ("128k", 17), ("4m", 22), ("65536", 16)] {
+            let o = MountOptions::parse(&[format!("chunk={text}")]).unwrap();
+            assert_eq!(o.chunk_log2, log2, "{text}");
+        }
+        for bad in ["3k", "2k", "8m", "100000", "x", ""] {
+            assert!(
+                MountOptions::parse(&[format!("chunk={bad}")]).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_option_is_named_in_the_error() {
+        let e = MountOptions::parse(&["ro,bogus=1"]).unwrap_err();
+        assert!(e.0.contains("bogus=1"), "{e}");
+    }
+
+    #[test]
+    fn level_out_of_range_is_refused() {
+        assert!(MountOptions::parse(&["level=13"]).is_err());
+        assert_eq!(MountOptions::parse(&["level=0"]).unwrap().level, 0);
+    }
+
+    #[test]
+    fn flags_refuse_values_and_mount_flags_are_ignored() {
+        assert!(MountOptions::parse(&["ro=1"]).is_err());
+        let o =
+            MountOptions::parse(&["rw,nosuid,nodev,ro,allow_other,default_permissions"]).unwrap();
+        assert!(o.read_only && o.allow_other && o.default_permissions);
+    }
+
+    #[test]
+    fn sizes_take_suffixes() {
+        assert_eq!(parse_size("1g").unwrap(), 1 << 30);
+        assert_eq!(parse_size("64M").unwrap(), 64 << 20);
+        assert!(parse_size("12q").is_err());
+    }
+}
