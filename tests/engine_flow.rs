@@ -13,7 +13,7 @@ use deflatefs::engine::{
 /// Deterministic chunk content, half compressible, half not, so both paths are exercised.
 fn chunk_data(producer: u64, seq: u64, out: &mut [u8]) {
     let mut x = (producer << 32 | seq).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let compressible = seq % 2 == 0;
+    let compressible = seq.is_multiple_of(2);
     for (i, b) in out.iter_mut().enumerate() {
         if compressible {
             *b = b"flow control keeps memory bounded; "[i % 35] ^ (seq as u8 & 1);

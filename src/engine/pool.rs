@@ -400,3 +400,155 @@ impl fmt::Debug for PoolBuf {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::thread;
+
+    #[test]
+    fn take_charges_size_classes_and_returns_on_drop() {
+        let pool = BufferPool::new(1 << 20);
+        let a = pool.take(100).unwrap();
+        assert_eq!(a.len(), 100);
+        assert_eq!(a.capacity(), 4096);
+        let b = pool.take(100_000).unwrap();
+        assert_eq!(b.len(), 100_000);
+        assert!(b.capacity() >= 100_000 && b.capacity() <= 100_000 * 17 / 16);
+        assert_eq!(pool.in_use(), a.capacity() + b.capacity());
+        drop(a);
+        drop(b);
+        assert_eq!(pool.in_use(), 0);
+        assert_eq!(pool.free_bytes(), 4096 + 102_400);
+        let empty = pool.take(0).unwrap();
+        assert!(empty.is_empty());
+        assert_eq!(pool.in_use(), 0);
+    }
+
+    #[test]
+    fn class_never_exceeds_capacity() {
+        let pool = BufferPool::new(5000);
+        let buf = pool.take(5000).unwrap();
+        assert_eq!(buf.capacity(), 5000);
+        assert_eq!(
+            pool.take(5001).unwrap_err(),
+            PoolError::TooLarge {
+                requested: 5001,
+                capacity: 5000
+            }
+        );
+        assert!(pool.try_take(5001).is_none());
+        assert!(pool.take_timeout(5001, Duration::from_secs(10)).is_none());
+        assert!(pool.take_many([4096, 4096]).is_err());
+    }
+
+    #[test]
+    fn buffers_are_recycled_without_new_allocation() {
+        let pool = BufferPool::new(1 << 20);
+        let mut a = pool.take(64 << 10).unwrap();
+        a[0] = 0xAA;
+        let ptr = a.as_ptr();
+        drop(a);
+        let b = pool.take((64 << 10) - 100).unwrap(); // same class
+        assert_eq!(b.as_ptr(), ptr);
+        assert_eq!(b[0], 0xAA, "recycled contents are not cleared");
+    }
+
+    #[test]
+    fn free_buffers_of_other_sizes_are_dropped_to_make_room() {
+        let pool = BufferPool::new(256 << 10);
+        drop(
+            pool.take_many([64 << 10, 64 << 10, 64 << 10, 64 << 10])
+                .unwrap(),
+        );
+        assert_eq!(pool.free_bytes(), 256 << 10);
+        let big = pool.try_take(200 << 10).expect("free lists give way");
+        assert_eq!(pool.in_use(), big.capacity());
+        assert!(pool.in_use() + pool.free_bytes() <= pool.capacity());
+    }
+
+    #[test]
+    fn try_take_and_timeout_do_not_block_beyond_their_limit() {
+        let pool = BufferPool::new(8192);
+        let a = pool.take(8192).unwrap();
+        assert!(pool.try_take(1).is_none());
+        let t = Instant::now();
+        assert!(pool.take_timeout(1, Duration::from_millis(30)).is_none());
+        assert!(t.elapsed() >= Duration::from_millis(30));
+        drop(a);
+        assert!(pool.take_timeout(1, Duration::from_millis(30)).is_some());
+    }
+
+    #[test]
+    fn blocked_take_wakes_when_memory_returns() {
+        let pool = BufferPool::new(8192);
+        let a = pool.take(8192).unwrap();
+        let p2 = Arc::clone(&pool);
+        let waiter = thread::spawn(move || p2.take(8192).unwrap().len());
+        thread::sleep(Duration::from_millis(20));
+        assert!(!waiter.is_finished());
+        drop(a);
+        assert_eq!(waiter.join().unwrap(), 8192);
+        assert_eq!(pool.high_water(), 8192);
+    }
+
+    #[test]
+    fn large_request_is_not_starved_by_small_ones() {
+        let pool = BufferPool::new(16 << 10);
+        let small = pool.take(4096).unwrap();
+        let p2 = Arc::clone(&pool);
+        let big = thread::spawn(move || p2.take(16 << 10).map(|b| b.len()));
+        while pool.state.lock().waiters.is_empty() {
+            thread::yield_now();
+        }
+        // Room for a small one, but the big request is first in line.
+        assert!(pool.try_take(4096).is_none());
+        drop(small);
+        assert_eq!(big.join().unwrap().unwrap(), 16 << 10);
+    }
+
+    #[test]
+    fn timed_out_waiter_leaves_the_line() {
+        let pool = BufferPool::new(8192);
+        let a = pool.take(8192).unwrap();
+        assert!(pool.take_timeout(8192, Duration::from_millis(5)).is_none());
+        assert!(pool.state.lock().waiters.is_empty());
+        drop(a);
+        assert!(pool.try_take(8192).is_some());
+    }
+
+    #[test]
+    fn high_water_stays_within_capacity_under_contention() {
+        let pool = BufferPool::new(64 << 10);
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let pool = Arc::clone(&pool);
+                thread::spawn(move || {
+                    for j in 0..500 {
+                        let len = 1 + (i * 7919 + j * 104_729) % (24 << 10);
+                        let mut b = pool.take_many([len, 4096]).unwrap();
+                        b[0][0] = 1;
+                        assert!(pool.in_use() <= pool.capacity());
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(pool.high_water() <= pool.capacity());
+        assert_eq!(pool.in_use(), 0);
+        assert!(pool.free_bytes() <= pool.capacity());
+        pool.reset_high_water();
+        assert_eq!(pool.high_water(), 0);
+    }
+
+    #[test]
+    #[should_panic(expected = "beyond capacity")]
+    fn set_len_beyond_capacity_panics() {
+        let pool = BufferPool::new(1 << 20);
+        let mut b = pool.take(10).unwrap();
+        b.set_len(4096); // fine: the class is 4 KiB
+        b.set_len(4097);
+    }
+}
