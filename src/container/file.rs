@@ -587,6 +587,17 @@ impl Container {
         pread(&self.file, buf, entry.member_offset, "data member")
     }
 
+    /// Sequence number of the last commit written or found (0: none yet).
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// Delta commits since the last checkpoint: what an open of the committed state replays
+    /// besides the checkpoint (at most 1024 by the checkpoint policy).
+    pub fn deltas_since_checkpoint(&self) -> u64 {
+        self.deltas_since_checkpoint
+    }
+
     /// Valid length of the container (the append offset).
     pub fn container_len(&self) -> u64 {
         self.container_len

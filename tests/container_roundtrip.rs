@@ -1,0 +1,439 @@
+//! Create/append/commit/open round trips, replay rules on disk, checkpoint policy, reset,
+//! rebuild (compaction), error handling.
+
+mod container_common;
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+
+use container_common::{commits_in, read_all, rw, Scratch, Writer};
+use deflatefs::container::{
+    build_stored_member, header_member, Container, ContainerError, IndexEntry, COMMIT_MEMBER_LEN,
+    HEADER_MEMBER_LEN,
+};
+
+/// Incompressible bytes.
+fn pattern(n: usize, seed: u8) -> Vec<u8> {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ seed as u64;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect()
+}
+
+fn text(n: usize, seed: u8) -> Vec<u8> {
+    format!("line {seed} of some log text that compresses well\n")
+        .into_bytes()
+        .into_iter()
+        .cycle()
+        .take(n)
+        .collect()
+}
+
+#[test]
+fn create_writes_header_and_empty_checkpoint() {
+    let s = Scratch::new();
+    let c = s.create("f", 12);
+    assert_eq!(
+        c.container_len(),
+        (HEADER_MEMBER_LEN + COMMIT_MEMBER_LEN) as u64
+    );
+    assert_eq!(c.size(), 0);
+    assert!(!c.has_pending());
+    let bytes = std::fs::read(s.path("f")).unwrap();
+    assert_eq!(bytes[..46], header_member(12));
+    let commits = commits_in(&bytes);
+    assert_eq!(commits.len(), 1);
+    assert!(commits[0].checkpoint);
+    assert_eq!(commits[0].seq, 1);
+    let c = s.open("f");
+    assert_eq!(c.size(), 0);
+    assert_eq!(c.index().chunk_count(), 0);
+    assert_eq!(Container::read_logical_size(c.file()).unwrap(), 0);
+}
+
+#[test]
+fn create_refuses_non_empty_file_and_bad_chunk_size() {
+    let s = Scratch::new();
+    std::fs::write(s.path("x"), b"data").unwrap();
+    assert!(Container::create(rw(&s.path("x")), 12).is_err());
+    assert!(Container::create(rw(&s.path("y")), 11).is_err());
+    assert!(Container::create(rw(&s.path("z")), 23).is_err());
+}
+
+#[test]
+fn append_commit_open_round_trip_over_several_commits() {
+    let s = Scratch::new();
+    let mut w = Writer::new(s.create("f", 12));
+    w.append(&text(10_000, 1));
+    w.c.commit().unwrap();
+    w.append(&pattern(3000, 2));
+    w.c.commit().unwrap();
+    w.write_at(5000, &pattern(6000, 3));
+    w.c.commit().unwrap();
+    w.write_at(40_000, b"far away"); // holes in between
+    w.c.commit().unwrap();
+    w.check();
+    let seq = w.c.last_seq();
+    assert_eq!(seq, 5);
+    let live: Vec<IndexEntry> = w.c.index().live_entries().cloned().collect();
+
+    let c = s.open("f");
+    assert_eq!(c.size(), w.model.len() as u64);
+    assert_eq!(c.last_seq(), seq);
+    assert_eq!(c.index().live_entries().cloned().collect::<Vec<_>>(), live);
+    assert_eq!(c.container_len(), w.c.container_len());
+    assert!(read_all(&c) == w.model);
+    assert!(c.index().hole_count() > 0);
+    assert_eq!(
+        Container::read_logical_size(c.file()).unwrap(),
+        w.model.len() as u64
+    );
+
+    // Keep going on the reopened container.
+    let mut w2 = Writer::new(c);
+    w2.append(&text(5000, 4));
+    w2.truncate(7777);
+    w2.c.commit().unwrap();
+    w2.check();
+    let c = s.open("f");
+    assert!(read_all(&c) == w2.model);
+}
+
+#[test]
+fn commit_without_changes_is_a_no_op() {
+    let s = Scratch::new();
+    let mut c = s.create("f", 12);
+    let len = c.container_len();
+    c.commit().unwrap();
+    assert_eq!(c.container_len(), len);
+    c.set_size(0);
+    assert!(!c.has_pending());
+    c.set_size(100);
+    assert!(c.has_pending());
+    c.set_size(0);
+    assert!(!c.has_pending());
+}
+
+#[test]
+fn size_only_commit_creates_a_sparse_file() {
+    let s = Scratch::new();
+    let mut c = s.create("f", 12);
+    c.set_size(1 << 40);
+    c.commit().unwrap();
+    let c = s.open("f");
+    assert_eq!(c.size(), 1 << 40);
+    assert_eq!(c.index().chunk_count(), 0);
+    assert_eq!(c.index().hole_count(), 1 << 28);
+}
+
+#[test]
+fn hole_entries_survive_reopen() {
+    let s = Scratch::new();
+    let mut w = Writer::new(s.create("f", 12));
+    w.append(&pattern(3 * 4096, 9));
+    w.c.commit().unwrap();
+    w.c.append_hole(1).unwrap();
+    w.model[4096..8192].fill(0);
+    w.c.commit().unwrap();
+    w.check();
+    let c = s.open("f");
+    assert!(c.index().pieces(1).is_empty());
+    assert_eq!(c.index().hole_count(), 1);
+    assert!(read_all(&c) == w.model);
+}
+
+#[test]
+fn shrink_then_grow_before_commit_keeps_dropped_chunks_dropped() {
+    let s = Scratch::new();
+    let mut w = Writer::new(s.create("f", 12));
+    w.append(&pattern(5 * 4096, 5));
+    w.c.commit().unwrap();
+    // Shrink to one chunk and grow again without writing: chunks 1..5 must read as zeros.
+    w.truncate(4096);
+    w.truncate(5 * 4096);
+    w.append(&pattern(100, 6));
+    w.truncate(2 * 4096); // drops the new piece and chunk... again
+    w.truncate(6 * 4096);
+    w.c.commit().unwrap();
+    w.check();
+    let c = s.open("f");
+    assert_eq!(c.size(), 6 * 4096);
+    assert_eq!(c.index().chunk_count(), 1);
+    assert!(read_all(&c) == w.model);
+
+    // The same through a checkpoint.
+    let mut w = Writer::new(c);
+    w.append(&pattern(4096, 7));
+    w.c.commit().unwrap();
+    w.truncate(0);
+    w.truncate(100);
+    w.c.commit().unwrap();
+    assert!(read_all(&s.open("f")) == w.model);
+}
+
+#[test]
+fn checkpoint_policy_bounds_the_replayed_commits() {
+    let s = Scratch::new();
+    let mut w = Writer::new(s.create("f", 12));
+    for i in 0..1100u32 {
+        w.append(format!("{i}\n").as_bytes());
+        w.c.commit().unwrap();
+        assert!(w.c.deltas_since_checkpoint() <= 1024);
+    }
+    w.check();
+    let c = s.open("f");
+    assert!(c.deltas_since_checkpoint() <= 1024);
+    assert_eq!(c.last_seq(), 1101);
+    assert!(read_all(&c) == w.model);
+    let bytes = std::fs::read(s.path("f")).unwrap();
+    let commits = commits_in(&bytes);
+    assert_eq!(commits.len(), 1101);
+    let checkpoints: Vec<u64> = commits
+        .iter()
+        .filter(|c| c.checkpoint)
+        .map(|c| c.seq)
+        .collect();
+    assert!(checkpoints.len() >= 2, "{checkpoints:?}");
+    assert_eq!(checkpoints[0], 1);
+}
+
+#[test]
+fn checkpoint_after_entries_exceed_live_entries() {
+    let s = Scratch::new();
+    let mut w = Writer::new(s.create("f", 12));
+    // 2000 chunks, one entry each.
+    w.write_at(0, &pattern(2000 * 4096, 1));
+    w.c.commit().unwrap();
+    assert_eq!(w.c.deltas_since_checkpoint(), 1);
+    // 2000 + 2000 entries since the last checkpoint > 2000 live entries.
+    w.write_at(0, &pattern(2000 * 4096, 2));
+    w.c.commit().unwrap();
+    assert_eq!(w.c.deltas_since_checkpoint(), 0);
+    w.write_at(0, &pattern(4096, 3));
+    w.c.commit().unwrap();
+    assert_eq!(w.c.deltas_since_checkpoint(), 1);
+    let c = s.open("f");
+    assert_eq!(c.deltas_since_checkpoint(), 1);
+    assert_eq!(c.index().live_entry_count(), 2000);
+    assert!(read_all(&c) == w.model);
+}
+
+#[test]
+fn reset_empties_the_container_in_place() {
+    let s = Scratch::new();
+    let mut w = Writer::new(s.create("f", 13));
+    w.append(&text(50_000, 1));
+    w.c.commit().unwrap();
+    w.c.reset().unwrap();
+    assert_eq!(w.c.size(), 0);
+    assert_eq!(w.c.container_len(), 140);
+    assert_eq!(std::fs::metadata(s.path("f")).unwrap().len(), 140);
+    let mut w = Writer::new(w.c);
+    w.append(b"again");
+    w.c.commit().unwrap();
+    let c = s.open("f");
+    assert_eq!(c.chunk_log2(), 13);
+    assert_eq!(read_all(&c), b"again");
+}
+
+#[test]
+fn rebuild_compacts_to_header_members_and_one_checkpoint() {
+    let s = Scratch::new();
+    let mut w = Writer::new(s.create("f", 12));
+    w.write_at(0, &pattern(64 * 4096, 1));
+    w.c.commit().unwrap();
+    for round in 0..4u8 {
+        w.write_at(0, &pattern(64 * 4096, 10 + round));
+        w.c.commit().unwrap();
+    }
+    w.truncate(64 * 4096 - 100);
+    w.c.commit().unwrap();
+    assert!(w.c.container_len() >= 1 << 20);
+    assert!(w.c.stale_bytes() > w.c.container_len() / 2);
+    assert!(w.c.needs_compaction());
+
+    let members: Vec<(Vec<u8>, IndexEntry)> =
+        w.c.index()
+            .live_entries()
+            .map(|e| {
+                let mut m = vec![0u8; e.stored_len as usize];
+                w.c.read_member(e, &mut m).unwrap();
+                (m, e.clone())
+            })
+            .collect();
+    let live_bytes: u64 = members.iter().map(|(m, _)| m.len() as u64).sum();
+    let n = members.len() as u64;
+    let new = Container::rebuild(rw(&s.path("g")), 12, w.c.size(), members.into_iter()).unwrap();
+    assert_eq!(
+        new.container_len(),
+        46 + live_bytes + n.div_ceil(1000) * 34 + 64 * n + 94
+    );
+    assert_eq!(new.stale_bytes(), 0);
+    assert!(!new.needs_compaction());
+    assert!(read_all(&new) == w.model);
+    let g = s.open("g");
+    assert!(read_all(&g) == w.model);
+    assert_eq!(g.last_seq(), 1);
+    assert_eq!(g.deltas_since_checkpoint(), 0);
+}
+
+#[test]
+fn many_pieces_per_chunk_trigger_compaction() {
+    let s = Scratch::new();
+    let mut w = Writer::new(s.create("f", 22));
+    let line = pattern(1000, 3);
+    for _ in 0..1100 {
+        w.append(&line);
+    }
+    w.c.commit().unwrap();
+    assert!(w.c.container_len() >= 1 << 20);
+    assert!(w.c.index().live_entry_count() > 2 * w.c.index().chunk_count());
+    assert!(w.c.needs_compaction());
+}
+
+#[test]
+fn small_containers_never_need_compaction() {
+    let s = Scratch::new();
+    let mut w = Writer::new(s.create("f", 12));
+    for i in 0..50u8 {
+        w.write_at(0, &pattern(4096, i));
+        w.c.commit().unwrap();
+    }
+    assert!(w.c.stale_bytes() > w.c.container_len() / 2);
+    assert!(!w.c.needs_compaction());
+}
+
+#[test]
+fn failed_writes_leave_state_unchanged() {
+    let s = Scratch::new();
+    let mut w = Writer::new(s.create("f", 12));
+    w.append(&text(9000, 1));
+    w.c.commit().unwrap();
+    drop(w);
+    // A read-only handle: every write fails (EBADF).
+    let ro = OpenOptions::new().read(true).open(s.path("f")).unwrap();
+    let mut c = Container::open(ro).unwrap();
+    let before_len = c.container_len();
+    let before: Vec<IndexEntry> = c.index().live_entries().cloned().collect();
+    let (m, e) = build_stored_member(9000, false, b"more");
+    let err = c.append_member(&m, e).unwrap_err();
+    assert_eq!(err.errno(), libc::EBADF);
+    assert_eq!(c.container_len(), before_len);
+    assert_eq!(
+        c.index().live_entries().cloned().collect::<Vec<_>>(),
+        before
+    );
+    assert!(!c.has_pending());
+    c.set_size(100_000);
+    assert!(c.commit().is_err());
+    assert!(c.has_pending());
+    assert_eq!(c.container_len(), before_len);
+    assert_eq!(c.last_seq(), 2);
+    assert_eq!(Container::read_logical_size(c.file()).unwrap(), 9000);
+}
+
+#[test]
+fn append_member_rejects_inconsistent_members() {
+    let s = Scratch::new();
+    let mut c = s.create("f", 12);
+    let (m, mut e) = build_stored_member(0, true, b"hello");
+    e.crc32 ^= 1;
+    assert!(matches!(
+        c.append_member(&m, e),
+        Err(ContainerError::Corrupt { .. })
+    ));
+    // A piece crossing a chunk boundary.
+    let (m, e) = build_stored_member(4000, true, &[1u8; 200]);
+    assert!(c.append_member(&m, e).is_err());
+    assert_eq!(c.container_len(), 140);
+    assert!(!c.has_pending());
+}
+
+#[test]
+fn probe_tells_containers_from_other_files() {
+    let s = Scratch::new();
+    let _ = s.create("c", 12);
+    assert!(Container::probe(&rw(&s.path("c"))).unwrap());
+    std::fs::write(s.path("empty"), b"").unwrap();
+    assert!(!Container::probe(&rw(&s.path("empty"))).unwrap());
+    std::fs::write(s.path("short"), &header_member(12)[..45]).unwrap();
+    assert!(!Container::probe(&rw(&s.path("short"))).unwrap());
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&text(5000, 1)).unwrap();
+    std::fs::write(s.path("gz"), gz.finish().unwrap()).unwrap();
+    assert!(!Container::probe(&rw(&s.path("gz"))).unwrap());
+    assert!(matches!(
+        Container::open(rw(&s.path("gz"))),
+        Err(ContainerError::NotAContainer)
+    ));
+    // A valid header of another version is refused, not served as a plain file.
+    let mut h = header_member(12);
+    h[24] = 9;
+    let crc = libdeflater::crc32(&h[16..32]);
+    h[32..36].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(s.path("v9"), h).unwrap();
+    let err = Container::probe(&rw(&s.path("v9"))).unwrap_err();
+    assert!(matches!(err, ContainerError::UnsupportedVersion(9)));
+    assert_eq!(err.errno(), libc::EIO);
+}
+
+#[test]
+fn header_without_commit_is_damaged() {
+    let s = Scratch::new();
+    std::fs::write(s.path("h"), header_member(12)).unwrap();
+    assert!(Container::probe(&rw(&s.path("h"))).unwrap());
+    assert!(matches!(
+        Container::open(rw(&s.path("h"))),
+        Err(ContainerError::Corrupt { .. })
+    ));
+    assert!(Container::read_logical_size(&rw(&s.path("h"))).is_err());
+}
+
+#[test]
+fn read_member_short_read_is_corrupt() {
+    let s = Scratch::new();
+    let mut c = s.create("f", 12);
+    let (m, e) = build_stored_member(0, true, b"hello");
+    c.append_member(&m, e).unwrap();
+    c.set_size(5);
+    c.commit().unwrap();
+    let e = c.index().pieces(0)[0].clone();
+    let mut buf = vec![0u8; e.stored_len as usize];
+    c.read_member(&e, &mut buf).unwrap();
+    assert_eq!(buf, m);
+    c.file().set_len(e.member_offset + 10).unwrap();
+    assert!(matches!(
+        c.read_member(&e, &mut buf),
+        Err(ContainerError::Corrupt { .. })
+    ));
+}
+
+#[test]
+fn damaged_index_member_fails_open_with_its_offset() {
+    let s = Scratch::new();
+    let mut w = Writer::new(s.create("f", 12));
+    w.append(&text(5000, 1));
+    w.c.commit().unwrap();
+    let bytes = std::fs::read(s.path("f")).unwrap();
+    let last = commits_in(&bytes).pop().unwrap();
+    let f = rw(&s.path("f"));
+    let at = last.first_index + 30;
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).unwrap();
+    f.write_all_at(&[b[0] ^ 0x40], at).unwrap();
+    match Container::open(f) {
+        Err(ContainerError::Corrupt { offset, what }) => {
+            assert!(
+                offset >= last.first_index && offset < last.offset,
+                "{what} at {offset}"
+            )
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
