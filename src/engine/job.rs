@@ -19,7 +19,8 @@ pub enum Op {
     /// Level 0 writes stored blocks. Otherwise, if the compressed stream would not be smaller than
     /// the stored-blocks stream, or does not fit, stored blocks are written instead and
     /// [`Done::stored`] is set. The caller sizes `output` so that stored blocks always fit:
-    /// `output.len() >= headroom + stored_stream_len(input.len()) + tailroom`.
+    /// `output.len() >= headroom + stored_stream_len(input.len()) + tailroom`. Bytes of the region
+    /// after the stream may have been used as scratch space.
     Compress {
         level: u32,
         headroom: usize,
