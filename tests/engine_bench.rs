@@ -57,15 +57,55 @@ fn workload() -> Vec<u8> {
     data
 }
 
+/// CPU time of the calling thread.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// The kernel thread id of the (only) worker of `engine`, learnt from a completion callback, which
+/// runs on the worker thread.
+fn worker_tid(engine: &Engine, pool: &Arc<BufferPool>) -> i32 {
+    let [input, output] = pool.take_many([0, stored_stream_len(0)]).unwrap();
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    engine.submit(vec![Job {
+        op: Op::Compress {
+            level: 0,
+            headroom: 0,
+            tailroom: 0,
+        },
+        input,
+        output,
+        on_complete: Box::new(move |_| {
+            // SAFETY: gettid has no preconditions.
+            let _ = tx.send(unsafe { libc::gettid() });
+        }),
+    }]);
+    rx.recv().unwrap()
+}
+
+/// CPU time of thread `tid` of this process (schedstat: ns on CPU). The machine may be shared, so
+/// CPU time is a steadier measure than wall time.
+fn task_cpu(tid: i32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).unwrap();
+    Duration::from_nanos(stat.split_whitespace().next().unwrap().parse().unwrap())
+}
+
 fn mbps(bytes: usize, t: Duration) -> f64 {
     bytes as f64 / t.as_secs_f64() / 1e6
 }
 
 /// libdeflate alone, one thread, same chunks: the reference.
-fn direct(data: &[u8], level: i32) -> (Duration, usize) {
+fn direct(data: &[u8], level: i32) -> (Duration, Duration, usize) {
     let mut c = libdeflater::Compressor::new(libdeflater::CompressionLvl::new(level).unwrap());
     let mut out = vec![0u8; stored_stream_len(CHUNK)];
     let t = Instant::now();
+    let cpu = thread_cpu();
     let mut total = 0;
     for chunk in data.chunks(CHUNK) {
         total += c
@@ -73,7 +113,7 @@ fn direct(data: &[u8], level: i32) -> (Duration, usize) {
             .unwrap_or(stored_stream_len(CHUNK));
         std::hint::black_box(libdeflater::crc32(chunk));
     }
-    (t.elapsed(), total)
+    (t.elapsed(), thread_cpu() - cpu, total)
 }
 
 /// The same through a one-queue engine, fed by one submitter thread.
@@ -82,10 +122,12 @@ fn through_engine(
     pool: &Arc<BufferPool>,
     data: &[u8],
     level: u32,
-) -> (Duration, usize) {
+) -> (Duration, Duration, usize) {
     let out_bytes = Arc::new(AtomicU64::new(0));
     let (tx, rx) = crossbeam_channel::unbounded::<()>();
     let t = Instant::now();
+    let tid = worker_tid(engine, pool);
+    let cpu = task_cpu(tid);
     let chunks = data.len() / CHUNK;
     for chunk in data.chunks(CHUNK) {
         let [mut input, output] = pool.take_many([CHUNK, stored_stream_len(CHUNK)]).unwrap();
@@ -109,7 +151,11 @@ fn through_engine(
     for _ in 0..chunks {
         rx.recv().unwrap();
     }
-    (t.elapsed(), out_bytes.load(Ordering::Relaxed) as usize)
+    (
+        t.elapsed(),
+        task_cpu(tid) - cpu,
+        out_bytes.load(Ordering::Relaxed) as usize,
+    )
 }
 
 fn decompress_through_engine(
@@ -185,23 +231,29 @@ fn single_queue_throughput_on_128k_text_chunks() {
         // Warm up (first-use compressor allocation, page faults of fresh pool buffers).
         through_engine(&engine, &pool, &data[..64 * CHUNK], level);
         let (mut td, mut te, mut tdec) = (Duration::MAX, Duration::MAX, Duration::MAX);
+        let (mut cd, mut ce) = (Duration::MAX, Duration::MAX);
         let (mut nd, mut ne) = (0, 0);
         for _ in 0..ROUNDS {
-            let (t, n) = direct(&data, level as i32);
-            (td, nd) = (td.min(t), n);
-            let (t, n) = through_engine(&engine, &pool, &data, level);
-            (te, ne) = (te.min(t), n);
+            let (t, c, n) = direct(&data, level as i32);
+            (td, cd, nd) = (td.min(t), cd.min(c), n);
+            let (t, c, n) = through_engine(&engine, &pool, &data, level);
+            (te, ce, ne) = (te.min(t), ce.min(c), n);
         }
         for _ in 0..2 {
             tdec = tdec.min(decompress_through_engine(&engine, &pool, &data, level));
         }
         println!(
-            "level {level}: libdeflate direct {:.0} MB/s (ratio {:.2}); engine 1 queue {:.0} MB/s (ratio {:.2}); overhead {:+.1}%; engine decompress {:.0} MB/s",
+            "level {level}: wall: libdeflate direct {:.0} MB/s, engine 1 queue {:.0} MB/s ({:+.1}%); \
+             cpu: direct {:.0} MB/s, engine worker {:.0} MB/s ({:+.1}%); ratio {:.2} / {:.2}; \
+             engine decompress {:.0} MB/s wall",
             mbps(data.len(), td),
-            data.len() as f64 / nd as f64,
             mbps(data.len(), te),
-            data.len() as f64 / ne as f64,
             (te.as_secs_f64() / td.as_secs_f64() - 1.0) * 100.0,
+            mbps(data.len(), cd),
+            mbps(data.len(), ce),
+            (ce.as_secs_f64() / cd.as_secs_f64() - 1.0) * 100.0,
+            data.len() as f64 / nd as f64,
+            data.len() as f64 / ne as f64,
             mbps(data.len(), tdec),
         );
     }

@@ -324,7 +324,7 @@ impl Engine {
                     jobs_failed: c.jobs_failed.load(Ordering::Relaxed),
                     bytes_in: c.bytes_in.load(Ordering::Relaxed),
                     bytes_out: c.bytes_out.load(Ordering::Relaxed),
-                    occupancy: c.occupancy.load(Ordering::Relaxed),
+                    occupancy: c.occupancy(),
                     max_occupancy: c.max_occupancy.load(Ordering::Relaxed),
                 })
                 .collect(),

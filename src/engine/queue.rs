@@ -2,7 +2,7 @@
 
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicIsize, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -19,13 +19,22 @@ use super::stored::{read_stored, stored_stream_len, write_stored};
 #[repr(align(128))]
 #[derive(Default)]
 pub(super) struct QueueCounters {
-    /// Jobs accepted and not yet completed (waiting in the ring or being run).
-    pub occupancy: AtomicUsize,
+    /// Jobs accepted and not yet completed (waiting in the ring or being run). Incremented after a
+    /// successful send and decremented at completion, so it never exceeds the true occupancy
+    /// (`queue_depth + 1`) but can dip below it, even below zero, for a moment: read it with
+    /// [`QueueCounters::occupancy`].
+    occupancy: AtomicIsize,
     pub max_occupancy: AtomicUsize,
     pub jobs_completed: AtomicU64,
     pub jobs_failed: AtomicU64,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
+}
+
+impl QueueCounters {
+    pub fn occupancy(&self) -> usize {
+        self.occupancy.load(Ordering::Relaxed).max(0) as usize
+    }
 }
 
 /// The submit side of a queue pair.
@@ -45,27 +54,21 @@ pub(super) enum Offer {
 impl QueuePair {
     /// Puts `job` in a free slot of the ring, if there is one. Never blocks.
     pub fn offer(&self, job: Job) -> Offer {
-        // Counted before the send so the worker's decrement can never come first.
-        let occupancy = self.counters.occupancy.fetch_add(1, Ordering::Relaxed) + 1;
         match self.tx.try_send(job) {
             Ok(()) => {
+                let occupancy = self.counters.occupancy.fetch_add(1, Ordering::Relaxed) + 1;
                 self.counters
                     .max_occupancy
-                    .fetch_max(occupancy, Ordering::Relaxed);
+                    .fetch_max(occupancy.max(0) as usize, Ordering::Relaxed);
                 Offer::Accepted
             }
-            Err(err) => {
-                self.counters.occupancy.fetch_sub(1, Ordering::Relaxed);
-                match err {
-                    TrySendError::Full(job) => Offer::Full(job),
-                    TrySendError::Disconnected(job) => Offer::Closed(job),
-                }
-            }
+            Err(TrySendError::Full(job)) => Offer::Full(job),
+            Err(TrySendError::Disconnected(job)) => Offer::Closed(job),
         }
     }
 
     pub fn occupancy(&self) -> usize {
-        self.counters.occupancy.load(Ordering::Relaxed)
+        self.counters.occupancy()
     }
 }
 
