@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use deflatefs::engine::fault::{Fault, FaultAction, FaultBackend, FaultOp, FaultTrigger};
 use deflatefs::engine::{
-    stored_stream_len, Backend, BufferPool, CodecError, Completion, Done, Engine, EngineConfig,
-    EngineError, Job, Op, SoftwareBackend,
+    stored_stream_len, Backend, BufferPool, Codec, CodecError, Completion, Done, Engine,
+    EngineConfig, EngineError, Job, Op, SoftwareBackend,
 };
 
 fn text(n: usize) -> Vec<u8> {
@@ -401,4 +401,109 @@ fn panicking_callback_does_not_kill_the_worker() {
         0,
         "the panicking callback's buffers come back"
     );
+}
+
+#[test]
+fn corrupt_compressed_stream_from_a_non_reference_backend_is_caught_and_stored() {
+    let (backend, control) = FaultBackend::new(Arc::new(SoftwareBackend::new()));
+    control.add(Fault {
+        op: FaultOp::Deflate,
+        trigger: FaultTrigger::NthCall(0),
+        action: FaultAction::CorruptOutput,
+    });
+    let engine = engine_with(Arc::new(backend), 1);
+    let pool = BufferPool::new(1 << 20);
+    let data = text(50_000);
+    let c = compress(&engine, &pool, &data, 6);
+    let (stream, done) = stream_of(&c);
+    assert_eq!(control.fired(), 1);
+    assert!(done.stored, "the bad stream was replaced by stored blocks");
+    assert_eq!(engine.stats().queues[0].verify_failures, 1);
+    let d = decompress(&engine, &pool, &stream, data.len(), done.crc32, true);
+    assert!(d.result.is_ok() && d.output[..] == data[..]);
+    // Later streams are compressed and verified normally.
+    let (_, done) = stream_of(&compress(&engine, &pool, &data, 6));
+    assert!(!done.stored);
+    assert_eq!(engine.stats().queues[0].verify_failures, 1);
+}
+
+#[test]
+fn without_verification_a_corrupt_stream_is_caught_by_the_crc_on_read() {
+    let (backend, control) = FaultBackend::new(Arc::new(SoftwareBackend::new()));
+    control.set_verification(false);
+    control.add(Fault {
+        op: FaultOp::Deflate,
+        trigger: FaultTrigger::NthCall(0),
+        action: FaultAction::CorruptOutput,
+    });
+    let engine = engine_with(Arc::new(backend), 1);
+    let pool = BufferPool::new(1 << 20);
+    let data = text(50_000);
+    let (stream, done) = stream_of(&compress(&engine, &pool, &data, 6));
+    assert!(!done.stored);
+    assert_eq!(done.crc32, libdeflater::crc32(&data), "crc is of the input");
+    let d = decompress(&engine, &pool, &stream, data.len(), done.crc32, false);
+    assert!(
+        matches!(d.result, Err(EngineError::Corrupt(_))),
+        "{:?}",
+        d.result
+    );
+}
+
+/// A backend written outside the engine module: it never compresses (so every chunk is stored) and
+/// panics when asked to inflate. Shows the traits are enough to plug a backend in.
+struct StoreOnlyBackend;
+
+struct StoreOnlyCodec;
+
+impl Backend for StoreOnlyBackend {
+    fn name(&self) -> String {
+        "store-only".into()
+    }
+    fn open_queue(&self) -> Result<Box<dyn Codec>, CodecError> {
+        Ok(Box::new(StoreOnlyCodec))
+    }
+}
+
+impl Codec for StoreOnlyCodec {
+    fn deflate(
+        &mut self,
+        _level: u32,
+        _input: &[u8],
+        _out: &mut [u8],
+    ) -> Result<usize, CodecError> {
+        Err(CodecError::NoSpace)
+    }
+    fn inflate(&mut self, _input: &[u8], _out: &mut [u8]) -> Result<usize, CodecError> {
+        panic!("StoreOnlyCodec cannot inflate");
+    }
+    fn window_log2(&self) -> u8 {
+        12
+    }
+}
+
+#[test]
+fn external_backend_plugs_in_and_its_panics_are_contained() {
+    let engine = engine_with(Arc::new(StoreOnlyBackend), 2);
+    assert_eq!(engine.backend_name(), "store-only");
+    let pool = BufferPool::new(1 << 20);
+    let data = text(100_000);
+    for round in 0..3 {
+        let (stream, done) = stream_of(&compress(&engine, &pool, &data, 9));
+        assert!(done.stored);
+        // Stored streams are copied, never inflated: works despite the codec.
+        let d = decompress(&engine, &pool, &stream, data.len(), done.crc32, true);
+        assert!(
+            d.result.is_ok() && d.output[..] == data[..],
+            "round {round}"
+        );
+        // Asking the codec to inflate panics: that job fails, the queue survives.
+        let d = decompress(&engine, &pool, &stream, data.len(), done.crc32, false);
+        assert!(
+            matches!(d.result, Err(EngineError::Codec(CodecError::Panicked(_)))),
+            "{:?}",
+            d.result
+        );
+    }
+    assert_eq!(engine.stats().jobs_failed(), 3);
 }

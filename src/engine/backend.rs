@@ -32,6 +32,15 @@ pub trait Backend: Send + Sync {
     /// Opens one codec stream, for the exclusive use of one queue worker. Called once per queue when
     /// the engine starts, and again to replace a codec that panicked.
     fn open_queue(&self) -> Result<Box<dyn Codec>, CodecError>;
+
+    /// Whether the engine must check each compressed stream from this backend against the software
+    /// reference (inflate it with libdeflate and compare with the input) before completing the job;
+    /// a stream that fails is replaced by stored blocks and counted in
+    /// [`crate::engine::QueueStats::verify_failures`]. Defaults to `true`: hardware compressors have
+    /// shipped silent-corruption bugs. The software backend, being the reference, says `false`.
+    fn needs_verification(&self) -> bool {
+        true
+    }
 }
 
 /// One compression stream. Calls are whole-buffer and synchronous; the engine provides the

@@ -5,7 +5,7 @@
 //! devices have: a crashing driver, an error completion, a compressor that returns wrong bytes
 //! (hardware compressors have shipped such bugs), a queue that stalls.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Condvar, Mutex};
@@ -56,6 +56,7 @@ pub struct FaultControl {
     deflate_calls: AtomicU64,
     inflate_calls: AtomicU64,
     fired: AtomicU64,
+    skip_verification: AtomicBool,
     gate: Mutex<GateState>,
     gate_cond: Condvar,
 }
@@ -81,6 +82,13 @@ impl FaultControl {
     /// Codecs opened so far (one per queue, plus one per reopen after a panic).
     pub fn opens(&self) -> usize {
         self.opens.load(Ordering::SeqCst)
+    }
+
+    /// Whether engines created after this call verify the backend's compressed streams (default:
+    /// yes, as for any non-reference backend). Turn it off to let `CorruptOutput` on deflate reach
+    /// the caller.
+    pub fn set_verification(&self, on: bool) {
+        self.skip_verification.store(!on, Ordering::SeqCst);
     }
 
     /// Faults fired so far.
@@ -179,6 +187,10 @@ impl Backend for FaultBackend {
             inner,
             control: Arc::clone(&self.control),
         }))
+    }
+
+    fn needs_verification(&self) -> bool {
+        !self.control.skip_verification.load(Ordering::SeqCst)
     }
 }
 

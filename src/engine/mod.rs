@@ -54,6 +54,9 @@ pub struct QueueStats {
     pub bytes_in: u64,
     /// Bytes produced by successful jobs (compress: stream; decompress: output).
     pub bytes_out: u64,
+    /// Compressed streams that failed verification against the software reference and were
+    /// replaced by stored blocks (see [`Backend::needs_verification`]).
+    pub verify_failures: u64,
     /// Jobs accepted and not yet completed, right now.
     pub occupancy: usize,
     /// Largest occupancy seen: at most `queue_depth + 1` (full ring plus the job being run).
@@ -324,6 +327,7 @@ impl Engine {
                     jobs_failed: c.jobs_failed.load(Ordering::Relaxed),
                     bytes_in: c.bytes_in.load(Ordering::Relaxed),
                     bytes_out: c.bytes_out.load(Ordering::Relaxed),
+                    verify_failures: c.verify_failures.load(Ordering::Relaxed),
                     occupancy: c.occupancy(),
                     max_occupancy: c.max_occupancy.load(Ordering::Relaxed),
                 })

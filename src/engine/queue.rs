@@ -12,6 +12,7 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use super::backend::{Backend, Codec, CodecError};
 use super::job::{Completion, Done, EngineError, Job, Op};
+use super::software::ReferenceVerifier;
 use super::stored::{read_stored, stored_stream_len, write_stored};
 
 /// Counters of one queue, shared by its submitters and its worker. Aligned to keep queues' counters
@@ -29,6 +30,7 @@ pub(super) struct QueueCounters {
     pub jobs_failed: AtomicU64,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
+    pub verify_failures: AtomicU64,
 }
 
 impl QueueCounters {
@@ -119,12 +121,14 @@ pub(super) fn start_queue(
     slots: Arc<SlotSignal>,
 ) -> Result<(QueuePair, Arc<QueueCounters>, JoinHandle<()>), EngineError> {
     let codec = backend.open_queue()?;
+    let verifier = backend.needs_verification().then(ReferenceVerifier::new);
     let (tx, rx) = crossbeam_channel::bounded(depth);
     let counters = Arc::new(QueueCounters::default());
     let worker = Worker {
         index,
         rx,
         codec,
+        verifier,
         backend,
         counters: Arc::clone(&counters),
         slots,
@@ -144,6 +148,8 @@ struct Worker {
     index: usize,
     rx: Receiver<Job>,
     codec: Box<dyn Codec>,
+    /// Present when the backend's compressed streams must be checked against the reference.
+    verifier: Option<ReferenceVerifier>,
     backend: Arc<dyn Backend>,
     counters: Arc<QueueCounters>,
     slots: Arc<SlotSignal>,
@@ -167,8 +173,17 @@ impl Worker {
             on_complete,
         } = job;
         let codec = &mut self.codec;
+        let verifier = self.verifier.as_mut();
+        let mut verify_failed = false;
         let result = match catch_unwind(AssertUnwindSafe(|| {
-            execute(codec.as_mut(), &op, &input, &mut output)
+            execute(
+                codec.as_mut(),
+                verifier,
+                &op,
+                &input,
+                &mut output,
+                &mut verify_failed,
+            )
         })) {
             Ok(result) => result,
             Err(payload) => {
@@ -190,6 +205,9 @@ impl Worker {
         };
 
         let c = &self.counters;
+        if verify_failed {
+            c.verify_failures.fetch_add(1, Ordering::Relaxed);
+        }
         match &result {
             Ok(done) => {
                 let (bytes_in, bytes_out) = match &op {
@@ -231,19 +249,26 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
     }
 }
 
-/// Runs one operation with `codec`. Allocates only to describe an error.
+/// Runs one operation with `codec`, checking compressed streams with `verifier` if given (a stream
+/// that fails the check is replaced by stored blocks and `verify_failed` is set). Allocates only to
+/// describe an error.
 pub(super) fn execute(
     codec: &mut dyn Codec,
+    verifier: Option<&mut ReferenceVerifier>,
     op: &Op,
     input: &[u8],
     output: &mut [u8],
+    verify_failed: &mut bool,
 ) -> Result<Done, EngineError> {
     match *op {
         Op::Compress {
             level,
             headroom,
             tailroom,
-        } => compress(codec, level, headroom, tailroom, input, output),
+        } => {
+            let region = compress_region(output, headroom, tailroom)?;
+            compress(codec, verifier, level, input, region, verify_failed)
+        }
         Op::Decompress {
             ref stream,
             expected_crc,
@@ -260,29 +285,46 @@ pub(super) fn execute(
     }
 }
 
-fn compress(
-    codec: &mut dyn Codec,
-    level: u32,
+/// `output[headroom .. len - tailroom]`, or `InvalidJob`.
+fn compress_region(
+    output: &mut [u8],
     headroom: usize,
     tailroom: usize,
-    input: &[u8],
-    output: &mut [u8],
-) -> Result<Done, EngineError> {
+) -> Result<&mut [u8], EngineError> {
     let out_len = output.len();
-    let region = match out_len.checked_sub(tailroom) {
-        Some(end) if end >= headroom => &mut output[headroom..end],
-        _ => {
-            return Err(EngineError::InvalidJob(format!(
-                "headroom {headroom} + tailroom {tailroom} exceed the {out_len}-byte output"
-            )))
-        }
-    };
+    match out_len.checked_sub(tailroom) {
+        Some(end) if end >= headroom => Ok(&mut output[headroom..end]),
+        _ => Err(EngineError::InvalidJob(format!(
+            "headroom {headroom} + tailroom {tailroom} exceed the {out_len}-byte output"
+        ))),
+    }
+}
+
+fn compress(
+    codec: &mut dyn Codec,
+    verifier: Option<&mut ReferenceVerifier>,
+    level: u32,
+    input: &[u8],
+    region: &mut [u8],
+    verify_failed: &mut bool,
+) -> Result<Done, EngineError> {
     let crc32 = libdeflater::crc32(input);
     if level > 0 {
         // One byte less than stored blocks would take: a stream that does not beat them "does not
         // fit", and the codec may give up early.
         let limit = region.len().min(stored_stream_len(input.len()) - 1);
         match codec.deflate(level, input, &mut region[..limit]) {
+            Ok(len)
+                if len <= limit && verifier.is_some_and(|v| !v.check(&region[..len], input)) =>
+            {
+                // Never hand out a stream that does not decode to its input: store instead.
+                log::error!(
+                    "compressed stream ({len} bytes, level {level}) does not decode to its \
+                     {}-byte input; writing stored blocks instead",
+                    input.len()
+                );
+                *verify_failed = true;
+            }
             Ok(len) if len <= limit => {
                 return Ok(Done {
                     len,

@@ -27,6 +27,10 @@ impl Backend for SoftwareBackend {
     fn open_queue(&self) -> Result<Box<dyn Codec>, CodecError> {
         Ok(Box::new(SoftwareCodec::new()))
     }
+
+    fn needs_verification(&self) -> bool {
+        false // this is the reference
+    }
 }
 
 /// One queue's libdeflate state. Compressors are created on first use of a level and kept: setting
@@ -81,6 +85,32 @@ impl Codec for SoftwareCodec {
     }
 }
 
+/// Checks streams produced by a non-reference codec by inflating them with libdeflate. One per queue
+/// worker; its scratch buffer grows to the largest chunk seen and is then reused.
+pub(crate) struct ReferenceVerifier {
+    decompressor: Decompressor,
+    scratch: Vec<u8>,
+}
+
+impl ReferenceVerifier {
+    pub(crate) fn new() -> ReferenceVerifier {
+        ReferenceVerifier {
+            decompressor: Decompressor::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Whether the raw DEFLATE `stream` decodes to exactly `original`.
+    pub(crate) fn check(&mut self, stream: &[u8], original: &[u8]) -> bool {
+        if self.scratch.len() < original.len() {
+            self.scratch.resize(original.len(), 0);
+        }
+        let out = &mut self.scratch[..original.len()];
+        matches!(self.decompressor.deflate_decompress(stream, out), Ok(n) if n == original.len())
+            && out == original
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,6 +145,21 @@ mod tests {
             .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
             .collect();
         assert_eq!(codec.deflate(6, &noise, &mut out), Err(CodecError::NoSpace));
+    }
+
+    #[test]
+    fn reference_verifier_accepts_only_exact_streams() {
+        let mut codec = SoftwareCodec::new();
+        let input = vec![9u8; 1000];
+        let mut out = vec![0u8; 100];
+        let n = codec.deflate(1, &input, &mut out).unwrap();
+        let mut v = ReferenceVerifier::new();
+        assert!(v.check(&out[..n], &input));
+        assert!(!v.check(&out[..n], &input[..999]));
+        let mut other = input.clone();
+        other[500] = 8;
+        assert!(!v.check(&out[..n], &other));
+        assert!(!v.check(&out[..n / 2], &input));
     }
 
     #[test]
