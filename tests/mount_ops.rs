@@ -1942,3 +1942,110 @@ fn a_corrupted_chunk_gives_eio_for_that_chunk_only_and_is_logged() {
         failures.join("\n")
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// load: overwrites, memory pressure, concurrency
+
+#[test]
+fn repeated_overwrites_keep_the_data_and_the_container_bounded() {
+    let mut m = Mount::with_opts(&["chunk=4k"]);
+    let p = m.path("hot");
+    let mut model = varied_text(64 * KIB, 21);
+    write_file(&p, &model);
+    for round in 0..100u64 {
+        let f = rw_open(&p);
+        let data = random_bytes(16 * KIB, 100 + round);
+        let off = (round as usize * 5000) % (48 * KIB);
+        pwrite_all(&f, off as u64, &data);
+        model_write(&mut model, off, &data);
+        f.sync_all().unwrap();
+    }
+    assert_bytes_eq(&read_file(&p), &model, "after 100 overwrites");
+    m.remount();
+    assert_bytes_eq(&read_file(&p), &model, "after remount");
+    m.unmount();
+    let size = fs::metadata(m.backing("hot")).unwrap().len();
+    // 100 x 16 KiB of incompressible data were written (1.6 MiB of members, nearly all stale).
+    // docs/FORMAT.md "Compaction": a committed file whose stale bytes exceed half of the
+    // container is compacted, so the container stays far below what was ever written.
+    assert!(
+        size < MIB as u64,
+        "the container of a 64 KiB file overwritten 100 times (16 KiB + fsync each) is {size} \
+         bytes: it was never compacted"
+    );
+    m.mount();
+    assert_bytes_eq(&read_file(&p), &model, "after compaction and remount");
+}
+
+#[test]
+fn writing_more_than_the_dirty_limit_succeeds() {
+    let mut m = Mount::with_opts(&["dirty=8m", "cache=1m", "pool=1m"]);
+    let p = m.path("big");
+    let mut f = create(&p);
+    let mut expected = Vec::with_capacity(40 * MIB);
+    for i in 0..40u64 {
+        let piece = if i % 2 == 0 {
+            random_bytes(MIB, 200 + i)
+        } else {
+            varied_text(MIB, 200 + i)
+        };
+        f.write_all(&piece).unwrap();
+        expected.extend_from_slice(&piece);
+    }
+    drop(f);
+    assert_eq!(fs::metadata(&p).unwrap().len() as usize, expected.len());
+    m.remount();
+    assert_bytes_eq(&read_file(&p), &expected, "40 MiB written with dirty=8m");
+}
+
+#[test]
+fn concurrent_writers_to_different_files_and_disjoint_ranges_of_one_file() {
+    let mut m = Mount::with_opts(&["chunk=16k"]);
+    let shared = m.path("shared");
+    create(&shared).set_len(4 * MIB as u64).unwrap();
+    let mnt = m.mnt.clone();
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let mnt = mnt.clone();
+            std::thread::spawn(move || {
+                let own = varied_text(2 * MIB, 300 + t);
+                let mut f = create(&mnt.join(format!("own-{t}")));
+                for piece in own.chunks(7000) {
+                    f.write_all(piece).unwrap();
+                }
+                // Interleaved 10000-byte stripes (not chunk-aligned) of the shared file.
+                let s = rw_open(&mnt.join("shared"));
+                let mut off = t as usize * 10000;
+                while off + 10000 <= 4 * MIB {
+                    s.write_all_at(&random_bytes(10000, off as u64), off as u64)
+                        .unwrap();
+                    off += 40000;
+                }
+                s.sync_all().unwrap();
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let mut expected_shared = vec![0u8; 4 * MIB];
+    let mut off = 0;
+    while off + 10000 <= 4 * MIB {
+        expected_shared[off..off + 10000].copy_from_slice(&random_bytes(10000, off as u64));
+        off += 10000;
+    }
+    assert_bytes_eq(&read_file(&shared), &expected_shared, "shared file");
+    m.remount();
+    assert_bytes_eq(
+        &read_file(&shared),
+        &expected_shared,
+        "shared file after remount",
+    );
+    for t in 0..4u64 {
+        assert_bytes_eq(
+            &read_file(&m.path(&format!("own-{t}"))),
+            &varied_text(2 * MIB, 300 + t),
+            &format!("own-{t}"),
+        );
+    }
+}
