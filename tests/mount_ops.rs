@@ -681,6 +681,8 @@ fn unlinked_open_file_stays_readable_and_writable_through_its_descriptor() {
     );
     drop(f);
     assert_eq!(read_file(&p), b"new");
+    // Once closed, the unlinked file leaves nothing behind in the backing directory.
+    assert_eq!(names_in(&m.src), ["f".to_string()].into_iter().collect());
 }
 
 #[test]
@@ -1897,6 +1899,14 @@ fn a_corrupted_chunk_gives_eio_for_that_chunk_only_and_is_logged() {
             other.as_ref().map(|v| v.len())
         )),
     }
+    // Reading the whole file fails with EIO rather than returning data with a gap.
+    match fs::read(m.path("big.txt")) {
+        Err(e) if errno_of(&e) == libc::EIO => {}
+        other => failures.push(format!(
+            "read of the whole damaged file: {:?}, expected EIO",
+            other.map(|v| v.len())
+        )),
+    }
     // The other file is fine, the mount stays up.
     match fs::read(m.path("other.txt")) {
         Ok(v) if v == other => {}
@@ -2048,4 +2058,69 @@ fn concurrent_writers_to_different_files_and_disjoint_ranges_of_one_file() {
             &format!("own-{t}"),
         );
     }
+}
+
+#[test]
+fn readdir_while_deleting_returns_every_remaining_entry_once() {
+    // What `rm -rf` relies on: entries removed after they were read must not make the listing
+    // skip or repeat the others.
+    let m = Mount::new();
+    let dir = m.path("d");
+    fs::create_dir(&dir).unwrap();
+    let all: BTreeSet<String> = (0..500).map(|i| format!("entry-{i:03}")).collect();
+    for n in &all {
+        write_file(&dir.join(n), b"x");
+    }
+    let cdir = cpath(&dir);
+    let mut seen = Vec::new();
+    unsafe {
+        let d = libc::opendir(cdir.as_ptr());
+        assert!(!d.is_null());
+        loop {
+            let ent = libc::readdir(d);
+            if ent.is_null() {
+                break;
+            }
+            let name = std::ffi::CStr::from_ptr((*ent).d_name.as_ptr())
+                .to_string_lossy()
+                .into_owned();
+            if name == "." || name == ".." {
+                continue;
+            }
+            // Delete every entry as soon as it was read.
+            fs::remove_file(dir.join(&name)).unwrap_or_else(|e| panic!("unlink {name}: {e}"));
+            seen.push(name);
+        }
+        libc::closedir(d);
+    }
+    let set: BTreeSet<String> = seen.iter().cloned().collect();
+    assert_eq!(seen.len(), set.len(), "entries returned twice");
+    let missing: Vec<&String> = all.difference(&set).collect();
+    assert!(
+        missing.is_empty(),
+        "{} entries never listed: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    assert!(names_in(&dir).is_empty());
+    fs::remove_dir(&dir).unwrap();
+    // A whole tree, removed the way rm -rf does it.
+    for i in 0..20 {
+        let sub = m.path(&format!("tree/{i}/a/b"));
+        fs::create_dir_all(&sub).unwrap();
+        for j in 0..10 {
+            write_file(&sub.join(format!("f{j}")), b"data");
+        }
+    }
+    let out = Command::new("rm")
+        .arg("-rf")
+        .arg(m.path("tree"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "rm -rf: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(names_in(&m.mnt).is_empty());
 }
