@@ -2124,3 +2124,23 @@ fn readdir_while_deleting_returns_every_remaining_entry_once() {
     );
     assert!(names_in(&m.mnt).is_empty());
 }
+
+#[test]
+fn stat_does_not_change_atime() {
+    // On ext4 only reading data may update atime; a stat never does.
+    let m = Mount::new();
+    let p = m.path("f");
+    write_file(&p, &varied_text(10 * KIB, 22));
+    utimens(&p, ts(1_200_000_000, 0), ts(0, libc::UTIME_OMIT)).unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        seen.push(lstat(&p).unwrap().st_atime);
+        // Past the attribute timeout, so each stat reaches the daemon.
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    seen.push(lstat(&p).unwrap().st_atime);
+    assert!(
+        seen.iter().all(|a| *a == 1_200_000_000),
+        "atime after repeated stat calls: {seen:?} (expected 1200000000 throughout)"
+    );
+}
