@@ -29,6 +29,23 @@ pub const INTERNAL_PREFIX: &str = ".deflatefs-";
 pub struct Caller {
     pub uid: u32,
     pub gid: u32,
+    pub pid: u32,
+}
+
+impl Caller {
+    /// Whether the caller is a member of `gid` (primary or supplementary group).
+    fn in_group(&self, gid: u32) -> bool {
+        if self.gid == gid {
+            return true;
+        }
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Groups:"))
+            .map(|g| g.split_whitespace().any(|x| x.parse() == Ok(gid)))
+            .unwrap_or(false)
+    }
 }
 
 /// One open file or directory handle.
@@ -146,7 +163,7 @@ impl DeflateFs {
     }
 
     fn label(node: &Node) -> String {
-        format!("inode {}", node.ino)
+        node.label()
     }
 
     /// Whether a regular file is a container; decided once per node.
@@ -201,6 +218,7 @@ impl DeflateFs {
         let fd = sys::openat(dir.raw_fd(), &cname, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
         let st = sys::fstat(fd.as_raw_fd())?;
         let node = self.inodes.insert_lookup(fd, &st);
+        node.set_location(parent, name);
         match self.stat_node(&node) {
             Ok(st) => Ok((node, st)),
             Err(e) => {
@@ -351,13 +369,28 @@ impl DeflateFs {
         self.refuse_internal(newname)?;
         let dir = self.node(parent)?;
         let newdir = self.node(newparent)?;
+        let cnew = sys::cstr(newname)?;
         sys::renameat2(
             dir.raw_fd(),
             &sys::cstr(name)?,
             newdir.raw_fd(),
-            &sys::cstr(newname)?,
+            &cnew,
             flags,
-        )
+        )?;
+        // Keep the moved inode's name current (log lines, compaction).
+        if let Ok(st) = sys::fstatat(newdir.raw_fd(), &cnew) {
+            if let Some(node) = self.inodes.find(st.st_dev, st.st_ino) {
+                node.set_location(newparent, newname);
+            }
+        }
+        if flags & libc::RENAME_EXCHANGE != 0 {
+            if let Ok(st) = sys::fstatat(dir.raw_fd(), &sys::cstr(name)?) {
+                if let Some(node) = self.inodes.find(st.st_dev, st.st_ino) {
+                    node.set_location(parent, name);
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn link(
@@ -449,14 +482,40 @@ impl DeflateFs {
         sys::fstatvfs(root.raw_fd())
     }
 
-    pub fn access(&self, id: u64, mask: i32) -> FsResult<()> {
+    /// access(2) with the same answers as ext4: root may read and write anything but may execute
+    /// only files with an execute bit; other callers are checked against the mode bits.
+    pub fn access(&self, id: u64, mask: i32, caller: Caller) -> FsResult<()> {
         let node = self.node(id)?;
         let st = sys::fstat(node.raw_fd())?;
         if mask & libc::W_OK != 0 && self.opts.read_only {
             return errno(libc::EROFS);
         }
-        let _ = st;
-        Ok(())
+        if mask == libc::F_OK {
+            return Ok(());
+        }
+        let mode = st.st_mode;
+        let is_dir = mode & libc::S_IFMT == libc::S_IFDIR;
+        if caller.uid == 0 {
+            if mask & libc::X_OK != 0 && !is_dir && mode & 0o111 == 0 {
+                return errno(libc::EACCES);
+            }
+            return Ok(());
+        }
+        let bits = if caller.uid == st.st_uid {
+            (mode >> 6) & 7
+        } else if caller.in_group(st.st_gid) {
+            (mode >> 3) & 7
+        } else {
+            mode & 7
+        };
+        let want = ((mask & libc::R_OK != 0) as u32) << 2
+            | ((mask & libc::W_OK != 0) as u32) << 1
+            | (mask & libc::X_OK != 0) as u32;
+        if bits & want == want {
+            Ok(())
+        } else {
+            errno(libc::EACCES)
+        }
     }
 
     // ---- xattrs ----

@@ -120,6 +120,7 @@ fn caller(req: &Request) -> Caller {
     Caller {
         uid: req.uid(),
         gid: req.gid(),
+        pid: req.pid(),
     }
 }
 
@@ -496,10 +497,10 @@ impl Filesystem for FuseAdapter {
         );
     }
 
-    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         reply_empty(
             reply,
-            guarded("access", || self.fs.access(ino.0, mask.bits())),
+            guarded("access", || self.fs.access(ino.0, mask.bits(), caller(req))),
         );
     }
 

@@ -6,6 +6,7 @@
 //! names and unlinked-but-open files working without path bookkeeping.
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
@@ -59,11 +60,32 @@ pub struct Node {
     pub format: Mutex<Option<Format>>,
     /// Shared state while any handle is open (and while write-back is pending).
     pub open: Mutex<Option<Arc<OpenFile>>>,
+    /// The last (parent node, name) this inode was reached through: names it in log lines, and
+    /// tells compaction where to put the rewritten file.
+    location: Mutex<Option<(u64, OsString)>>,
 }
 
 impl Node {
     pub fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
+    }
+
+    /// Records the name this inode was last reached through.
+    pub fn set_location(&self, parent: u64, name: &std::ffi::OsStr) {
+        *self.location.lock() = Some((parent, name.to_os_string()));
+    }
+
+    /// The last known (parent, name), if any.
+    pub fn location(&self) -> Option<(u64, OsString)> {
+        self.location.lock().clone()
+    }
+
+    /// How log lines name this file: `'name' (inode N)`.
+    pub fn label(&self) -> String {
+        match &*self.location.lock() {
+            Some((_, name)) => format!("'{}' (inode {})", name.to_string_lossy(), self.ino),
+            None => format!("inode {}", self.ino),
+        }
     }
 }
 
@@ -104,6 +126,7 @@ impl InodeTable {
             lookups: Mutex::new(1),
             format: Mutex::new(None),
             open: Mutex::new(None),
+            location: Mutex::new(None),
         });
         let mut t = Table {
             root_dev: st.st_dev,
@@ -153,10 +176,20 @@ impl InodeTable {
             lookups: Mutex::new(1),
             format: Mutex::new(None),
             open: Mutex::new(None),
+            location: Mutex::new(None),
         });
         t.by_key.insert(key, id);
         t.by_id.insert(id, node.clone());
         node
+    }
+
+    /// The node of a backing inode, if the kernel holds one.
+    pub fn find(&self, dev: u64, ino: u64) -> Option<Arc<Node>> {
+        let t = self.table.lock();
+        t.by_key
+            .get(&(dev, ino))
+            .and_then(|id| t.by_id.get(id))
+            .cloned()
     }
 
     /// Drops `n` kernel lookups; the node leaves the table when none remain (open handles keep

@@ -45,12 +45,19 @@ pub fn openat(dir: RawFd, name: &CStr, flags: i32, mode: u32) -> FsResult<OwnedF
 }
 
 /// Opens the inode behind an O_PATH descriptor for I/O with `flags` (O_RDONLY, O_RDWR, ...).
+///
+/// O_NOATIME: the daemon's own reads (a stat reading a container's size, the index at open) must
+/// not move the backing file's atime, which is the file's atime as users see it.
 pub fn reopen(fd: RawFd, flags: i32) -> FsResult<File> {
     let path = proc_path(fd);
     let flags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_TRUNC);
-    let fd = unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC) };
-    check(fd)?;
-    Ok(unsafe { File::from_raw_fd(fd) })
+    let mut raw = unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC | libc::O_NOATIME) };
+    if raw < 0 && last_errno() == libc::EPERM {
+        // O_NOATIME needs ownership or CAP_FOWNER; without them, read as usual.
+        raw = unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC) };
+    }
+    check(raw)?;
+    Ok(unsafe { File::from_raw_fd(raw) })
 }
 
 /// fstat of any descriptor, O_PATH included.
