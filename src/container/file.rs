@@ -154,12 +154,12 @@ fn validate_entry(e: &IndexEntry, chunk_log2: u8, data_limit: u64, at: u64) -> R
     }
     if e.kind == PieceKind::Stored
         && stored
-            != (DATA_HEADER_LEN + stored_stream_len(e.logical_len as usize) + MEMBER_TRAILER_LEN)
+            < (DATA_HEADER_LEN + stored_stream_len(e.logical_len as usize) + MEMBER_TRAILER_LEN)
                 as u64
     {
         return Err(corrupt(
             format!(
-                "stored piece of {} bytes cannot take {stored} bytes",
+                "stored piece of {} bytes cannot fit in {stored} bytes",
                 e.logical_len
             ),
             at + 20,

@@ -246,6 +246,12 @@ mod tests {
     }
 
     #[test]
+    fn one_piece_chunks_are_stored_inline_and_small() {
+        assert_eq!(std::mem::size_of::<IndexEntry>(), 64);
+        assert!(std::mem::size_of::<Slot>() <= 72);
+    }
+
+    #[test]
     fn huge_sizes_and_offsets_do_not_overflow_or_allocate() {
         let mut ix = ChunkIndex::new(22);
         ix.apply(piece(i64::MAX as u64 - 10, 10, true, 1));
