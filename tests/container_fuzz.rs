@@ -284,6 +284,10 @@ proptest! {
             prop_assert!(n <= out_len);
         }
     }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
 
     #[test]
     fn stored_block_streams_round_trip(data in prop::collection::vec(any::<u8>(), 0..140_000)) {

@@ -336,6 +336,18 @@ fn failed_writes_leave_state_unchanged() {
     assert_eq!(c.container_len(), before_len);
     assert_eq!(c.last_seq(), 2);
     assert_eq!(Container::read_logical_size(c.file()).unwrap(), 9000);
+    // A failed reset (the ftruncate fails) changes nothing either.
+    assert!(c.reset().is_err());
+    assert_eq!(c.size(), 100_000);
+    assert_eq!(c.container_len(), before_len);
+    assert_eq!(
+        c.index().live_entries().cloned().collect::<Vec<_>>(),
+        before
+    );
+    drop(c);
+    let c = s.open("f");
+    assert_eq!(c.size(), 9000);
+    assert_eq!(read_all(&c), text(9000, 1));
 }
 
 #[test]
