@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deflatefs::engine::{
-    stored_stream_len, BufferPool, Completion, Engine, EngineConfig, Job, Op, SoftwareBackend,
+    stored_stream_len, BufferPool, Completion, Done, Engine, EngineConfig, Job, Op, SoftwareBackend,
 };
 
 const CHUNK: usize = 128 << 10;
@@ -158,34 +158,58 @@ fn through_engine(
     )
 }
 
-fn decompress_through_engine(
+/// Compressed streams of every chunk (made through the engine, untimed).
+fn streams_of(
     engine: &Arc<Engine>,
     pool: &Arc<BufferPool>,
     data: &[u8],
     level: u32,
-) -> Duration {
-    // Compress first (untimed), keeping the streams.
-    let mut streams = Vec::new();
-    for chunk in data.chunks(CHUNK) {
-        let [mut input, output] = pool.take_many([CHUNK, stored_stream_len(CHUNK)]).unwrap();
-        input.copy_from_slice(chunk);
-        let c = engine
-            .submit_with_ticket(
-                Op::Compress {
-                    level,
-                    headroom: 0,
-                    tailroom: 0,
-                },
-                input,
-                output,
-            )
-            .wait();
-        let done = c.result.unwrap();
-        streams.push((c.output[..done.len].to_vec(), done));
-    }
-    let (tx, rx) = crossbeam_channel::unbounded::<()>();
+) -> Vec<(Vec<u8>, Done)> {
+    data.chunks(CHUNK)
+        .map(|chunk| {
+            let [mut input, output] = pool.take_many([CHUNK, stored_stream_len(CHUNK)]).unwrap();
+            input.copy_from_slice(chunk);
+            let c = engine
+                .submit_with_ticket(
+                    Op::Compress {
+                        level,
+                        headroom: 0,
+                        tailroom: 0,
+                    },
+                    input,
+                    output,
+                )
+                .wait();
+            let done = c.result.unwrap();
+            (c.output[..done.len].to_vec(), done)
+        })
+        .collect()
+}
+
+/// libdeflate inflate + crc32 alone, one thread: (wall, cpu).
+fn direct_inflate(streams: &[(Vec<u8>, Done)]) -> (Duration, Duration) {
+    let mut d = libdeflater::Decompressor::new();
+    let mut out = vec![0u8; CHUNK];
     let t = Instant::now();
-    for (stream, done) in &streams {
+    let cpu = thread_cpu();
+    for (stream, done) in streams {
+        d.deflate_decompress(stream, &mut out).unwrap();
+        assert_eq!(libdeflater::crc32(&out), done.crc32);
+    }
+    (t.elapsed(), thread_cpu() - cpu)
+}
+
+/// The same through a one-queue engine: (wall, worker cpu).
+fn decompress_through_engine(
+    engine: &Arc<Engine>,
+    pool: &Arc<BufferPool>,
+    streams: &[(Vec<u8>, Done)],
+) -> (Duration, Duration) {
+    let (tx, rx) = crossbeam_channel::unbounded::<()>();
+    let tid = worker_tid(engine, pool);
+    let t = Instant::now();
+    let cpu = task_cpu(tid);
+    for (stream, done) in streams {
         let [mut input, output] = pool.take_many([stream.len(), CHUNK]).unwrap();
         input.copy_from_slice(stream);
         let tx = tx.clone();
@@ -206,7 +230,7 @@ fn decompress_through_engine(
     for _ in 0..streams.len() {
         rx.recv().unwrap();
     }
-    t.elapsed()
+    (t.elapsed(), task_cpu(tid) - cpu)
 }
 
 #[test]
@@ -230,7 +254,7 @@ fn single_queue_throughput_on_128k_text_chunks() {
     for level in [1u32, 6] {
         // Warm up (first-use compressor allocation, page faults of fresh pool buffers).
         through_engine(&engine, &pool, &data[..64 * CHUNK], level);
-        let (mut td, mut te, mut tdec) = (Duration::MAX, Duration::MAX, Duration::MAX);
+        let (mut td, mut te) = (Duration::MAX, Duration::MAX);
         let (mut cd, mut ce) = (Duration::MAX, Duration::MAX);
         let (mut nd, mut ne) = (0, 0);
         for _ in 0..ROUNDS {
@@ -239,13 +263,19 @@ fn single_queue_throughput_on_128k_text_chunks() {
             let (t, c, n) = through_engine(&engine, &pool, &data, level);
             (te, ce, ne) = (te.min(t), ce.min(c), n);
         }
-        for _ in 0..2 {
-            tdec = tdec.min(decompress_through_engine(&engine, &pool, &data, level));
+        let streams = streams_of(&engine, &pool, &data, level);
+        let (mut tdi, mut cdi, mut tde, mut cde) =
+            (Duration::MAX, Duration::MAX, Duration::MAX, Duration::MAX);
+        for _ in 0..ROUNDS {
+            let (t, c) = direct_inflate(&streams);
+            (tdi, cdi) = (tdi.min(t), cdi.min(c));
+            let (t, c) = decompress_through_engine(&engine, &pool, &streams);
+            (tde, cde) = (tde.min(t), cde.min(c));
         }
         println!(
-            "level {level}: wall: libdeflate direct {:.0} MB/s, engine 1 queue {:.0} MB/s ({:+.1}%); \
-             cpu: direct {:.0} MB/s, engine worker {:.0} MB/s ({:+.1}%); ratio {:.2} / {:.2}; \
-             engine decompress {:.0} MB/s wall",
+            "level {level} compress:   wall: libdeflate direct {:.0} MB/s, engine 1 queue {:.0} MB/s \
+             ({:+.1}% time); cpu: direct {:.0} MB/s, engine worker {:.0} MB/s ({:+.1}%); \
+             ratio {:.2} / {:.2}",
             mbps(data.len(), td),
             mbps(data.len(), te),
             (te.as_secs_f64() / td.as_secs_f64() - 1.0) * 100.0,
@@ -254,7 +284,16 @@ fn single_queue_throughput_on_128k_text_chunks() {
             (ce.as_secs_f64() / cd.as_secs_f64() - 1.0) * 100.0,
             data.len() as f64 / nd as f64,
             data.len() as f64 / ne as f64,
-            mbps(data.len(), tdec),
+        );
+        println!(
+            "level {level} decompress: wall: libdeflate direct {:.0} MB/s, engine 1 queue {:.0} MB/s \
+             ({:+.1}% time); cpu: direct {:.0} MB/s, engine worker {:.0} MB/s ({:+.1}%)",
+            mbps(data.len(), tdi),
+            mbps(data.len(), tde),
+            (tde.as_secs_f64() / tdi.as_secs_f64() - 1.0) * 100.0,
+            mbps(data.len(), cdi),
+            mbps(data.len(), cde),
+            (cde.as_secs_f64() / cdi.as_secs_f64() - 1.0) * 100.0,
         );
     }
     println!("{:?}", engine.stats());

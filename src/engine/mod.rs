@@ -299,10 +299,8 @@ impl Engine {
     pub fn shutdown(&self) {
         let pairs = std::mem::take(&mut *self.queues.write());
         drop(pairs); // closes the rings; workers drain what was accepted, then exit
-        {
-            let _guard = self.slots.prepare();
-            // Waiting submitters re-check and find the engine shut down.
-        }
+        // Submitters waiting for a slot re-check and find the engine shut down.
+        self.slots.wake_all();
         let me = std::thread::current().id();
         let workers = std::mem::take(&mut *self.workers.lock());
         for handle in workers {

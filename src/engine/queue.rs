@@ -103,6 +103,12 @@ impl SlotSignal {
         drop(guard);
     }
 
+    /// Wakes every waiter unconditionally (shutdown).
+    pub fn wake_all(&self) {
+        let _guard = self.lock.lock();
+        self.cond.notify_all();
+    }
+
     /// Called after a slot was freed. A waiter registered before our load is woken; one registered
     /// after it re-checks under the lock and sees the freed slot.
     pub fn notify(&self) {
