@@ -92,8 +92,12 @@ impl SlotSignal {
     }
 
     /// Waits for a slot to free up (or a short timeout, as a safety net), then unregisters.
-    pub fn wait(&self, mut guard: MutexGuard<'_, ()>) {
-        self.cond.wait_for(&mut guard, Duration::from_millis(50));
+    pub fn wait(&self, guard: MutexGuard<'_, ()>) {
+        self.wait_at_most(guard, Duration::from_millis(50));
+    }
+
+    fn wait_at_most(&self, mut guard: MutexGuard<'_, ()>, timeout: Duration) {
+        self.cond.wait_for(&mut guard, timeout);
         self.waiters.fetch_sub(1, Ordering::SeqCst);
     }
 
@@ -401,4 +405,136 @@ fn decompress(
         level: 0,
         window_log2: if stored { 0 } else { codec.window_log2() },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::software::SoftwareCodec;
+
+    /// Records the output size it was offered, then behaves like libdeflate.
+    struct Spy {
+        inner: SoftwareCodec,
+        offered: usize,
+    }
+
+    impl Codec for Spy {
+        fn deflate(&mut self, level: u32, i: &[u8], o: &mut [u8]) -> Result<usize, CodecError> {
+            self.offered = o.len();
+            self.inner.deflate(level, i, o)
+        }
+        fn inflate(&mut self, i: &[u8], o: &mut [u8]) -> Result<usize, CodecError> {
+            self.inner.inflate(i, o)
+        }
+    }
+
+    fn run(
+        codec: &mut dyn Codec,
+        op: &Op,
+        input: &[u8],
+        output: &mut [u8],
+    ) -> Result<Done, EngineError> {
+        let mut verify_failed = false;
+        let r = execute(codec, None, op, input, output, &mut verify_failed);
+        assert!(!verify_failed);
+        r
+    }
+
+    #[test]
+    fn codec_is_offered_one_byte_less_than_stored_blocks() {
+        let mut spy = Spy {
+            inner: SoftwareCodec::new(),
+            offered: 0,
+        };
+        let input = vec![b'x'; 1000];
+        let mut output = vec![0u8; 7 + stored_stream_len(1000) + 3 + 500];
+        let op = Op::Compress {
+            level: 3,
+            headroom: 7,
+            tailroom: 3,
+        };
+        let done = run(&mut spy, &op, &input, &mut output).unwrap();
+        assert_eq!(spy.offered, stored_stream_len(1000) - 1);
+        assert!(!done.stored);
+        assert_eq!(done.level, 3);
+    }
+
+    #[test]
+    fn level_zero_never_calls_the_codec() {
+        let mut spy = Spy {
+            inner: SoftwareCodec::new(),
+            offered: usize::MAX,
+        };
+        let input = vec![b'x'; 1000];
+        let mut output = vec![0u8; stored_stream_len(1000)];
+        let op = Op::Compress {
+            level: 0,
+            headroom: 0,
+            tailroom: 0,
+        };
+        let done = run(&mut spy, &op, &input, &mut output).unwrap();
+        assert_eq!(spy.offered, usize::MAX);
+        assert!(done.stored);
+        assert_eq!(done.len, stored_stream_len(1000));
+        assert_eq!(done.crc32, libdeflater::crc32(&input));
+    }
+
+    #[test]
+    fn decompress_checks_length_and_crc() {
+        let mut codec = SoftwareCodec::new();
+        let input = b"hello hello hello hello".to_vec();
+        let mut stream = vec![0u8; 64];
+        let op = Op::Compress {
+            level: 6,
+            headroom: 0,
+            tailroom: 0,
+        };
+        let done = run(&mut codec, &op, &input, &mut stream).unwrap();
+        let mut framed = vec![0xEE; 3];
+        framed.extend_from_slice(&stream[..done.len]);
+        framed.push(0xEE);
+        let dec = |crc, len| {
+            let mut out = vec![0u8; len];
+            let op = Op::Decompress {
+                stream: 3..3 + done.len,
+                expected_crc: crc,
+                stored: false,
+            };
+            run(&mut SoftwareCodec::new(), &op, &framed, &mut out).map(|d| (d, out))
+        };
+        let (d, out) = dec(done.crc32, input.len()).unwrap();
+        assert_eq!(out, input);
+        assert_eq!(
+            (d.len, d.crc32, d.window_log2),
+            (input.len(), done.crc32, 15)
+        );
+        assert!(matches!(
+            dec(done.crc32 ^ 1, input.len()),
+            Err(EngineError::Corrupt(_))
+        ));
+        assert!(matches!(
+            dec(done.crc32, input.len() - 1),
+            Err(EngineError::Corrupt(_))
+        ));
+        assert!(matches!(
+            dec(done.crc32, input.len() + 1),
+            Err(EngineError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn slot_signal_wakes_a_registered_waiter() {
+        let signal = Arc::new(SlotSignal::default());
+        let guard = signal.prepare();
+        let s2 = Arc::clone(&signal);
+        let notifier = std::thread::spawn(move || s2.notify());
+        let start = std::time::Instant::now();
+        signal.wait(guard);
+        notifier.join().unwrap();
+        assert!(
+            start.elapsed() < Duration::from_millis(45),
+            "woken, not timed out"
+        );
+        assert_eq!(signal.waiters.load(Ordering::SeqCst), 0);
+    }
 }
