@@ -297,8 +297,8 @@ impl Engine {
     /// Later submits complete with [`EngineError::Shutdown`]. Idempotent. Called from a completion
     /// callback it cannot join the calling worker, which then exits after its current job.
     pub fn shutdown(&self) {
-        let pairs = std::mem::take(&mut *self.queues.write());
-        drop(pairs); // closes the rings; workers drain what was accepted, then exit
+        // Dropping the senders closes the rings; workers drain what was accepted, then exit.
+        drop(std::mem::take(&mut *self.queues.write()));
         // Submitters waiting for a slot re-check and find the engine shut down.
         self.slots.wake_all();
         let me = std::thread::current().id();
