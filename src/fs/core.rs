@@ -111,6 +111,27 @@ fn time_to_timespec(t: Option<TimeSpec>) -> libc::timespec {
     }
 }
 
+/// Copies every xattr of the inode behind `from` to the inode behind `to` (both O_PATH).
+fn copy_xattrs(from: std::os::fd::RawFd, to: std::os::fd::RawFd) -> FsResult<()> {
+    let len = sys::listxattr_fd(from, 0)?.len();
+    if len == 0 {
+        return Ok(());
+    }
+    let names = sys::listxattr_fd(from, len)?;
+    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let cname = sys::cstr(OsStr::from_bytes(name))?;
+        let vlen = sys::getxattr_len(from, &cname)?;
+        let value = sys::getxattr_fd(from, &cname, vlen)?;
+        match sys::setxattr_fd(to, &cname, &value, 0) {
+            Ok(()) => {}
+            // security.* and system.* may be refused or managed by the kernel; user data is not.
+            Err(_) if !name.starts_with(b"user.") => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 fn is_internal(name: &[u8]) -> bool {
     name.starts_with(INTERNAL_PREFIX.as_bytes())
 }
@@ -129,6 +150,7 @@ impl DeflateFs {
             cache: Arc::new(ChunkCache::new(opts.cache_bytes)),
             level: opts.level,
             readahead_chunks: (engine.queue_count() * 2).max(2),
+            epochs: AtomicU64::new(0),
         });
         Ok(DeflateFs {
             opts,
@@ -188,7 +210,7 @@ impl DeflateFs {
         if node.kind != NodeKind::Regular || st.st_size == 0 {
             return Ok(st);
         }
-        if let Some(open) = node.open.lock().clone() {
+        if let Some(open) = node.open.lock().file.clone() {
             if let Some(size) = open.logical_size() {
                 st.st_size = size as i64;
             }
@@ -449,7 +471,7 @@ impl DeflateFs {
         if a.atime.is_some() || a.mtime.is_some() {
             self.check_writable()?;
             // Write back first, so a later commit does not move the mtime the user just set.
-            if let Some(open) = node.open.lock().clone() {
+            if let Some(open) = node.open.lock().file.clone() {
                 open.flush()?;
             }
             sys::utimens_fd(
@@ -473,7 +495,7 @@ impl DeflateFs {
         let _ = fh;
         let open = self.open_state(node)?;
         let r = open.truncate(size).and_then(|_| open.flush());
-        self.maybe_close_state(node);
+        self.put_state(node);
         r
     }
 
@@ -550,9 +572,11 @@ impl DeflateFs {
     // ---- files ----
 
     /// The open-file state of a regular file, created on first use and shared by all handles.
+    /// Each call must be paired with [`Self::put_state`].
     fn open_state(&self, node: &Arc<Node>) -> FsResult<Arc<OpenFile>> {
         let mut slot = node.open.lock();
-        if let Some(open) = slot.clone() {
+        if let Some(open) = slot.file.clone() {
+            slot.users += 1;
             return Ok(open);
         }
         let access = if self.opts.read_only {
@@ -587,24 +611,21 @@ impl DeflateFs {
             }
         };
         let open = Arc::new(open);
-        *slot = Some(open.clone());
+        slot.file = Some(open.clone());
+        slot.users = 1;
         Ok(open)
     }
 
-    /// Drops the shared state of a node when no handle uses it and nothing is left to write.
-    fn maybe_close_state(&self, node: &Arc<Node>) {
-        let in_use = self
-            .handles
-            .lock()
-            .values()
-            .any(|h| Arc::ptr_eq(&h.node, node) && h.file.is_some());
-        if in_use {
-            return;
-        }
+    /// Gives back a use of the shared state; the last user drops it unless data is still unwritten
+    /// (then it stays for the next user or the unmount flush).
+    fn put_state(&self, node: &Arc<Node>) {
         let mut slot = node.open.lock();
-        if let Some(open) = slot.as_ref() {
-            if !open.has_unflushed() {
-                *slot = None;
+        slot.users = slot.users.saturating_sub(1);
+        if slot.users == 0 {
+            if let Some(open) = slot.file.as_ref() {
+                if !open.has_unflushed() {
+                    slot.file = None;
+                }
             }
         }
     }
@@ -630,7 +651,10 @@ impl DeflateFs {
         }
         let open = self.open_state(&node)?;
         if flags & libc::O_TRUNC != 0 && writable {
-            open.truncate(0)?;
+            if let Err(e) = open.truncate(0) {
+                self.put_state(&node);
+                return Err(e);
+            }
         }
         Ok(self.new_handle(Handle {
             node,
@@ -700,9 +724,92 @@ impl DeflateFs {
     pub fn flush(&self, fh: u64) -> FsResult<()> {
         let h = self.handle(fh)?;
         match &h.file {
-            Some(f) => f.flush(),
+            Some(f) => {
+                f.flush()?;
+                self.maybe_compact(&h.node, f);
+                Ok(())
+            }
             None => Ok(()),
         }
+    }
+
+    /// Compacts a container that has accumulated enough stale data (docs/FORMAT.md). Failures
+    /// only leave the file as it was, larger; they are logged, not returned.
+    fn maybe_compact(&self, node: &Arc<Node>, open: &OpenFile) {
+        let OpenFile::Container(c) = open else {
+            return;
+        };
+        if self.opts.read_only || !c.wants_compaction() {
+            return;
+        }
+        match self.compact(node, c) {
+            Ok(true) => tracing::info!("{}: compacted", node.label()),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(
+                "{}: compaction failed, file left as it was: {e}",
+                node.label()
+            ),
+        }
+    }
+
+    /// Rewrites the container into a temporary file next to it and renames it into place.
+    /// Skipped (Ok(false)) for files with several hard links, which a rename would split.
+    fn compact(&self, node: &Arc<Node>, c: &ContainerFile) -> FsResult<bool> {
+        let st = sys::fstat(node.raw_fd())?;
+        if st.st_nlink != 1 {
+            return Ok(false);
+        }
+        let Some((parent, name)) = node.location() else {
+            return Ok(false);
+        };
+        let dir = self.node(parent)?;
+        let cname = sys::cstr(&name)?;
+        let here = sys::fstatat(dir.raw_fd(), &cname)?;
+        if (here.st_dev, here.st_ino) != (st.st_dev, st.st_ino) {
+            return Ok(false);
+        }
+        let tmp_name = sys::cstr(OsStr::new(&format!(
+            "{INTERNAL_PREFIX}compact-{}",
+            st.st_ino
+        )))?;
+        let _ = sys::unlinkat(dir.raw_fd(), &tmp_name, 0);
+        let tmp_fd = sys::openat(
+            dir.raw_fd(),
+            &tmp_name,
+            libc::O_CREAT | libc::O_EXCL | libc::O_RDWR,
+            0o600,
+        )?;
+        let tmp = std::fs::File::from(tmp_fd);
+        let tmp_raw = tmp.as_raw_fd();
+        let result = c.compact(tmp, || {
+            // Same owner, mode, user xattrs and times as the original.
+            let tmp_path_fd =
+                sys::openat(dir.raw_fd(), &tmp_name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+            sys::chown_fd(tmp_path_fd.as_raw_fd(), Some(st.st_uid), Some(st.st_gid))?;
+            sys::chmod_fd(tmp_path_fd.as_raw_fd(), st.st_mode & 0o7777)?;
+            copy_xattrs(node.raw_fd(), tmp_path_fd.as_raw_fd())?;
+            unsafe { libc::fdatasync(tmp_raw) };
+            sys::renameat2(dir.raw_fd(), &tmp_name, dir.raw_fd(), &cname, 0)?;
+            let times = [
+                libc::timespec {
+                    tv_sec: st.st_atime,
+                    tv_nsec: st.st_atime_nsec,
+                },
+                libc::timespec {
+                    tv_sec: st.st_mtime,
+                    tv_nsec: st.st_mtime_nsec,
+                },
+            ];
+            let _ = sys::utimens_fd(tmp_path_fd.as_raw_fd(), false, times);
+            let new_st = sys::fstat(tmp_path_fd.as_raw_fd())?;
+            self.inodes.replace_backing(node, tmp_path_fd, &new_st);
+            Ok(())
+        });
+        if let Err(e) = result {
+            let _ = sys::unlinkat(dir.raw_fd(), &tmp_name, 0);
+            return Err(e);
+        }
+        Ok(true)
     }
 
     pub fn fsync(&self, fh: u64, datasync: bool) -> FsResult<()> {
@@ -719,10 +826,12 @@ impl DeflateFs {
             return errno(libc::EBADF);
         };
         let r = match &h.file {
-            Some(f) => f.flush(),
+            Some(f) => f.flush().map(|()| self.maybe_compact(&h.node, f)),
             None => Ok(()),
         };
-        self.maybe_close_state(&h.node);
+        if h.file.is_some() {
+            self.put_state(&h.node);
+        }
         r
     }
 

@@ -29,7 +29,7 @@ use crate::container::{
     self, Container, IndexEntry, PieceKind, DATA_HEADER_LEN, MEMBER_TRAILER_LEN,
 };
 use crate::engine::pool::{BufferPool, PoolBuf};
-use crate::engine::{stored_stream_len, Completion, Engine, Job, Op};
+use crate::engine::{stored_stream_len, Completion, Done, Engine, Job, Op};
 
 /// What every open container needs from the mount.
 pub struct FileContext {
@@ -43,6 +43,17 @@ pub struct FileContext {
     pub level: u32,
     /// Chunks decompressed ahead of a sequential reader.
     pub readahead_chunks: usize,
+    /// Source of cache epochs, unique across every container state of the mount: a container
+    /// opened again, reset or compacted reuses member offsets, and its cached chunks of before
+    /// must never match (a stale hit here once returned old bytes after a compaction).
+    pub epochs: std::sync::atomic::AtomicU64,
+}
+
+impl FileContext {
+    fn next_epoch(&self) -> u64 {
+        self.epochs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// The state shared by every handle open on one inode.
@@ -218,8 +229,9 @@ pub struct ContainerFile {
     ctx: Arc<FileContext>,
     state: Mutex<WriteState>,
     store: Arc<Store>,
-    /// A second descriptor for reading members without holding the store lock.
-    reader: File,
+    /// A second descriptor for reading members without holding the store lock (replaced, with the
+    /// container, by compaction).
+    reader: Mutex<Arc<File>>,
     chunk_log2: u8,
     readahead: Arc<Readahead>,
     damaged_logged: Mutex<Option<Instant>>,
@@ -233,7 +245,8 @@ impl ContainerFile {
         ctx: Arc<FileContext>,
         container: Container,
     ) -> FsResult<ContainerFile> {
-        let reader = container.file().try_clone()?;
+        let reader = Mutex::new(Arc::new(container.file().try_clone()?));
+        let epoch = ctx.next_epoch();
         let chunk_log2 = container.chunk_log2();
         let size = container.size();
         Ok(ContainerFile {
@@ -254,7 +267,7 @@ impl ContainerFile {
                     inflight: 0,
                     inflight_chunks: HashMap::new(),
                     error: None,
-                    epoch: 0,
+                    epoch,
                 }),
                 landed: Condvar::new(),
             }),
@@ -267,6 +280,107 @@ impl ContainerFile {
 
     fn chunk_size(&self) -> usize {
         1 << self.chunk_log2
+    }
+
+    fn reader(&self) -> Arc<File> {
+        self.reader.lock().clone()
+    }
+
+    /// Whether the container has enough stale bytes or pieces to be worth compacting.
+    pub fn wants_compaction(&self) -> bool {
+        self.store.inner.lock().container.needs_compaction()
+    }
+
+    /// Compacts the container (docs/FORMAT.md, "Compaction"): with writers held off, writes a
+    /// fresh container into the empty file `dest` (chunks stored in one piece are copied as they
+    /// are, others are decoded and recompressed), then calls `install`, which must put `dest` in
+    /// the original's place; only if that succeeds does this file switch to the new container.
+    pub fn compact(&self, dest: File, install: impl FnOnce() -> FsResult<()>) -> FsResult<()> {
+        let mut st = self.state.lock();
+        self.flush_locked(&mut st, false)?;
+        let (chunks, size) = {
+            let s = self.store.inner.lock();
+            let chunks: Vec<u64> = s.container.index().data_chunks().collect();
+            (chunks, s.container.size())
+        };
+        let mut failure: Option<FsError> = None;
+        let mut next = chunks.into_iter();
+        let members = std::iter::from_fn(|| {
+            if failure.is_some() {
+                return None;
+            }
+            let chunk = next.next()?;
+            match self.compacted_member(chunk) {
+                Ok(m) => {
+                    m.or_else(|| Some((Vec::new(), IndexEntry::hole(chunk << self.chunk_log2))))
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    None
+                }
+            }
+        })
+        .filter(|(bytes, _)| !bytes.is_empty());
+        let rebuilt = Container::rebuild(dest, self.chunk_log2, size, members);
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let rebuilt = rebuilt?;
+        rebuilt.sync_data()?;
+        install()?;
+        let reader = Arc::new(rebuilt.file().try_clone()?);
+        let mut s = self.store.inner.lock();
+        s.container = rebuilt;
+        s.epoch = self.ctx.next_epoch();
+        *self.reader.lock() = reader;
+        st.dirty.retain(|_, d| d.dirty);
+        Ok(())
+    }
+
+    /// One chunk as a single complete data member for a compacted container.
+    fn compacted_member(&self, chunk: u64) -> FsResult<Option<(Vec<u8>, IndexEntry)>> {
+        let chunk_start = chunk << self.chunk_log2;
+        let pieces = self
+            .store
+            .inner
+            .lock()
+            .container
+            .index()
+            .pieces(chunk)
+            .to_vec();
+        if let [p] = pieces.as_slice() {
+            if p.reset && p.logical_offset == chunk_start && p.kind != PieceKind::Hole {
+                let mut bytes = vec![0u8; p.stored_len as usize];
+                self.reader().read_exact_at(&mut bytes, p.member_offset)?;
+                container::parse_data_member(&bytes, p)?;
+                return Ok(Some((bytes, p.clone())));
+            }
+        }
+        let data = self.load_chunk(chunk)?;
+        if data.is_empty() {
+            return Ok(None);
+        }
+        let len = data.len();
+        let [mut input, output] = self
+            .ctx
+            .job_pool
+            .take_many([
+                len,
+                DATA_HEADER_LEN + stored_stream_len(len) + MEMBER_TRAILER_LEN,
+            ])
+            .map_err(|e| FsError::with_context(libc::EIO, format!("{e}")))?;
+        input.copy_from_slice(&data);
+        let op = Op::Compress {
+            level: self.ctx.level,
+            headroom: DATA_HEADER_LEN,
+            tailroom: MEMBER_TRAILER_LEN,
+        };
+        let c = self.ctx.engine.submit_with_ticket(op, input, output).wait();
+        let done = c.result.map_err(|e| {
+            FsError::with_context(libc::EIO, format!("compacting chunk {chunk}: {e}"))
+        })?;
+        let (bytes, entry) = frame_member(c.output, done, chunk_start, true, len);
+        Ok(Some((bytes[..entry.stored_len as usize].to_vec(), entry)))
     }
 
     /// Container statistics for `user.deflatefs.info`-style reporting and `du`.
@@ -423,7 +537,7 @@ impl ContainerFile {
             .job_pool
             .take_many([p.stored_len as usize, p.logical_len as usize])
             .map_err(|e| FsError::with_context(libc::EIO, format!("{e}")))?;
-        self.reader
+        self.reader()
             .read_exact_at(&mut input, p.member_offset)
             .map_err(|e| {
                 let ctx = format!("reading member at {}", p.member_offset);
@@ -505,7 +619,7 @@ impl ContainerFile {
                 release(&self.readahead);
                 break;
             };
-            let stream = match self.reader.read_exact_at(&mut input, p.member_offset) {
+            let stream = match self.reader().read_exact_at(&mut input, p.member_offset) {
                 Ok(()) => container::parse_data_member(&input, p).ok(),
                 Err(_) => None,
             };
@@ -767,7 +881,7 @@ impl ContainerFile {
             st.dirty.clear();
             let mut s = self.store.inner.lock();
             s.container.reset()?;
-            s.epoch += 1;
+            s.epoch = self.ctx.next_epoch();
             st.size = 0;
             return Ok(());
         }
@@ -841,36 +955,15 @@ fn land_compressed(
     let Completion {
         result,
         input,
-        mut output,
+        output,
     } = c;
     drop(input); // give the dirty memory back as early as possible
     let ready = match result {
         Ok(done) => {
-            let header = container::data_member_header(logical_offset, reset, done.stored);
-            output[..DATA_HEADER_LEN].copy_from_slice(&header);
-            let trailer_at = DATA_HEADER_LEN + done.len;
-            output[trailer_at..trailer_at + MEMBER_TRAILER_LEN]
-                .copy_from_slice(&container::member_trailer(done.crc32, len as u32));
-            let total = trailer_at + MEMBER_TRAILER_LEN;
-            let entry = IndexEntry {
-                logical_offset,
-                logical_len: len as u32,
-                member_offset: 0,
-                stored_len: total as u32,
-                crc32: done.crc32,
-                kind: if done.stored {
-                    PieceKind::Stored
-                } else {
-                    PieceKind::Deflate
-                },
-                reset,
-                level: done.level,
-                window_log2: done.window_log2,
-                chaining_value: [0; 32],
-            };
+            let (output, entry) = frame_member(output, done, logical_offset, reset, len);
             Ready::Member {
+                len: entry.stored_len as usize,
                 output,
-                len: total,
                 entry,
                 chunk,
             }
@@ -921,6 +1014,40 @@ fn land_compressed(
     }
     drop(s);
     store.landed.notify_all();
+}
+
+/// Writes the member header and trailer around a compressed stream that the engine left at
+/// `output[DATA_HEADER_LEN..]`, and describes it with an index entry.
+fn frame_member(
+    mut output: PoolBuf,
+    done: Done,
+    logical_offset: u64,
+    reset: bool,
+    len: usize,
+) -> (PoolBuf, IndexEntry) {
+    let header = container::data_member_header(logical_offset, reset, done.stored);
+    output[..DATA_HEADER_LEN].copy_from_slice(&header);
+    let trailer_at = DATA_HEADER_LEN + done.len;
+    output[trailer_at..trailer_at + MEMBER_TRAILER_LEN]
+        .copy_from_slice(&container::member_trailer(done.crc32, len as u32));
+    let total = trailer_at + MEMBER_TRAILER_LEN;
+    let entry = IndexEntry {
+        logical_offset,
+        logical_len: len as u32,
+        member_offset: 0,
+        stored_len: total as u32,
+        crc32: done.crc32,
+        kind: if done.stored {
+            PieceKind::Stored
+        } else {
+            PieceKind::Deflate
+        },
+        reset,
+        level: done.level,
+        window_log2: done.window_log2,
+        chaining_value: [0; 32],
+    };
+    (output, entry)
 }
 
 /// Appends `data[a..b]` to `out`, reading bytes beyond `data.len()` as zeros.

@@ -46,20 +46,33 @@ pub enum Format {
     Plain,
 }
 
+/// The open-file state of a node and how many users (handles, truncations) hold it. Both live
+/// under one lock so a state is never dropped while someone is about to use it: two states on
+/// one container would append to it independently.
+#[derive(Default)]
+pub struct OpenSlot {
+    pub file: Option<Arc<OpenFile>>,
+    pub users: usize,
+}
+
 /// One backing inode known to the kernel.
 pub struct Node {
     pub id: u64,
     pub dev: u64,
     pub ino: u64,
     pub kind: NodeKind,
-    /// O_PATH (|O_NOFOLLOW for symlinks) descriptor of the backing inode.
-    pub fd: OwnedFd,
+    /// O_PATH (|O_NOFOLLOW for symlinks) descriptors of the backing inode: the last is current.
+    /// Compaction replaces the backing inode; the earlier descriptors stay open until the node
+    /// goes away, so a raw descriptor handed out before the switch is never closed under a user.
+    fds: Mutex<Vec<OwnedFd>>,
+    /// Current (st_dev, st_ino) of the backing inode: the table's key.
+    key: Mutex<(u64, u64)>,
     /// Outstanding kernel lookups (root: never forgotten).
     lookups: Mutex<u64>,
     /// Backing format, decided on first use (regular files only).
     pub format: Mutex<Option<Format>>,
     /// Shared state while any handle is open (and while write-back is pending).
-    pub open: Mutex<Option<Arc<OpenFile>>>,
+    pub open: Mutex<OpenSlot>,
     /// The last (parent node, name) this inode was reached through: names it in log lines, and
     /// tells compaction where to put the rewritten file.
     location: Mutex<Option<(u64, OsString)>>,
@@ -67,7 +80,11 @@ pub struct Node {
 
 impl Node {
     pub fn raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+        self.fds
+            .lock()
+            .last()
+            .expect("a node has a descriptor")
+            .as_raw_fd()
     }
 
     /// Records the name this inode was last reached through.
@@ -122,10 +139,11 @@ impl InodeTable {
             dev: st.st_dev,
             ino: st.st_ino,
             kind: NodeKind::Directory,
-            fd: root_fd,
+            fds: Mutex::new(vec![root_fd]),
+            key: Mutex::new((st.st_dev, st.st_ino)),
             lookups: Mutex::new(1),
             format: Mutex::new(None),
-            open: Mutex::new(None),
+            open: Mutex::new(OpenSlot::default()),
             location: Mutex::new(None),
         });
         let mut t = Table {
@@ -172,10 +190,11 @@ impl InodeTable {
             dev: st.st_dev,
             ino: st.st_ino,
             kind: NodeKind::from_mode(st.st_mode),
-            fd,
+            fds: Mutex::new(vec![fd]),
+            key: Mutex::new(key),
             lookups: Mutex::new(1),
             format: Mutex::new(None),
-            open: Mutex::new(None),
+            open: Mutex::new(OpenSlot::default()),
             location: Mutex::new(None),
         });
         t.by_key.insert(key, id);
@@ -207,8 +226,23 @@ impl InodeTable {
         if *lookups == 0 {
             drop(lookups);
             t.by_id.remove(&id);
-            t.by_key.remove(&(node.dev, node.ino));
+            let key = *node.key.lock();
+            t.by_key.remove(&key);
         }
+    }
+
+    /// Points `node` at a new backing inode (after compaction replaced the file): `fd` becomes
+    /// its descriptor and the table finds it under the new inode's key. The node id, which the
+    /// kernel knows, stays the same.
+    pub fn replace_backing(&self, node: &Node, fd: OwnedFd, st: &libc::stat) {
+        let mut t = self.table.lock();
+        let mut key = node.key.lock();
+        if t.by_key.get(&*key) == Some(&node.id) {
+            t.by_key.remove(&*key);
+        }
+        *key = (st.st_dev, st.st_ino);
+        t.by_key.insert(*key, node.id);
+        node.fds.lock().push(fd);
     }
 
     /// Every node with an open-file state (for flushing at unmount).
@@ -216,7 +250,7 @@ impl InodeTable {
         let t = self.table.lock();
         t.by_id
             .values()
-            .filter_map(|n| n.open.lock().clone())
+            .filter_map(|n| n.open.lock().file.clone())
             .collect()
     }
 
