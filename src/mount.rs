@@ -95,8 +95,8 @@ pub fn read_mountinfo() -> Vec<MountInfo> {
 pub fn top_mount_at(path: &Path) -> Option<MountInfo> {
     read_mountinfo()
         .into_iter()
-        .filter(|m| m.mount_point == path)
-        .last()
+        .rev()
+        .find(|m| m.mount_point == path)
 }
 
 /// Validates the request and prepares what must exist before mounting: the source directory's

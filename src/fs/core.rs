@@ -962,7 +962,7 @@ impl DeflateFs {
                     }
                     tick += 1;
                     // Commit every 5 s what writers left uncommitted, like ext4's commit interval.
-                    fs.background_pass(tick % 100 == 0);
+                    fs.background_pass(tick.is_multiple_of(100));
                 }
             })
             .expect("spawn flusher thread");
