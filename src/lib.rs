@@ -1,11 +1,13 @@
 //! deflatefs: a transparent-compression FUSE overlay that stores files as chunked gzip.
 //!
 //! - [`container`]: the backing-file format (docs/FORMAT.md).
+//! - [`digest`]: content digests and file descriptions served as extended attributes.
 //! - [`engine`]: queue pairs, buffer pool and codec backends (docs/ENGINE.md).
 //! - [`fs`]: the filesystem core and its fuser adapter.
 //! - [`options`], [`cli`], [`mount`]: configuration, command line, mounting and the daemon.
 pub mod cli;
 pub mod container;
+pub mod digest;
 pub mod engine;
 pub mod fs;
 pub mod logging;
