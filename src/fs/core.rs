@@ -62,7 +62,8 @@ pub struct Handle {
 #[derive(Debug, Clone)]
 pub struct DirEntry {
     pub ino: u64,
-    pub kind: NodeKind,
+    /// The backing directory's d_type (DT_REG, DT_DIR, DT_FIFO, ...).
+    pub dtype: u8,
     pub name: OsString,
 }
 
@@ -889,12 +890,7 @@ impl DeflateFs {
                 .filter(|(_, _, name)| !is_internal(name))
                 .map(|(ino, dtype, name)| DirEntry {
                     ino,
-                    kind: match dtype {
-                        libc::DT_DIR => NodeKind::Directory,
-                        libc::DT_REG => NodeKind::Regular,
-                        libc::DT_LNK => NodeKind::Symlink,
-                        _ => NodeKind::Other,
-                    },
+                    dtype,
                     name: OsString::from_vec(name),
                 })
                 .collect();

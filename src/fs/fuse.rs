@@ -13,13 +13,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
     INodeNo, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
-    Request, TimeOrNow, WriteFlags,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use super::core::{Caller, DeflateFs, SetAttr, TimeSpec};
 use super::error::FsResult;
-use super::inode::NodeKind;
 
 /// How long the kernel may cache attributes and names. Only this daemon changes the backing tree
 /// while it is mounted (docs/FORMAT.md), so a short cache is safe and saves many getattr calls.
@@ -98,6 +97,18 @@ pub fn to_attr(st: &libc::stat) -> FileAttr {
     }
 }
 
+fn dtype_kind(dtype: u8) -> FileType {
+    match dtype {
+        libc::DT_DIR => FileType::Directory,
+        libc::DT_LNK => FileType::Symlink,
+        libc::DT_FIFO => FileType::NamedPipe,
+        libc::DT_SOCK => FileType::Socket,
+        libc::DT_CHR => FileType::CharDevice,
+        libc::DT_BLK => FileType::BlockDevice,
+        _ => FileType::RegularFile,
+    }
+}
+
 fn time_spec(t: Option<TimeOrNow>) -> Option<TimeSpec> {
     t.map(|t| match t {
         TimeOrNow::Now => TimeSpec::Now,
@@ -153,6 +164,9 @@ impl Filesystem for FuseAdapter {
         let _ = config.set_max_write(MAX_WRITE);
         let _ = config.set_max_readahead(MAX_WRITE);
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_PARALLEL_DIROPS);
+        let _ = config.add_capabilities(
+            fuser::InitFlags::FUSE_DO_READDIRPLUS | fuser::InitFlags::FUSE_READDIRPLUS_AUTO,
+        );
         let _ = config.set_max_background(64);
         Ok(())
     }
@@ -410,12 +424,7 @@ impl Filesystem for FuseAdapter {
         match guarded("readdir", || self.fs.readdir(fh.0, offset)) {
             Ok(entries) => {
                 for (i, e) in entries.iter().enumerate() {
-                    let kind = match e.kind {
-                        NodeKind::Directory => FileType::Directory,
-                        NodeKind::Regular => FileType::RegularFile,
-                        NodeKind::Symlink => FileType::Symlink,
-                        NodeKind::Other => FileType::RegularFile,
-                    };
+                    let kind = dtype_kind(e.dtype);
                     if reply.add(INodeNo(e.ino), offset + i as u64 + 1, kind, &e.name) {
                         break;
                     }
@@ -424,6 +433,54 @@ impl Filesystem for FuseAdapter {
             }
             Err(e) => reply.error(e),
         }
+    }
+
+    /// Listing with attributes, so `ls -l` and `du` need no lookup per entry. Every entry added
+    /// (but "." and "..", which the kernel does not link) counts as one lookup; an entry that does
+    /// not fit is forgotten again.
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let entries = match guarded("readdirplus", || self.fs.readdir(fh.0, offset)) {
+            Ok(entries) => entries,
+            Err(e) => return reply.error(e),
+        };
+        for (i, e) in entries.iter().enumerate() {
+            let next = offset + i as u64 + 1;
+            let name = e.name.as_encoded_bytes();
+            if name == b"." || name == b".." {
+                let mut attr = to_attr(&unsafe { std::mem::zeroed() });
+                attr.ino = INodeNo(if name == b"." { ino.0 } else { e.ino });
+                attr.kind = FileType::Directory;
+                if reply.add(
+                    attr.ino,
+                    next,
+                    &e.name,
+                    &Duration::ZERO,
+                    &attr,
+                    Generation(0),
+                ) {
+                    break;
+                }
+                continue;
+            }
+            // An entry that vanished since the listing was taken is simply left out.
+            let Ok((node, st)) = guarded("readdirplus lookup", || self.fs.lookup(ino.0, &e.name))
+            else {
+                continue;
+            };
+            let attr = to_attr(&st);
+            if reply.add(attr.ino, next, &e.name, &TTL, &attr, Generation(0)) {
+                self.fs.forget(node.id, 1);
+                break;
+            }
+        }
+        reply.ok()
     }
 
     fn releasedir(
