@@ -1,5 +1,6 @@
 //! Damaged input, invalid jobs and failing codecs: the job fails with the right error and the engine
-//! keeps working.
+//! keeps working. These tests pin down fault containment, so they run without the software
+//! fallback (`EngineOptions::without_fallback`); tests/engine_fallback.rs covers the fallback.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -7,7 +8,7 @@ use std::sync::Arc;
 use deflatefs::engine::fault::{Fault, FaultAction, FaultBackend, FaultOp, FaultTrigger};
 use deflatefs::engine::{
     stored_stream_len, Backend, BufferPool, Codec, CodecError, Completion, Done, Engine,
-    EngineConfig, EngineError, Job, Op, SoftwareBackend,
+    EngineConfig, EngineError, EngineOptions, Job, Op, SoftwareBackend,
 };
 
 fn text(n: usize) -> Vec<u8> {
@@ -20,11 +21,14 @@ fn text(n: usize) -> Vec<u8> {
 }
 
 fn engine_with(backend: Arc<dyn Backend>, queues: usize) -> Arc<Engine> {
-    Engine::new(EngineConfig {
-        queues,
-        queue_depth: 4,
-        backend,
-    })
+    Engine::with_options(
+        EngineConfig {
+            queues,
+            queue_depth: 4,
+            backend,
+        },
+        EngineOptions::without_fallback(),
+    )
     .unwrap()
 }
 

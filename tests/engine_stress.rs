@@ -7,8 +7,8 @@ use std::thread;
 
 use deflatefs::engine::fault::{Fault, FaultAction, FaultBackend, FaultOp, FaultTrigger};
 use deflatefs::engine::{
-    stored_stream_len, BufferPool, CodecError, Completion, Engine, EngineConfig, EngineError, Job,
-    Op, SoftwareBackend,
+    stored_stream_len, BufferPool, CodecError, Completion, Engine, EngineConfig, EngineError,
+    EngineOptions, Job, Op, SoftwareBackend,
 };
 
 struct Rng(u64);
@@ -52,11 +52,15 @@ fn every_job_completes_exactly_once_under_injected_faults() {
             });
         }
     }
-    let engine = Engine::new(EngineConfig {
-        queues: 3,
-        queue_depth: 2,
-        backend: Arc::new(backend),
-    })
+    // Containment without repair: the faults must surface as failed jobs, never as wrong data.
+    let engine = Engine::with_options(
+        EngineConfig {
+            queues: 3,
+            queue_depth: 2,
+            backend: Arc::new(backend),
+        },
+        EngineOptions::without_fallback(),
+    )
     .unwrap();
     let pool = BufferPool::new(2 << 20);
     let submitted = Arc::new(AtomicUsize::new(0));

@@ -10,15 +10,18 @@
 //!   the result and both buffers. Workers never wait for memory, so every accepted job completes.
 //! - Backends: [`Backend`] opens one [`Codec`] per queue. [`SoftwareBackend`] is libdeflate.
 
+pub mod accel;
 pub mod backend;
 pub mod fault;
 mod job;
 pub mod pool;
 mod queue;
+pub mod selftest;
 pub mod software;
 mod stored;
+pub mod zlib;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -43,6 +46,92 @@ pub struct EngineConfig {
     pub backend: Arc<dyn Backend>,
 }
 
+/// How the engine guards against a backend that is not the software reference (one whose
+/// [`Backend::needs_verification`] is true). The reference backend is never checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineOptions {
+    /// Inflate every compressed stream of the backend with libdeflate and compare it with the
+    /// input before the job completes (mount option `verify`, default on).
+    pub verify: bool,
+    /// Redo in software (libdeflate) every job the backend gets wrong: a stream that fails
+    /// verification, a codec error, a panic, an inflate that fails where software succeeds. The
+    /// caller sees only the latency. Off: such a compress job is written as stored blocks (bad
+    /// stream) or fails (error, panic), and such a decompress job fails.
+    pub fallback: bool,
+    /// After this many faults the backend is disabled and every later job runs in software
+    /// (`0`: never). Only with `fallback`.
+    pub fault_limit: u64,
+    /// Pin queue worker N to the N-th CPU the process may use (mount option `affinity`).
+    pub affinity: bool,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            verify: true,
+            fallback: true,
+            fault_limit: DEFAULT_FAULT_LIMIT,
+            affinity: false,
+        }
+    }
+}
+
+impl EngineOptions {
+    /// Faults are contained but not repaired: no software fallback (the behaviour the engine's
+    /// fault-containment tests pin down).
+    pub fn without_fallback() -> EngineOptions {
+        EngineOptions {
+            fallback: false,
+            ..EngineOptions::default()
+        }
+    }
+}
+
+/// Faults after which a backend is disabled, by default.
+pub const DEFAULT_FAULT_LIMIT: u64 = 8;
+
+/// Faults of the backend over all queues, and whether it was disabled.
+pub(crate) struct BackendHealth {
+    backend: String,
+    limit: u64,
+    faults: AtomicU64,
+    disabled: AtomicBool,
+}
+
+impl BackendHealth {
+    fn new(backend: String, limit: u64) -> BackendHealth {
+        BackendHealth {
+            backend,
+            limit,
+            faults: AtomicU64::new(0),
+            disabled: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn is_disabled(&self) -> bool {
+        self.disabled.load(Ordering::Relaxed)
+    }
+
+    /// Logs a fault (the job was redone in software) and disables the backend at the limit.
+    pub(crate) fn record_fault(&self, queue: usize, op: &Op, what: &str) {
+        let n = self.faults.fetch_add(1, Ordering::Relaxed) + 1;
+        let kind = match op {
+            Op::Compress { .. } => "compress",
+            Op::Decompress { .. } => "decompress",
+        };
+        log::warn!(
+            "backend {} fault #{n} (queue {queue}, {kind}): {what}; job redone in software",
+            self.backend
+        );
+        if self.limit > 0 && n >= self.limit && !self.disabled.swap(true, Ordering::Relaxed) {
+            log::error!(
+                "backend {} disabled after {n} faults: every later job runs in software (libdeflate)",
+                self.backend
+            );
+        }
+    }
+}
+
 /// Counters of one queue since the engine started.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct QueueStats {
@@ -57,6 +146,10 @@ pub struct QueueStats {
     /// Compressed streams that failed verification against the software reference and were
     /// replaced by stored blocks (see [`Backend::needs_verification`]).
     pub verify_failures: u64,
+    /// Jobs the backend got wrong that were redone in software (verification failures included).
+    pub faults: u64,
+    /// Jobs run by the software fallback (after a fault, or with the backend disabled).
+    pub software_jobs: u64,
     /// Jobs accepted and not yet completed, right now.
     pub occupancy: usize,
     /// Largest occupancy seen: at most `queue_depth + 1` (full ring plus the job being run).
@@ -67,6 +160,8 @@ pub struct QueueStats {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EngineStats {
     pub backend: String,
+    /// The backend was disabled after repeated faults; software runs every job.
+    pub backend_disabled: bool,
     /// One entry per queue, by queue index.
     pub queues: Vec<QueueStats>,
 }
@@ -88,6 +183,18 @@ impl EngineStats {
     pub fn bytes_out(&self) -> u64 {
         self.queues.iter().map(|q| q.bytes_out).sum()
     }
+    /// Backend faults over all queues (see [`QueueStats::faults`]).
+    pub fn faults(&self) -> u64 {
+        self.queues.iter().map(|q| q.faults).sum()
+    }
+    /// Verification failures over all queues.
+    pub fn verify_failures(&self) -> u64 {
+        self.queues.iter().map(|q| q.verify_failures).sum()
+    }
+    /// Jobs run by the software fallback over all queues.
+    pub fn software_jobs(&self) -> u64 {
+        self.queues.iter().map(|q| q.software_jobs).sum()
+    }
     /// Largest occupancy seen on any queue.
     pub fn max_occupancy(&self) -> usize {
         self.queues
@@ -101,6 +208,10 @@ impl EngineStats {
 /// A set of queue pairs over one backend. Dropping the last `Arc` shuts it down (draining).
 pub struct Engine {
     backend_name: String,
+    options: EngineOptions,
+    /// Whether the backend is checked / backed by software (it is not the reference).
+    guarded: bool,
+    health: Arc<BackendHealth>,
     /// Submit sides, by queue index; emptied by [`Engine::shutdown`], which closes the rings.
     queues: RwLock<Vec<QueuePair>>,
     counters: Vec<Arc<QueueCounters>>,
@@ -111,8 +222,17 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Opens one codec per queue and starts the workers ("dfs-queue-N").
+    /// Opens one codec per queue and starts the workers ("dfs-queue-N"), with the default
+    /// [`EngineOptions`] (verification and software fallback on).
     pub fn new(cfg: EngineConfig) -> Result<Arc<Engine>, EngineError> {
+        Engine::with_options(cfg, EngineOptions::default())
+    }
+
+    /// [`Engine::new`] with explicit options.
+    pub fn with_options(
+        cfg: EngineConfig,
+        options: EngineOptions,
+    ) -> Result<Arc<Engine>, EngineError> {
         if cfg.queues == 0 {
             return Err(EngineError::InvalidConfig(
                 "queues must be at least 1".into(),
@@ -123,6 +243,12 @@ impl Engine {
                 "queue_depth must be at least 1".into(),
             ));
         }
+        let limit = if options.fallback {
+            options.fault_limit
+        } else {
+            0
+        };
+        let health = Arc::new(BackendHealth::new(cfg.backend.name(), limit));
         let slots = Arc::new(SlotSignal::default());
         let mut pairs = Vec::with_capacity(cfg.queues);
         let mut counters = Vec::with_capacity(cfg.queues);
@@ -133,6 +259,8 @@ impl Engine {
                 cfg.queue_depth,
                 Arc::clone(&cfg.backend),
                 Arc::clone(&slots),
+                &options,
+                Arc::clone(&health),
             ) {
                 Ok((pair, c, handle)) => {
                     pairs.push(pair);
@@ -150,6 +278,9 @@ impl Engine {
         }
         Ok(Arc::new(Engine {
             backend_name: cfg.backend.name(),
+            guarded: cfg.backend.needs_verification(),
+            options,
+            health,
             queues: RwLock::new(pairs),
             counters,
             slots,
@@ -166,6 +297,22 @@ impl Engine {
     /// The backend's name ("sw" for libdeflate).
     pub fn backend_name(&self) -> String {
         self.backend_name.clone()
+    }
+
+    /// The options the engine runs with.
+    pub fn options(&self) -> &EngineOptions {
+        &self.options
+    }
+
+    /// Whether compressed streams of the backend are verified against libdeflate (the backend is
+    /// not the reference and `verify` is on).
+    pub fn verifies(&self) -> bool {
+        self.guarded && self.options.verify
+    }
+
+    /// Whether jobs the backend gets wrong are redone in software.
+    pub fn falls_back(&self) -> bool {
+        self.guarded && self.options.fallback
     }
 
     /// Offers jobs from the front of `jobs` to queue `queue` until its ring is full; returns how many
@@ -317,6 +464,7 @@ impl Engine {
     pub fn stats(&self) -> EngineStats {
         EngineStats {
             backend: self.backend_name.clone(),
+            backend_disabled: self.health.is_disabled(),
             queues: self
                 .counters
                 .iter()
@@ -326,6 +474,8 @@ impl Engine {
                     bytes_in: c.bytes_in.load(Ordering::Relaxed),
                     bytes_out: c.bytes_out.load(Ordering::Relaxed),
                     verify_failures: c.verify_failures.load(Ordering::Relaxed),
+                    faults: c.faults.load(Ordering::Relaxed),
+                    software_jobs: c.software_jobs.load(Ordering::Relaxed),
                     occupancy: c.occupancy(),
                     max_occupancy: c.max_occupancy.load(Ordering::Relaxed),
                 })

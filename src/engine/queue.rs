@@ -12,8 +12,9 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use super::backend::{Backend, Codec, CodecError};
 use super::job::{Completion, Done, EngineError, Job, Op};
-use super::software::ReferenceVerifier;
+use super::software::{ReferenceVerifier, SoftwareCodec};
 use super::stored::{read_stored, stored_stream_len, write_stored};
+use super::{BackendHealth, EngineOptions};
 
 /// Counters of one queue, shared by its submitters and its worker. Aligned to keep queues' counters
 /// off each other's cache lines.
@@ -31,6 +32,11 @@ pub(super) struct QueueCounters {
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
     pub verify_failures: AtomicU64,
+    /// Jobs the backend got wrong (bad stream, error, panic, failed inflate) that were redone in
+    /// software.
+    pub faults: AtomicU64,
+    /// Jobs run by the software fallback: after a fault, or because the backend was disabled.
+    pub software_jobs: AtomicU64,
 }
 
 impl QueueCounters {
@@ -129,9 +135,20 @@ pub(super) fn start_queue(
     depth: usize,
     backend: Arc<dyn Backend>,
     slots: Arc<SlotSignal>,
+    options: &EngineOptions,
+    health: Arc<BackendHealth>,
 ) -> Result<(QueuePair, Arc<QueueCounters>, JoinHandle<()>), EngineError> {
     let codec = backend.open_queue()?;
-    let verifier = backend.needs_verification().then(ReferenceVerifier::new);
+    // A backend that is not the reference is checked (unless the user turned that off) and, when
+    // it gets a job wrong, the job is redone by libdeflate.
+    let outsider = backend.needs_verification();
+    let verifier = (outsider && options.verify).then(ReferenceVerifier::new);
+    let fallback = (outsider && options.fallback).then(SoftwareCodec::new);
+    let cpu = if options.affinity {
+        pick_cpu(index)
+    } else {
+        None
+    };
     let (tx, rx) = crossbeam_channel::bounded(depth);
     let counters = Arc::new(QueueCounters::default());
     let worker = Worker {
@@ -139,13 +156,20 @@ pub(super) fn start_queue(
         rx,
         codec,
         verifier,
+        fallback,
+        health,
         backend,
         counters: Arc::clone(&counters),
         slots,
     };
     let handle = std::thread::Builder::new()
         .name(format!("dfs-queue-{index}"))
-        .spawn(move || worker.run())
+        .spawn(move || {
+            if let Some(cpu) = cpu {
+                pin_to_cpu(index, cpu);
+            }
+            worker.run()
+        })
         .map_err(EngineError::Spawn)?;
     let pair = QueuePair {
         tx,
@@ -154,12 +178,46 @@ pub(super) fn start_queue(
     Ok((pair, counters, handle))
 }
 
+/// The CPU queue `index` is pinned to: the `index`-th CPU (modulo their number) this process may
+/// run on.
+fn pick_cpu(index: usize) -> Option<usize> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity fills it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if r != 0 {
+        return None;
+    }
+    let allowed: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect();
+    (!allowed.is_empty()).then(|| allowed[index % allowed.len()])
+}
+
+/// Pins the calling thread to `cpu` (the `affinity` option): a queue's jobs then run, and
+/// complete, on one CPU, as on a device that signals completions to the CPU that submitted.
+fn pin_to_cpu(index: usize, cpu: usize) {
+    // SAFETY: plain libc calls on a set we own.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0 {
+        log::warn!(
+            "queue {index}: cannot pin the worker to CPU {cpu}: {}",
+            std::io::Error::last_os_error()
+        );
+    } else {
+        log::debug!("queue {index}: worker pinned to CPU {cpu}");
+    }
+}
+
 struct Worker {
     index: usize,
     rx: Receiver<Job>,
     codec: Box<dyn Codec>,
     /// Present when the backend's compressed streams must be checked against the reference.
     verifier: Option<ReferenceVerifier>,
+    /// Present when jobs the backend gets wrong are redone in software.
+    fallback: Option<SoftwareCodec>,
+    health: Arc<BackendHealth>,
     backend: Arc<dyn Backend>,
     counters: Arc<QueueCounters>,
     slots: Arc<SlotSignal>,
@@ -182,41 +240,83 @@ impl Worker {
             mut output,
             on_complete,
         } = job;
-        let codec = &mut self.codec;
-        let verifier = self.verifier.as_mut();
-        let mut verify_failed = false;
-        let result = match catch_unwind(AssertUnwindSafe(|| {
-            execute(
-                codec.as_mut(),
-                verifier,
+        let mut report = JobReport::default();
+        let disabled = self.fallback.is_some() && self.health.is_disabled();
+        let result = if disabled {
+            // The backend was disabled after repeated faults: software does everything.
+            let sw = self.fallback.as_mut().expect("checked");
+            report.software = true;
+            run_guarded(
+                self.index,
+                sw,
+                None,
+                None,
                 &op,
                 &input,
                 &mut output,
-                &mut verify_failed,
+                &mut report,
             )
-        })) {
-            Ok(result) => result,
-            Err(payload) => {
-                let msg = panic_message(payload.as_ref());
-                log::error!(
-                    "queue {}: codec panicked running {op:?}: {msg}; reopening the codec",
-                    self.index
-                );
-                // The codec may be left inconsistent by the unwind: replace it.
-                match self.backend.open_queue() {
-                    Ok(fresh) => self.codec = fresh,
-                    Err(e) => log::error!(
-                        "queue {}: cannot reopen codec ({e}); keeping the old one",
+        } else {
+            match catch_unwind(AssertUnwindSafe(|| {
+                execute(
+                    self.codec.as_mut(),
+                    self.verifier.as_mut(),
+                    self.fallback.as_mut().map(|c| c as &mut dyn Codec),
+                    &op,
+                    &input,
+                    &mut output,
+                    &mut report,
+                )
+            })) {
+                Ok(result) => result,
+                Err(payload) => {
+                    let msg = panic_message(payload.as_ref());
+                    log::error!(
+                        "queue {}: codec panicked running {op:?}: {msg}; reopening the codec",
                         self.index
-                    ),
+                    );
+                    // The codec may be left inconsistent by the unwind: replace it.
+                    match self.backend.open_queue() {
+                        Ok(fresh) => self.codec = fresh,
+                        Err(e) => log::error!(
+                            "queue {}: cannot reopen codec ({e}); keeping the old one",
+                            self.index
+                        ),
+                    }
+                    match self.fallback.as_mut() {
+                        Some(sw) => {
+                            report = JobReport {
+                                fault: Some(format!("codec panicked: {msg}")),
+                                software: true,
+                                ..report
+                            };
+                            run_guarded(
+                                self.index,
+                                sw,
+                                None,
+                                None,
+                                &op,
+                                &input,
+                                &mut output,
+                                &mut report,
+                            )
+                        }
+                        None => Err(EngineError::Codec(CodecError::Panicked(msg))),
+                    }
                 }
-                Err(EngineError::Codec(CodecError::Panicked(msg)))
             }
         };
 
         let c = &self.counters;
-        if verify_failed {
+        if report.verify_failed {
             c.verify_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(fault) = report.fault.take() {
+            c.faults.fetch_add(1, Ordering::Relaxed);
+            self.health.record_fault(self.index, &op, &fault);
+        }
+        if report.software {
+            c.software_jobs.fetch_add(1, Ordering::Relaxed);
         }
         match &result {
             Ok(done) => {
@@ -249,6 +349,39 @@ impl Worker {
     }
 }
 
+/// Runs a job on `codec` (the software fallback) with panics turned into a failed job.
+#[allow(clippy::too_many_arguments)]
+fn run_guarded(
+    index: usize,
+    codec: &mut dyn Codec,
+    verifier: Option<&mut ReferenceVerifier>,
+    fallback: Option<&mut dyn Codec>,
+    op: &Op,
+    input: &[u8],
+    output: &mut [u8],
+    report: &mut JobReport,
+) -> Result<Done, EngineError> {
+    catch_unwind(AssertUnwindSafe(|| {
+        execute(codec, verifier, fallback, op, input, output, report)
+    }))
+    .unwrap_or_else(|payload| {
+        let msg = panic_message(payload.as_ref());
+        log::error!("queue {index}: software codec panicked running {op:?}: {msg}");
+        Err(EngineError::Codec(CodecError::Panicked(msg)))
+    })
+}
+
+/// What happened to one job besides its result.
+#[derive(Debug, Default)]
+pub(super) struct JobReport {
+    /// A compressed stream failed verification against the reference.
+    pub verify_failed: bool,
+    /// The backend got the job wrong (how), and the job was redone in software.
+    pub fault: Option<String>,
+    /// The result came from the software fallback.
+    pub software: bool,
+}
+
 fn panic_message(payload: &(dyn Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_string()
@@ -259,16 +392,19 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
     }
 }
 
-/// Runs one operation with `codec`, checking compressed streams with `verifier` if given (a stream
-/// that fails the check is replaced by stored blocks and `verify_failed` is set). Allocates only to
-/// describe an error.
+/// Runs one operation with `codec`. Compressed streams are checked with `verifier` if given. When
+/// the codec gets the job wrong (a stream that fails the check, an error other than `NoSpace`, an
+/// inflate that fails where the software one succeeds), the job is redone with `fallback` if given
+/// and `report.fault` says why; without a fallback, a stream that fails the check is replaced by
+/// stored blocks and errors are returned. Allocates only to describe an error.
 pub(super) fn execute(
     codec: &mut dyn Codec,
     verifier: Option<&mut ReferenceVerifier>,
+    fallback: Option<&mut dyn Codec>,
     op: &Op,
     input: &[u8],
     output: &mut [u8],
-    verify_failed: &mut bool,
+    report: &mut JobReport,
 ) -> Result<Done, EngineError> {
     match *op {
         Op::Compress {
@@ -277,7 +413,7 @@ pub(super) fn execute(
             tailroom,
         } => {
             let region = compress_region(output, headroom, tailroom)?;
-            compress(codec, verifier, level, input, region, verify_failed)
+            compress(codec, verifier, fallback, level, input, region, report)
         }
         Op::Decompress {
             ref stream,
@@ -290,7 +426,24 @@ pub(super) fn execute(
                     input.len()
                 )));
             };
-            decompress(codec, src, expected_crc, stored, output)
+            if stored {
+                return decompress(codec, src, expected_crc, true, output);
+            }
+            match decompress(codec, src, expected_crc, false, output) {
+                Ok(done) => Ok(done),
+                Err(e) => match fallback {
+                    Some(sw) => {
+                        let retry = decompress(sw, src, expected_crc, false, output);
+                        if retry.is_ok() {
+                            report.fault =
+                                Some(format!("inflate failed ({e}) where software succeeded"));
+                        }
+                        report.software = true;
+                        retry
+                    }
+                    None => Err(e),
+                },
+            }
         }
     }
 }
@@ -313,50 +466,62 @@ fn compress_region(
 fn compress(
     codec: &mut dyn Codec,
     verifier: Option<&mut ReferenceVerifier>,
+    fallback: Option<&mut dyn Codec>,
     level: u32,
     input: &[u8],
     region: &mut [u8],
-    verify_failed: &mut bool,
+    report: &mut JobReport,
 ) -> Result<Done, EngineError> {
-    let crc32 = libdeflater::crc32(input);
     if level > 0 {
         // One byte less than stored blocks would take: a stream that does not beat them "does not
         // fit", and the codec may give up early.
         let limit = region.len().min(stored_stream_len(input.len()) - 1);
-        match codec.deflate(level, input, &mut region[..limit]) {
-            Ok(len)
-                if len <= limit && verifier.is_some_and(|v| !v.check(&region[..len], input)) =>
-            {
-                // Never hand out a stream that does not decode to its input: store instead.
-                log::error!(
-                    "compressed stream ({len} bytes, level {level}) does not decode to its \
-                     {}-byte input; writing stored blocks instead",
-                    input.len()
-                );
-                *verify_failed = true;
-            }
+        let fault = match codec.deflate(level, input, &mut region[..limit]) {
             Ok(len) if len <= limit => {
-                return Ok(Done {
-                    len,
-                    crc32,
-                    stored: false,
-                    level: u8::try_from(level).unwrap_or(u8::MAX),
-                    window_log2: codec.window_log2(),
-                })
+                if verifier.is_some_and(|v| !v.check(&region[..len], input)) {
+                    report.verify_failed = true;
+                    format!(
+                        "compressed stream ({len} bytes, level {level}) does not decode to its \
+                         {}-byte input",
+                        input.len()
+                    )
+                } else {
+                    return Ok(Done {
+                        len,
+                        crc32: libdeflater::crc32(input),
+                        stored: false,
+                        level: u8::try_from(level).unwrap_or(u8::MAX),
+                        window_log2: codec.window_log2(),
+                    });
+                }
             }
-            Ok(len) => {
-                return Err(EngineError::Codec(CodecError::Failed(format!(
-                    "codec reported {len} bytes written into a {limit}-byte buffer"
-                ))))
-            }
-            Err(CodecError::NoSpace) => {}
+            Ok(len) => format!("codec reported {len} bytes written into a {limit}-byte buffer"),
+            Err(CodecError::NoSpace) => return store(input, region),
+            Err(e) if fallback.is_some() => e.to_string(),
             Err(e) => return Err(e.into()),
+        };
+        match fallback {
+            Some(sw) => {
+                report.fault = Some(fault);
+                report.software = true;
+                return compress(sw, None, None, level, input, region, report);
+            }
+            None if report.verify_failed => {
+                // Never hand out a stream that does not decode to its input: store instead.
+                log::error!("{fault}; writing stored blocks instead");
+            }
+            None => return Err(EngineError::Codec(CodecError::Failed(fault))),
         }
     }
+    store(input, region)
+}
+
+/// Writes `input` as stored blocks into `region`.
+fn store(input: &[u8], region: &mut [u8]) -> Result<Done, EngineError> {
     match write_stored(input, region) {
         Some(len) => Ok(Done {
             len,
-            crc32,
+            crc32: libdeflater::crc32(input),
             stored: true,
             level: 0,
             window_log2: 0,
@@ -434,9 +599,9 @@ mod tests {
         input: &[u8],
         output: &mut [u8],
     ) -> Result<Done, EngineError> {
-        let mut verify_failed = false;
-        let r = execute(codec, None, op, input, output, &mut verify_failed);
-        assert!(!verify_failed);
+        let mut report = JobReport::default();
+        let r = execute(codec, None, None, op, input, output, &mut report);
+        assert!(!report.verify_failed && report.fault.is_none());
         r
     }
 
