@@ -259,25 +259,23 @@ impl Side {
     }
 
     /// What every name looks like: None if absent, else (content, size, mode, nlink).
-    fn snapshot(&self, name: usize) -> Result<Option<(Vec<u8>, i64, u32, u64)>, String> {
+    fn snapshot(&self, name: usize) -> Result<Option<Snapshot>, String> {
         let p = self.path(name);
         match lstat(&p) {
             Err(e) if errno_of(&e) == libc::ENOENT => Ok(None),
             Err(e) => Err(format!("lstat {}: {e}", p.display())),
             Ok(st) => {
                 let content = fs::read(&p).map_err(|e| format!("read {}: {e}", p.display()))?;
-                Ok(Some((
-                    content,
-                    st.st_size as i64,
-                    st.st_mode,
-                    st.st_nlink as u64,
-                )))
+                Ok(Some((content, st.st_size, st.st_mode, st.st_nlink)))
             }
         }
     }
 }
 
-fn describe(v: &Option<(Vec<u8>, i64, u32, u64)>) -> String {
+/// Content, size, mode and link count of one name.
+type Snapshot = (Vec<u8>, i64, u32, u64);
+
+fn describe(v: &Option<Snapshot>) -> String {
     match v {
         None => "absent".into(),
         Some((c, size, mode, nlink)) => format!(
@@ -334,7 +332,7 @@ fn run_case(ops: &[Op]) -> Result<(), TestCaseError> {
                 first_difference(g, w)
             );
         }
-        for name in 0..NAMES.len() {
+        for (name, label) in NAMES.iter().enumerate() {
             let g = real.snapshot(name).map_err(TestCaseError::fail)?;
             let w = reference.snapshot(name).map_err(TestCaseError::fail)?;
             if g != w {
@@ -347,7 +345,7 @@ fn run_case(ops: &[Op]) -> Result<(), TestCaseError> {
                 };
                 return Err(TestCaseError::fail(format!(
                     "step {step}: after {op:?}, name {:?}: deflatefs has {}, the local disk has {}{detail}",
-                    NAMES[name],
+                    label,
                     describe(&g),
                     describe(&w),
                 )));
@@ -358,13 +356,13 @@ fn run_case(ops: &[Op]) -> Result<(), TestCaseError> {
     let _ = real.apply(&Op::Remount);
     let _ = reference.apply(&Op::Remount);
     m.remount();
-    for name in 0..NAMES.len() {
+    for (name, label) in NAMES.iter().enumerate() {
         let g = real.snapshot(name).map_err(TestCaseError::fail)?;
         let w = reference.snapshot(name).map_err(TestCaseError::fail)?;
         prop_assert!(
             g == w,
             "after the final remount, name {:?}: deflatefs has {}, the local disk has {}",
-            NAMES[name],
+            label,
             describe(&g),
             describe(&w)
         );

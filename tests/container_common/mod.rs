@@ -94,7 +94,7 @@ impl Writer {
         while !rest.is_empty() {
             let in_chunk = cs - pos % cs;
             let n = in_chunk.min(rest.len());
-            let (m, e) = self.member(pos as u64, pos % cs == 0, &rest[..n]);
+            let (m, e) = self.member(pos as u64, pos.is_multiple_of(cs), &rest[..n]);
             self.c.append_member(&m, e).unwrap();
             self.model.extend_from_slice(&rest[..n]);
             pos += n;
@@ -130,7 +130,10 @@ impl Writer {
         let old = self.model.len();
         self.model.resize(size, 0);
         self.c.set_size(size as u64);
-        if size < old && size % cs != 0 && !self.c.index().pieces((size / cs) as u64).is_empty() {
+        if size < old
+            && !size.is_multiple_of(cs)
+            && !self.c.index().pieces((size / cs) as u64).is_empty()
+        {
             let s = size / cs * cs;
             let bytes = self.model[s..size].to_vec();
             let (m, e) = self.member(s as u64, true, &bytes);
