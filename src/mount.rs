@@ -15,8 +15,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::engine::software::SoftwareBackend;
-use crate::engine::{Engine, EngineConfig};
+use crate::engine::{Engine, EngineConfig, EngineOptions};
 use crate::fs::fuse::FuseAdapter;
 use crate::fs::sys;
 use crate::fs::DeflateFs;
@@ -389,11 +388,21 @@ fn serve_inner(
 ) -> Result<(), MountError> {
     raise_fd_limit();
     let signals = block_signals();
-    let engine = Engine::new(EngineConfig {
-        queues: opts.queues,
-        queue_depth: 4,
-        backend: Arc::new(SoftwareBackend::new()),
-    })
+    let backend = crate::engine::accel::select(&opts.accel)
+        .map_err(|e| MountError(format!("compression engine (accel={}): {e}", opts.accel)))?;
+    let engine = Engine::with_options(
+        EngineConfig {
+            queues: opts.queues,
+            queue_depth: 4,
+            backend,
+        },
+        EngineOptions {
+            verify: opts.verify,
+            fallback: true,
+            fault_limit: opts.fault_limit,
+            affinity: opts.affinity,
+        },
+    )
     .map_err(|e| MountError(format!("compression engine: {e}")))?;
     let fs = Arc::new(
         DeflateFs::new(root, opts.clone(), engine.clone())
@@ -430,6 +439,20 @@ fn serve_inner(
         opts.dirty_bytes >> 20,
         opts.pool_bytes >> 20
     );
+    tracing::info!(
+        "engine: backend {} (accel={}), {} queues, verify={}, fallback={}, fault_limit={}{}",
+        engine.backend_name(),
+        opts.accel,
+        engine.queue_count(),
+        if engine.verifies() { "on" } else { "off" },
+        if engine.falls_back() { "sw" } else { "none" },
+        opts.fault_limit,
+        if opts.affinity {
+            ", workers pinned to CPUs"
+        } else {
+            ""
+        }
+    );
     {
         let fs = fs.clone();
         let mountpoint = mountpoint.to_path_buf();
@@ -453,6 +476,10 @@ fn serve_inner(
     let result = session.run();
     fs.flush_all();
     engine.shutdown();
+    tracing::info!(
+        "engine at unmount: {}",
+        fs.engine_report().trim_end().replace('\n', " ")
+    );
     tracing::info!("{} unmounted", mountpoint.display());
     result.map_err(|e| MountError(format!("FUSE session ended with an error: {e}")))
 }

@@ -5,6 +5,8 @@
 
 use std::fmt;
 
+use crate::engine::accel::Accel;
+
 /// Default chunk size: 128 KiB (see docs/FORMAT.md; the same record size btrfs and ZFS use).
 pub const DEFAULT_CHUNK_LOG2: u8 = 17;
 /// Default compression level. Level 1 of libdeflate compresses ~250 MB/s per core with a ratio
@@ -27,6 +29,14 @@ pub struct MountOptions {
     pub dirty_bytes: usize,
     /// Engine buffer pool, bytes.
     pub pool_bytes: usize,
+    /// Compression backend (`accel=auto|sw|zlib:PATH`).
+    pub accel: Accel,
+    /// Verify a non-reference backend's compressed streams against libdeflate (`verify=on|off`).
+    pub verify: bool,
+    /// Backend faults after which the backend is disabled (`fault_limit=N`, 0 = never).
+    pub fault_limit: u64,
+    /// Pin queue workers to CPUs (`affinity`).
+    pub affinity: bool,
     /// FUSE worker threads.
     pub threads: usize,
     pub read_only: bool,
@@ -49,6 +59,10 @@ impl Default for MountOptions {
             cache_bytes: 64 << 20,
             dirty_bytes: 64 << 20,
             pool_bytes: 32 << 20,
+            accel: Accel::Auto,
+            verify: true,
+            fault_limit: crate::engine::DEFAULT_FAULT_LIMIT,
+            affinity: false,
             threads: 4,
             read_only: false,
             allow_other: false,
@@ -68,6 +82,12 @@ Mount options (-o OPT[,OPT...]):
   cache=SIZE           decompressed-chunk cache (default 64m)
   dirty=SIZE           most unwritten data buffered before writers wait (default 64m)
   pool=SIZE            compression engine buffer pool (default 32m)
+  accel=BACKEND        auto (default: first accelerator passing its self-test, else sw), sw
+                       (libdeflate) or zlib:PATH (a library with the zlib API, e.g. libnxz);
+                       `deflatefs engines` lists what this machine has
+  verify=on|off        check a non-reference backend's output in software (default on)
+  fault_limit=N        backend faults before it is disabled for the mount, 0 = never (default 8)
+  affinity             pin compression queue N to the N-th CPU
   threads=N            FUSE request worker threads (default 4)
   ro                   read-only mount
   rw                   read-write mount (default)
@@ -173,6 +193,21 @@ impl MountOptions {
             "cache" => self.cache_bytes = parse_bytes(name, need(name, value)?, 0)?,
             "dirty" => self.dirty_bytes = parse_bytes(name, need(name, value)?, 8 << 20)?,
             "pool" => self.pool_bytes = parse_bytes(name, need(name, value)?, 1 << 20)?,
+            "accel" => self.accel = Accel::parse(need(name, value)?).map_err(OptionError)?,
+            "verify" => {
+                self.verify = match need(name, value)? {
+                    "on" => true,
+                    "off" => false,
+                    v => return Err(OptionError(format!("option verify={v}: must be on or off"))),
+                }
+            }
+            "fault_limit" => {
+                self.fault_limit = parse_count(name, need(name, value)?, 0, 1 << 30)? as u64
+            }
+            "affinity" => {
+                flag(value)?;
+                self.affinity = true
+            }
             "ro" => {
                 flag(value)?;
                 self.read_only = true
@@ -251,6 +286,27 @@ mod tests {
     fn unknown_option_is_named_in_the_error() {
         let e = MountOptions::parse(&["ro,bogus=1"]).unwrap_err();
         assert!(e.0.contains("bogus=1"), "{e}");
+    }
+
+    #[test]
+    fn engine_options_parse() {
+        let o =
+            MountOptions::parse(&["accel=zlib:/lib/libz.so.1,verify=off,fault_limit=0,affinity"])
+                .unwrap();
+        assert_eq!(o.accel, Accel::Zlib("/lib/libz.so.1".into()));
+        assert!(!o.verify && o.affinity);
+        assert_eq!(o.fault_limit, 0);
+        let d = MountOptions::parse::<&str>(&[]).unwrap();
+        assert_eq!((d.accel, d.verify, d.affinity), (Accel::Auto, true, false));
+        for bad in [
+            "accel=gpu",
+            "accel=zlib:",
+            "verify=yes",
+            "affinity=1",
+            "fault_limit=x",
+        ] {
+            assert!(MountOptions::parse(&[bad]).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -7,14 +7,14 @@ use std::os::unix::fs::FileExt;
 use super::member::{parse_data_member, stored_stream_len, MIN_DATA_MEMBER_LEN};
 use super::record::{
     check_framing, encode_index_member, header_member, index_entry_count_for_payload,
-    index_members_len, parse_header, parse_index_member_rest, CommitRecord, HeaderProbe,
+    index_members_len, parse_header, parse_index_member_rest, AuxRecord, CommitRecord, HeaderProbe,
     EMPTY_BODY, FRAMING_LEN, RECORD_INDEX,
 };
 use super::{
-    corrupt, ChunkIndex, ContainerError, IndexEntry, PieceKind, Result, CHECKPOINT_MAX_DELTAS,
-    CHECKPOINT_MIN_ENTRIES, COMMIT_MEMBER_LEN, COMPACTION_MIN_LEN, DATA_HEADER_LEN,
-    HEADER_MEMBER_LEN, MAX_CHUNK_LOG2, MAX_INDEX_ENTRIES_PER_MEMBER, MEMBER_TRAILER_LEN,
-    MIN_CHUNK_LOG2,
+    corrupt, ChunkIndex, ContainerError, IndexEntry, PieceKind, Result, AUX_MEMBER_LEN,
+    CHECKPOINT_MAX_DELTAS, CHECKPOINT_MIN_ENTRIES, COMMIT_MEMBER_LEN, COMPACTION_MIN_LEN,
+    DATA_HEADER_LEN, HEADER_MEMBER_LEN, MAX_CHUNK_LOG2, MAX_INDEX_ENTRIES_PER_MEMBER,
+    MEMBER_TRAILER_LEN, MIN_CHUNK_LOG2,
 };
 
 const COMMIT_LEN: u64 = COMMIT_MEMBER_LEN as u64;
@@ -50,6 +50,11 @@ pub struct Container {
     entries_since_checkpoint: u64,
     segments: Vec<Segment>,
     pending: Vec<IndexEntry>,
+    /// What the next commit records in its auxiliary member (dropped if its length is not the
+    /// commit's size).
+    aux: Option<AuxRecord>,
+    /// What the last commit recorded.
+    committed_aux: Option<AuxRecord>,
 }
 
 fn invalid(msg: &str) -> ContainerError {
@@ -126,6 +131,19 @@ fn scan_for_commit(file: &File, len: u64) -> Result<Option<CommitRecord>> {
     Ok(None)
 }
 
+/// The auxiliary member of commit `c`, if it has a valid one. A damaged or unknown auxiliary
+/// member only loses the state it carried (it is recomputed), so it is not an error.
+fn read_aux(file: &File, c: &CommitRecord) -> Option<AuxRecord> {
+    let end = c.aux.checked_add(AUX_MEMBER_LEN as u64)?;
+    if c.aux == u64::MAX || c.aux < HEADER_LEN || end > c.first_index {
+        return None;
+    }
+    let mut b = [0u8; AUX_MEMBER_LEN];
+    pread(file, &mut b, c.aux, "auxiliary member").ok()?;
+    let a = AuxRecord::decode(&b, c.aux).ok()?;
+    (a.sha256_len == c.size).then_some(a)
+}
+
 /// Checks an entry against the container: a data member must lie after the header and end at
 /// or before `data_limit`, its piece must lie within one chunk, and its stored length must be
 /// plausible. `at` is the entry's container offset for error messages.
@@ -192,6 +210,8 @@ impl Container {
             entries_since_checkpoint: 0,
             segments: Vec::new(),
             pending: Vec::new(),
+            aux: None,
+            committed_aux: None,
         }
     }
 
@@ -288,6 +308,7 @@ impl Container {
             }
             Self::replay_commit(&file, c, &mut index)?;
         }
+        let aux = read_aux(&file, &last);
 
         Ok(Container {
             file,
@@ -302,6 +323,8 @@ impl Container {
             entries_since_checkpoint,
             segments: Vec::new(),
             pending: Vec::new(),
+            aux: aux.clone(),
+            committed_aux: aux,
         })
     }
 
@@ -472,11 +495,24 @@ impl Container {
         Ok(())
     }
 
-    /// Anything (entries or a size change) since the last commit.
+    /// Anything (entries, a size change or new auxiliary state) since the last commit.
     pub fn has_pending(&self) -> bool {
         !self.pending.is_empty()
             || !self.segments.is_empty()
             || self.index.size() != self.committed_size
+            || self.aux != self.committed_aux
+    }
+
+    /// The auxiliary state the next commit records (after a commit or an open: the state the
+    /// last commit recorded).
+    pub fn aux(&self) -> Option<&AuxRecord> {
+        self.aux.as_ref()
+    }
+
+    /// Sets the auxiliary state for the next commit, which records it only if its
+    /// `sha256_len` equals the logical size at that commit.
+    pub fn set_aux(&mut self, aux: Option<AuxRecord>) {
+        self.aux = aux;
     }
 
     /// Writes the index members and commit member(s) for everything pending: a delta commit per
@@ -514,12 +550,23 @@ impl Container {
         let mut seq = self.last_seq;
         let mut prev = self.last_commit;
         let base = self.container_len;
+        let aux = self.aux.clone().filter(|a| a.sha256_len == final_size);
         if checkpoint {
             if live > u32::MAX as u64 {
                 return Err(invalid("too many live index entries for one checkpoint"));
             }
             let iter = self.index.live_entries();
-            prev = emit_commit(&mut buf, base, &mut seq, prev, final_size, true, live, iter);
+            prev = emit_commit(
+                &mut buf,
+                base,
+                &mut seq,
+                prev,
+                final_size,
+                true,
+                aux.as_ref(),
+                live,
+                iter,
+            );
         } else {
             for s in &self.segments {
                 let n = s.entries.len() as u64;
@@ -530,6 +577,7 @@ impl Container {
                     prev,
                     s.size,
                     false,
+                    None,
                     n,
                     s.entries.iter(),
                 );
@@ -543,6 +591,7 @@ impl Container {
                     prev,
                     final_size,
                     false,
+                    aux.as_ref(),
                     n,
                     self.pending.iter(),
                 );
@@ -565,6 +614,8 @@ impl Container {
         }
         self.segments.clear();
         self.pending.clear();
+        self.aux = aux.clone();
+        self.committed_aux = aux;
         // Align memory with what a replay shows (drops data a caller left beyond the size).
         self.index.set_size(final_size);
         Ok(())
@@ -608,9 +659,15 @@ impl Container {
     /// counts superseded members and all commit metadata except that one checkpoint; it
     /// assumes compaction keeps the existing members as they are.
     pub fn stale_bytes(&self) -> u64 {
+        let aux = if self.committed_aux.is_some() {
+            AUX_MEMBER_LEN as u64
+        } else {
+            0
+        };
         let compacted = HEADER_LEN
             + self.index.live_stored_bytes()
             + index_members_len(self.index.live_entry_count())
+            + aux
             + COMMIT_LEN;
         self.container_len.saturating_sub(compacted)
     }
@@ -642,6 +699,8 @@ impl Container {
         self.entries_since_checkpoint = 0;
         self.segments.clear();
         self.pending.clear();
+        self.aux = None;
+        self.committed_aux = None;
         self.prepare_write()
     }
 
@@ -652,6 +711,17 @@ impl Container {
         dest: File,
         chunk_log2: u8,
         size: u64,
+        members: impl Iterator<Item = (Vec<u8>, IndexEntry)>,
+    ) -> Result<Container> {
+        Self::rebuild_with_aux(dest, chunk_log2, size, None, members)
+    }
+
+    /// [`Container::rebuild`] whose checkpoint also records the auxiliary state `aux`.
+    pub fn rebuild_with_aux(
+        dest: File,
+        chunk_log2: u8,
+        size: u64,
+        aux: Option<AuxRecord>,
         members: impl Iterator<Item = (Vec<u8>, IndexEntry)>,
     ) -> Result<Container> {
         Self::check_empty(&dest, chunk_log2)?;
@@ -665,13 +735,15 @@ impl Container {
         // Pieces beyond `size` are dropped; no segment bookkeeping needed for a checkpoint.
         c.index.set_size(size);
         c.segments.clear();
+        c.aux = aux;
         c.commit_inner(true)?;
         Ok(c)
     }
 }
 
-/// Appends the index members for `entries` (1000 per member) and a commit member to `buf`,
-/// which will be written at container offset `base`. Returns the commit's offset.
+/// Appends the auxiliary member `aux` (if any), the index members for `entries` (1000 per
+/// member) and a commit member to `buf`, which will be written at container offset `base`.
+/// Returns the commit's offset.
 #[allow(clippy::too_many_arguments)]
 fn emit_commit<'a>(
     buf: &mut Vec<u8>,
@@ -680,9 +752,18 @@ fn emit_commit<'a>(
     prev: u64,
     size: u64,
     checkpoint: bool,
+    aux: Option<&AuxRecord>,
     count: u64,
     mut entries: impl Iterator<Item = &'a IndexEntry>,
 ) -> u64 {
+    let aux_offset = match aux {
+        Some(a) => {
+            let at = base + buf.len() as u64;
+            buf.extend_from_slice(&a.encode());
+            at
+        }
+        None => u64::MAX,
+    };
     let first_index = base + buf.len() as u64;
     let mut members = 0u32;
     let mut left = count;
@@ -709,7 +790,7 @@ fn emit_commit<'a>(
         entry_count: count as u32,
         checkpoint,
         index_members: members,
-        aux: u64::MAX,
+        aux: aux_offset,
     };
     buf.extend_from_slice(&c.encode());
     offset

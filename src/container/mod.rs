@@ -23,13 +23,16 @@ pub use member::{
     stored_stream_len,
 };
 pub use record::{
-    header_member, index_member_len, CommitRecord, IndexEntry, PieceKind, FORMAT_VERSION, MAGIC,
+    header_member, index_member_len, AuxRecord, CommitRecord, IndexEntry, PieceKind,
+    FORMAT_VERSION, MAGIC,
 };
 
 /// Length of the header member: 16 framing + 20 payload + 2 (`03 00`) + 8 trailer.
 pub const HEADER_MEMBER_LEN: usize = 46;
 /// Length of a commit member: 16 framing + 68 payload + 2 (`03 00`) + 8 trailer.
 pub const COMMIT_MEMBER_LEN: usize = 94;
+/// Length of an auxiliary member: 16 framing + 112 payload + 2 (`03 00`) + 8 trailer.
+pub const AUX_MEMBER_LEN: usize = 138;
 /// Length of a data member's header: 16 framing + 16 payload.
 pub const DATA_HEADER_LEN: usize = 32;
 /// Length of every member's trailer (CRC32, ISIZE).

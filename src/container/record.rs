@@ -1,8 +1,8 @@
 //! Fixed records of the format: member framing, header, index entries, index members, commits.
 
 use super::{
-    corrupt, ContainerError, Result, COMMIT_MEMBER_LEN, HEADER_MEMBER_LEN, INDEX_ENTRY_LEN,
-    MAX_CHUNK_LOG2, MAX_INDEX_ENTRIES_PER_MEMBER, MIN_CHUNK_LOG2,
+    corrupt, ContainerError, Result, AUX_MEMBER_LEN, COMMIT_MEMBER_LEN, HEADER_MEMBER_LEN,
+    INDEX_ENTRY_LEN, MAX_CHUNK_LOG2, MAX_INDEX_ENTRIES_PER_MEMBER, MIN_CHUNK_LOG2,
 };
 
 /// Magic at the start of the header payload.
@@ -20,6 +20,8 @@ pub const RECORD_DATA: u8 = b'd';
 pub const RECORD_INDEX: u8 = b'i';
 /// Record type of a commit member.
 pub const RECORD_COMMIT: u8 = b'c';
+/// Record type of an auxiliary member (per-file state of one commit).
+pub const RECORD_AUX: u8 = b'a';
 /// First subfield id byte of every member.
 pub const SUBFIELD_ID1: u8 = b'D';
 
@@ -31,6 +33,10 @@ pub const HEADER_PAYLOAD_LEN: usize = 20;
 pub const COMMIT_PAYLOAD_LEN: usize = 68;
 /// Payload length of a data member.
 pub const DATA_PAYLOAD_LEN: usize = 16;
+/// Payload length of an auxiliary member.
+pub const AUX_PAYLOAD_LEN: usize = 112;
+/// Auxiliary member flag: the member holds a SHA-256 state.
+pub const AUX_FLAG_SHA256: u32 = 1;
 
 /// The first ten bytes of every member: ID1 ID2 CM FLG MTIME(4) XFL OS.
 pub(crate) const GZIP_ID: [u8; 10] = [0x1f, 0x8b, 0x08, 0x04, 0, 0, 0, 0, 0, 0xff];
@@ -527,6 +533,85 @@ impl CommitRecord {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Auxiliary members
+
+/// The per-file state a commit records in its auxiliary member: the running SHA-256 of the
+/// logical content `[0, sha256_len)` (the commit's logical size), as saved by
+/// `digest::Sha256State::to_parts`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuxRecord {
+    /// Bytes hashed: always the logical size of the commit that points at the member.
+    pub sha256_len: u64,
+    /// SHA-256 state words H0..H7 after the `sha256_len / 64` complete blocks, big-endian.
+    pub sha256_state: [u8; 32],
+    /// The `sha256_len % 64` bytes after those blocks, then zeros.
+    pub sha256_tail: [u8; 64],
+}
+
+impl AuxRecord {
+    /// The complete 138-byte auxiliary member.
+    pub fn encode(&self) -> [u8; AUX_MEMBER_LEN] {
+        let mut m = [0u8; AUX_MEMBER_LEN];
+        m[..16].copy_from_slice(&framing(RECORD_AUX, AUX_PAYLOAD_LEN));
+        let p = &mut m[16..16 + AUX_PAYLOAD_LEN];
+        p[0..4].copy_from_slice(&AUX_FLAG_SHA256.to_le_bytes());
+        p[4..12].copy_from_slice(&self.sha256_len.to_le_bytes());
+        p[12..44].copy_from_slice(&self.sha256_state);
+        let n = (self.sha256_len % 64) as usize;
+        p[44..44 + n].copy_from_slice(&self.sha256_tail[..n]);
+        let crc = libdeflater::crc32(&p[..108]);
+        p[108..112].copy_from_slice(&crc.to_le_bytes());
+        m[16 + AUX_PAYLOAD_LEN..].copy_from_slice(&EMPTY_BODY);
+        m
+    }
+
+    /// Decodes and validates the auxiliary member `b` found at container offset `offset`:
+    /// framing, length, crc32, flags, zero padding of the tail and the empty body.
+    pub fn decode(b: &[u8], offset: u64) -> Result<Self> {
+        if b.len() != AUX_MEMBER_LEN {
+            return Err(corrupt("auxiliary member has the wrong length", offset));
+        }
+        let len = check_framing(b, RECORD_AUX, offset)?;
+        if len != AUX_PAYLOAD_LEN {
+            return Err(corrupt(
+                format!("auxiliary payload length {len} (expected {AUX_PAYLOAD_LEN})"),
+                offset + 14,
+            ));
+        }
+        let p = &b[16..16 + AUX_PAYLOAD_LEN];
+        let poff = offset + 16;
+        if libdeflater::crc32(&p[..108]) != u32_at(p, 108) {
+            return Err(corrupt("auxiliary member crc32 mismatch", poff + 108));
+        }
+        let flags = u32_at(p, 0);
+        if flags != AUX_FLAG_SHA256 {
+            return Err(corrupt(
+                format!("unknown auxiliary member flags {flags:#x}"),
+                poff,
+            ));
+        }
+        let sha256_len = u64_at(p, 4);
+        let n = (sha256_len % 64) as usize;
+        if p[44 + n..108].iter().any(|&x| x != 0) {
+            return Err(corrupt(
+                "auxiliary member: SHA-256 tail padding not zero",
+                poff + 44 + n as u64,
+            ));
+        }
+        check_empty_body(&b[16 + AUX_PAYLOAD_LEN..], poff + AUX_PAYLOAD_LEN as u64)?;
+        let mut sha256_state = [0u8; 32];
+        sha256_state.copy_from_slice(&p[12..44]);
+        let mut sha256_tail = [0u8; 64];
+        sha256_tail.copy_from_slice(&p[44..108]);
+        Ok(AuxRecord {
+            sha256_len,
+            sha256_state,
+            sha256_tail,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -699,6 +784,51 @@ mod tests {
         let mut bad = out.clone();
         bad[40] ^= 0x80;
         assert!(parse_index_member_rest(&bad[16..], 0).is_err());
+    }
+
+    fn sample_aux() -> AuxRecord {
+        let mut tail = [0u8; 64];
+        tail[..5].copy_from_slice(b"hello");
+        AuxRecord {
+            sha256_len: 64 * 3 + 5,
+            sha256_state: std::array::from_fn(|i| 0xa0 + i as u8),
+            sha256_tail: tail,
+        }
+    }
+
+    #[test]
+    fn aux_member_round_trips_and_has_spec_layout() {
+        let a = sample_aux();
+        let b = a.encode();
+        assert_eq!(
+            &b[..16],
+            &[0x1f, 0x8b, 8, 4, 0, 0, 0, 0, 0, 0xff, 116, 0, b'D', b'a', 112, 0]
+        );
+        assert_eq!(&b[16..20], &[1, 0, 0, 0]);
+        assert_eq!(&b[20..28], &197u64.to_le_bytes());
+        assert_eq!(b[28], 0xa0);
+        assert_eq!(&b[60..65], b"hello");
+        assert_eq!(&b[128..138], &EMPTY_BODY);
+        assert_eq!(AuxRecord::decode(&b, 1000).unwrap(), a);
+    }
+
+    #[test]
+    fn aux_member_decode_rejects_damage_unknown_flags_and_dirty_padding() {
+        let b = sample_aux().encode();
+        let mut x = b;
+        x[40] ^= 1;
+        assert!(AuxRecord::decode(&x, 0).is_err());
+        let mut x = b;
+        x[16] = 3;
+        let crc = libdeflater::crc32(&x[16..124]);
+        x[124..128].copy_from_slice(&crc.to_le_bytes());
+        assert!(AuxRecord::decode(&x, 0).is_err());
+        let mut x = b;
+        x[100] = 1;
+        let crc = libdeflater::crc32(&x[16..124]);
+        x[124..128].copy_from_slice(&crc.to_le_bytes());
+        assert!(AuxRecord::decode(&x, 0).is_err());
+        assert!(AuxRecord::decode(&b[..137], 0).is_err());
     }
 
     #[test]

@@ -133,6 +133,9 @@ fn copy_xattrs(from: std::os::fd::RawFd, to: std::os::fd::RawFd) -> FsResult<()>
     Ok(())
 }
 
+/// Read-only xattr on the mount's root describing the compression engine.
+const ENGINE_XATTR: &str = "user.deflatefs.engine";
+
 fn is_internal(name: &[u8]) -> bool {
     name.starts_with(INTERNAL_PREFIX.as_bytes())
 }
@@ -544,6 +547,9 @@ impl DeflateFs {
     // ---- xattrs ----
 
     pub fn getxattr(&self, id: u64, name: &OsStr, size: u32) -> FsResult<Vec<u8>> {
+        if id == ROOT_ID && name == ENGINE_XATTR {
+            return Ok(self.engine_report().into_bytes());
+        }
         let node = self.node(id)?;
         let cname = sys::cstr(name)?;
         if size == 0 {
@@ -966,5 +972,35 @@ impl DeflateFs {
 
     pub fn engine(&self) -> &Arc<Engine> {
         &self.ctx.engine
+    }
+
+    /// The value of `user.deflatefs.engine` on the mount's root: one `key=value` per line with the
+    /// backend, queues, safeguards, job and fault counters, and the buffer pools' high-water marks.
+    pub fn engine_report(&self) -> String {
+        let e = &self.ctx.engine;
+        let st = e.stats();
+        let (pool, dirty) = (&self.ctx.job_pool, &self.ctx.dirty_pool);
+        format!(
+            "backend={}\nqueues={}\nverify={}\nfallback={}\nbackend_disabled={}\nfaults={}\n\
+             verify_failures={}\nsoftware_jobs={}\njobs={}\njobs_failed={}\nbytes_in={}\n\
+             bytes_out={}\npool_capacity={}\npool_high_water={}\ndirty_capacity={}\n\
+             dirty_high_water={}\n",
+            st.backend,
+            st.queues.len(),
+            if e.verifies() { "on" } else { "off" },
+            if e.falls_back() { "sw" } else { "none" },
+            st.backend_disabled,
+            st.faults(),
+            st.verify_failures(),
+            st.software_jobs(),
+            st.jobs_completed(),
+            st.jobs_failed(),
+            st.bytes_in(),
+            st.bytes_out(),
+            pool.capacity(),
+            pool.high_water(),
+            dirty.capacity(),
+            dirty.high_water(),
+        )
     }
 }
