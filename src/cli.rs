@@ -29,6 +29,9 @@ pub struct MountArgs {
     /// Stay in the foreground and log to stderr.
     #[arg(short, long)]
     pub foreground: bool,
+    /// Skip unknown mount options with a warning instead of failing (what `mount -s` asks for).
+    #[arg(short, long)]
+    pub sloppy: bool,
     /// Mount options, comma-separated (may be repeated); see below.
     #[arg(short = 'o', value_name = "OPT[,OPT...]")]
     pub options: Vec<String>,

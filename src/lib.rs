@@ -10,6 +10,7 @@ pub mod container;
 pub mod digest;
 pub mod engine;
 pub mod fs;
+pub mod fusermount;
 pub mod logging;
 pub mod mount;
 pub mod options;

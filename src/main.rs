@@ -3,10 +3,25 @@ use deflatefs::cli::{parse_args, Command};
 use deflatefs::mount::{self, MountRequest};
 use deflatefs::options::MountOptions;
 
+/// Parses `-o` options; with `--sloppy`, unknown ones are reported and skipped.
+fn parse_mount_options(
+    groups: &[String],
+    sloppy: bool,
+) -> Result<MountOptions, deflatefs::options::OptionError> {
+    if !sloppy {
+        return MountOptions::parse(groups);
+    }
+    let (options, skipped) = MountOptions::parse_sloppy(groups)?;
+    for opt in skipped {
+        eprintln!("deflatefs: ignoring unknown mount option '{opt}' (sloppy mount)");
+    }
+    Ok(options)
+}
+
 fn main() {
     let cli = parse_args(std::env::args_os().collect());
     let code = match cli.command {
-        Command::Mount(m) => match MountOptions::parse(&m.options) {
+        Command::Mount(m) => match parse_mount_options(&m.options, m.sloppy) {
             Ok(options) => mount::run(MountRequest {
                 source: m.source,
                 mountpoint: m.mountpoint,

@@ -103,14 +103,20 @@ pub fn top_mount_at(path: &Path) -> Option<MountInfo> {
 fn prepare(req: &MountRequest) -> Result<(OwnedFd, PathBuf, PathBuf), MountError> {
     let source = match std::fs::canonicalize(&req.source) {
         Ok(p) => p,
-        Err(e) => return fail(format!("source {}: {e}", req.source.display())),
+        Err(e) => return fail(format!("source {}: {}", req.source.display(), io_text(&e))),
     };
     if !source.is_dir() {
         return fail(format!("source {} is not a directory", source.display()));
     }
     let mountpoint = match std::fs::canonicalize(&req.mountpoint) {
         Ok(p) => p,
-        Err(e) => return fail(format!("mount point {}: {e}", req.mountpoint.display())),
+        Err(e) => {
+            return fail(format!(
+                "mount point {}: {}",
+                req.mountpoint.display(),
+                io_text(&e)
+            ))
+        }
     };
     if !mountpoint.is_dir() {
         return fail(format!(
@@ -118,16 +124,37 @@ fn prepare(req: &MountRequest) -> Result<(OwnedFd, PathBuf, PathBuf), MountError
             mountpoint.display()
         ));
     }
+    // Mounting over any other mount (a tmpfs or ext4 mount root, even the source itself) is
+    // supported; a second deflatefs on top of a live one is refused as the likely mistake.
     if let Some(m) = top_mount_at(&mountpoint) {
         if m.fs_type == FS_TYPE {
             return fail(format!(
-                "{} is already a deflatefs mount point",
+                "mount point {} is already a deflatefs mount (unmount it first)",
                 mountpoint.display()
             ));
         }
     }
     if !Path::new("/dev/fuse").exists() {
         return fail("/dev/fuse is missing (load the fuse module: modprobe fuse)");
+    }
+    // Root passes these checks anyway; a user gets a clear message instead of an EACCES later.
+    let need = if req.options.read_only {
+        libc::R_OK | libc::X_OK
+    } else {
+        libc::R_OK | libc::W_OK | libc::X_OK
+    };
+    if !accessible(&source, need) {
+        return fail(format!(
+            "source {}: permission denied (the mount needs read{} and search access to it)",
+            source.display(),
+            if req.options.read_only { "" } else { ", write" }
+        ));
+    }
+    if unsafe { libc::geteuid() } != 0 && !accessible(&mountpoint, libc::W_OK) {
+        return fail(format!(
+            "mount point {}: permission denied (mounting without root needs write access to it)",
+            mountpoint.display()
+        ));
     }
     let csource = CString::new(source.as_os_str().as_bytes())
         .map_err(|_| MountError("source path contains a NUL byte".into()))?;
@@ -139,6 +166,23 @@ fn prepare(req: &MountRequest) -> Result<(OwnedFd, PathBuf, PathBuf), MountError
     )
     .map_err(|e| MountError(format!("cannot open source {}: {e}", source.display())))?;
     Ok((root, source, mountpoint))
+}
+
+/// An io::Error's text without the "(os error N)" suffix.
+fn io_text(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match text.find(" (os error") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    }
+}
+
+/// access(2) with the real ids (the daemon runs as the user who mounts).
+fn accessible(path: &Path, mode: libc::c_int) -> bool {
+    match CString::new(path.as_os_str().as_bytes()) {
+        Ok(c) => unsafe { libc::access(c.as_ptr(), mode) == 0 },
+        Err(_) => false,
+    }
 }
 
 /// Raises the descriptor limit: every inode the kernel holds costs one O_PATH descriptor.
@@ -165,12 +209,16 @@ fn raise_fd_limit() {
     }
 }
 
-/// mount(2) of a FUSE filesystem; returns the /dev/fuse descriptor.
+/// Mounts the FUSE filesystem and returns the /dev/fuse descriptor: mount(2) as root, through
+/// fusermount3 otherwise (src/fusermount.rs).
 fn kernel_mount(
     source: &Path,
     mountpoint: &Path,
     opts: &MountOptions,
 ) -> Result<OwnedFd, MountError> {
+    if unsafe { libc::geteuid() } != 0 {
+        return user_mount(source, mountpoint, opts);
+    }
     let dev = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -192,6 +240,9 @@ fn kernel_mount(
     let mut flags = libc::MS_NOSUID | libc::MS_NODEV;
     if opts.read_only {
         flags |= libc::MS_RDONLY;
+    }
+    if opts.noexec {
+        flags |= libc::MS_NOEXEC;
     }
     let csrc = CString::new(source.as_os_str().as_bytes()).expect("checked");
     let cmnt = CString::new(mountpoint.as_os_str().as_bytes()).expect("checked");
@@ -222,14 +273,83 @@ fn kernel_mount(
     Ok(fd)
 }
 
-/// Unmounts `mountpoint` only if the mount with id `mount_id` is still there.
+/// The option string fusermount3 gets for a mount without root.
+fn fusermount_options(source: &Path, opts: &MountOptions) -> String {
+    let mut o = vec![
+        if opts.read_only { "ro" } else { "rw" }.to_string(),
+        "nosuid".into(),
+        "nodev".into(),
+    ];
+    if opts.noexec {
+        o.push("noexec".into());
+    }
+    o.push(format!(
+        "fsname={}",
+        crate::fusermount::escape_option_value(&source.to_string_lossy())
+    ));
+    o.push(format!(
+        "subtype={}",
+        FS_TYPE.strip_prefix("fuse.").expect("fuse.NAME")
+    ));
+    if opts.allow_other {
+        o.push("allow_other".into());
+    }
+    if opts.default_permissions {
+        o.push("default_permissions".into());
+    }
+    o.join(",")
+}
+
+fn user_mount(
+    source: &Path,
+    mountpoint: &Path,
+    opts: &MountOptions,
+) -> Result<OwnedFd, MountError> {
+    crate::fusermount::mount(mountpoint, &fusermount_options(source, opts)).map_err(|why| {
+        let hint = if why.contains("/dev/fuse") && why.contains("denied") {
+            " (/dev/fuse must be mode 0666 for mounts without root; udev makes it so on Debian)"
+        } else {
+            ""
+        };
+        MountError(format!(
+            "mount {} on {} failed: {why}{hint}",
+            source.display(),
+            mountpoint.display()
+        ))
+    })
+}
+
+/// Unmounts `mountpoint` only if the mount with id `mount_id` is still there and nothing is
+/// mounted over it: an unmount by path removes the topmost mount, which must be ours.
 pub fn unmount_if_ours(mountpoint: &Path, mount_id: u64) {
-    let still_ours = read_mountinfo().iter().any(|m| m.id == mount_id);
-    if !still_ours {
+    let mounts = read_mountinfo();
+    if !mounts.iter().any(|m| m.id == mount_id) {
         tracing::info!(
             "{} is no longer mounted; nothing to unmount",
             mountpoint.display()
         );
+        return;
+    }
+    if let Some(top) = mounts.iter().rev().find(|m| m.mount_point == mountpoint) {
+        if top.id != mount_id {
+            tracing::error!(
+                "not unmounting {}: another filesystem ({}) is mounted over it; unmount that first",
+                mountpoint.display(),
+                top.fs_type
+            );
+            return;
+        }
+    }
+    if unsafe { libc::geteuid() } != 0 {
+        if let Err(e) = crate::fusermount::unmount(mountpoint, false) {
+            tracing::warn!(
+                "unmount of {} failed ({e}); detaching it lazily",
+                mountpoint.display()
+            );
+            if let Err(e) = crate::fusermount::unmount(mountpoint, true) {
+                tracing::error!("lazy unmount of {} failed: {e}", mountpoint.display());
+            }
+        }
         return;
     }
     let c = CString::new(mountpoint.as_os_str().as_bytes()).expect("checked");
@@ -241,6 +361,32 @@ pub fn unmount_if_ours(mountpoint: &Path, mount_id: u64) {
         );
         unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
     }
+}
+
+/// Kernel read-ahead for this mount, in KiB. The FUSE bdi starts at 128 KiB, which caps every
+/// read request at 128 KiB however big `max_readahead` is; 1 MiB requests let a sequential reader
+/// go through a whole chunk batch per request (../shared/notes/fuse.md).
+const READ_AHEAD_KB: u32 = 1024;
+
+/// Raises the mount's bdi read_ahead_kb once the session answers requests (stat of the mount
+/// point is served by this very daemon, so it must not run before the session loop).
+fn raise_readahead_later(mountpoint: PathBuf) {
+    let _ = std::thread::Builder::new()
+        .name("dfs-readahead".into())
+        .spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            let Ok(meta) = std::fs::metadata(&mountpoint) else {
+                return;
+            };
+            use std::os::unix::fs::MetadataExt;
+            let dev = meta.dev();
+            let (major, minor) = (libc::major(dev), libc::minor(dev));
+            let path = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
+            match std::fs::write(&path, READ_AHEAD_KB.to_string()) {
+                Ok(()) => tracing::debug!("{path} = {READ_AHEAD_KB}"),
+                Err(e) => tracing::debug!("cannot raise {path}: {e}"),
+            }
+        });
 }
 
 /// Blocks SIGTERM/SIGINT/SIGHUP in this thread and every thread started after it, so one
@@ -309,6 +455,9 @@ pub fn run(req: MountRequest) -> i32 {
                 let _ = wr.write_all(format!("ERR {e}").as_bytes());
                 unsafe { libc::_exit(1) };
             }
+            // Like any daemon: keep no directory busy (the caller's cwd may be on a filesystem
+            // that is unmounted later). Every path in use is absolute by now.
+            let _ = std::env::set_current_dir("/");
             let ready = ReadyPipe(Some(wr));
             let code = match serve(root, &source, &mountpoint, &req.options, Some(ready)) {
                 Ok(()) => 0,
@@ -387,6 +536,9 @@ fn serve_inner(
     ready: &mut Option<ReadyPipe>,
 ) -> Result<(), MountError> {
     raise_fd_limit();
+    // The kernel has already applied the caller's umask to the modes in create/mkdir/mknod
+    // requests; the daemon's own umask must not strip bits a second time.
+    unsafe { libc::umask(0) };
     let signals = block_signals();
     let backend = crate::engine::accel::select(&opts.accel)
         .map_err(|e| MountError(format!("compression engine (accel={}): {e}", opts.accel)))?;
@@ -409,7 +561,10 @@ fn serve_inner(
             .map_err(|e| MountError(format!("source {}: {e}", source.display())))?,
     );
     let fuse_fd = kernel_mount(source, mountpoint, opts)?;
-    let mount_id = top_mount_at(mountpoint).map(|m| m.id).unwrap_or(0);
+    let mount_id = top_mount_at(mountpoint)
+        .filter(|m| m.fs_type == FS_TYPE)
+        .map(|m| m.id)
+        .unwrap_or(0);
     let mut config = fuser::Config::default();
     config.n_threads = Some(opts.threads);
     config.clone_fd = true;
@@ -427,6 +582,7 @@ fn serve_inner(
         }
     };
     fs.spawn_flusher();
+    raise_readahead_later(mountpoint.to_path_buf());
     tracing::info!(
         "mounted {} on {} (chunk={}k level={} queues={} backend={} cache={}m dirty={}m pool={}m)",
         source.display(),

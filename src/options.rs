@@ -42,10 +42,14 @@ pub struct MountOptions {
     pub read_only: bool,
     pub allow_other: bool,
     pub default_permissions: bool,
+    /// Mount with MS_NOEXEC (`noexec`, also implied by fstab's `user`).
+    pub noexec: bool,
     /// Log verbosity: error, warn, info, debug, trace.
     pub log_level: String,
     /// Log file instead of syslog/stderr.
     pub log_file: Option<String>,
+    /// Also serve `user.shatag.sha256` / `user.shatag.ts` (the cshatag bit-rot checker's).
+    pub shatag: bool,
 }
 
 impl Default for MountOptions {
@@ -67,8 +71,10 @@ impl Default for MountOptions {
             read_only: false,
             allow_other: false,
             default_permissions: false,
+            noexec: false,
             log_level: "info".into(),
             log_file: None,
+            shatag: false,
         }
     }
 }
@@ -93,11 +99,16 @@ Mount options (-o OPT[,OPT...]):
   rw                   read-write mount (default)
   allow_other          let other users access the mount
   default_permissions  let the kernel check permissions against file modes
+  shatag               also serve user.shatag.sha256 and user.shatag.ts (cshatag's attributes)
   log=FILE             log to FILE instead of syslog (daemon) or stderr (-f)
   log_level=LEVEL      error, warn, info (default), debug or trace
-  Accepted and ignored, as passed by mount(8)/mount.fuse3: dev, nodev, suid, nosuid, exec,
-  noexec, atime, noatime, relatime, async, defaults.
+  noexec / exec        forbid / allow executing files on the mount (default exec)
+  Accepted and ignored, as passed by mount(8)/mount.fuse3: dev, nodev, suid, nosuid (the mount
+  is always nosuid,nodev), atime, noatime, relatime, async, defaults.
 SIZE takes a suffix k, m or g (powers of 1024).";
+
+/// How the error for an option nobody knows begins.
+const UNKNOWN_OPTION: &str = "unknown mount option";
 
 /// A malformed or unknown option, with the text that caused it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,6 +174,24 @@ impl MountOptions {
         Ok(o)
     }
 
+    /// Like [`MountOptions::parse`], but unknown options are skipped and returned instead of
+    /// failing (`mount -s`, "sloppy"). A known option with a bad value is still an error.
+    pub fn parse_sloppy<S: AsRef<str>>(
+        groups: &[S],
+    ) -> Result<(MountOptions, Vec<String>), OptionError> {
+        let mut o = MountOptions::default();
+        let mut skipped = Vec::new();
+        for group in groups {
+            for opt in group.as_ref().split(',').filter(|s| !s.is_empty()) {
+                match o.apply(opt) {
+                    Err(e) if e.0.starts_with(UNKNOWN_OPTION) => skipped.push(opt.to_string()),
+                    r => r?,
+                }
+            }
+        }
+        Ok((o, skipped))
+    }
+
     fn apply(&mut self, opt: &str) -> Result<(), OptionError> {
         let (name, value) = match opt.split_once('=') {
             Some((n, v)) => (n, Some(v)),
@@ -224,6 +253,10 @@ impl MountOptions {
                 flag(value)?;
                 self.default_permissions = true
             }
+            "shatag" => {
+                flag(value)?;
+                self.shatag = true
+            }
             "log" => self.log_file = Some(need(name, value)?.to_string()),
             "log_level" => {
                 let v = need(name, value)?;
@@ -234,11 +267,19 @@ impl MountOptions {
                 }
                 self.log_level = v.to_string();
             }
-            "dev" | "nodev" | "suid" | "nosuid" | "exec" | "noexec" | "atime" | "noatime"
-            | "relatime" | "async" | "defaults" => flag(value)?,
+            "noexec" => {
+                flag(value)?;
+                self.noexec = true
+            }
+            "exec" => {
+                flag(value)?;
+                self.noexec = false
+            }
+            "dev" | "nodev" | "suid" | "nosuid" | "atime" | "noatime" | "relatime" | "async"
+            | "defaults" => flag(value)?,
             _ => {
                 return Err(OptionError(format!(
-                    "unknown mount option '{opt}' (see deflatefs --help)"
+                    "{UNKNOWN_OPTION} '{opt}' (see deflatefs --help)"
                 )))
             }
         }
@@ -321,6 +362,20 @@ mod tests {
         let o =
             MountOptions::parse(&["rw,nosuid,nodev,ro,allow_other,default_permissions"]).unwrap();
         assert!(o.read_only && o.allow_other && o.default_permissions);
+    }
+
+    #[test]
+    fn noexec_is_a_real_flag_and_exec_clears_it() {
+        assert!(MountOptions::parse(&["noexec"]).unwrap().noexec);
+        assert!(!MountOptions::parse(&["noexec,exec"]).unwrap().noexec);
+    }
+
+    #[test]
+    fn sloppy_parsing_skips_unknown_options_but_not_bad_values() {
+        let (o, skipped) = MountOptions::parse_sloppy(&["chunk=64k,bogus,x=1"]).unwrap();
+        assert_eq!(o.chunk_size(), 64 << 10);
+        assert_eq!(skipped, vec!["bogus", "x=1"]);
+        assert!(MountOptions::parse_sloppy(&["chunk=3k"]).is_err());
     }
 
     #[test]
