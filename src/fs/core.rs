@@ -12,6 +12,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use super::cache::ChunkCache;
+use super::digests::{self, PlainDigests};
 use super::error::{errno, FsError, FsResult};
 use super::file::{ContainerFile, FileContext, OpenFile, PlainFile};
 use super::inode::{Format, InodeTable, Node, NodeKind, ROOT_ID};
@@ -93,6 +94,8 @@ pub struct DeflateFs {
     next_handle: AtomicU64,
     ctx: Arc<FileContext>,
     shutting_down: AtomicBool,
+    /// Digests of plain files (containers keep theirs in their open state).
+    plain_digests: PlainDigests,
 }
 
 fn time_to_timespec(t: Option<TimeSpec>) -> libc::timespec {
@@ -163,6 +166,7 @@ impl DeflateFs {
             next_handle: AtomicU64::new(1),
             ctx,
             shutting_down: AtomicBool::new(false),
+            plain_digests: PlainDigests::new(),
         })
     }
 
@@ -551,6 +555,9 @@ impl DeflateFs {
             return Ok(self.engine_report().into_bytes());
         }
         let node = self.node(id)?;
+        if let Some(which) = digests::served(name, self.opts.shatag)? {
+            return self.served_xattr(&node, which);
+        }
         let cname = sys::cstr(name)?;
         if size == 0 {
             let n = sys::getxattr_len(node.raw_fd(), &cname)?;
@@ -559,18 +566,52 @@ impl DeflateFs {
         sys::getxattr_fd(node.raw_fd(), &cname, size as usize)
     }
 
+    /// An attribute deflatefs computes (src/fs/digests.rs); regular files only.
+    fn served_xattr(&self, node: &Arc<Node>, which: digests::Served) -> FsResult<Vec<u8>> {
+        if node.kind != NodeKind::Regular {
+            return errno(libc::ENODATA);
+        }
+        let st = self.stat_node(node)?;
+        if which == digests::Served::ShatagTs {
+            return Ok(digests::shatag_ts(st.st_mtime, st.st_mtime_nsec).into_bytes());
+        }
+        let backing = sys::fstat(node.raw_fd())?;
+        let open = self.open_state(node)?;
+        let r = digests::value(&open, which, &st, &backing, &self.plain_digests);
+        self.put_state(node);
+        r
+    }
+
     pub fn setxattr(&self, id: u64, name: &OsStr, value: &[u8], flags: i32) -> FsResult<()> {
+        if digests::is_reserved(name.as_bytes(), self.opts.shatag) {
+            return errno(libc::EPERM);
+        }
         self.check_writable()?;
         let node = self.node(id)?;
         sys::setxattr_fd(node.raw_fd(), &sys::cstr(name)?, value, flags)
     }
 
-    pub fn listxattr(&self, id: u64, size: u32) -> FsResult<Vec<u8>> {
+    /// The backing file's attribute names without the ones deflatefs reserves (the full list
+    /// is read to filter it; the adapter answers a size query with its length).
+    pub fn listxattr(&self, id: u64, _size: u32) -> FsResult<Vec<u8>> {
         let node = self.node(id)?;
-        sys::listxattr_fd(node.raw_fd(), size as usize)
+        let list = loop {
+            let n = sys::listxattr_fd(node.raw_fd(), 0)?.len();
+            if n == 0 {
+                break Vec::new();
+            }
+            match sys::listxattr_fd(node.raw_fd(), n) {
+                Err(e) if e.errno == libc::ERANGE => continue, // grew meanwhile
+                r => break r?,
+            }
+        };
+        Ok(digests::filter_listing(&list, self.opts.shatag))
     }
 
     pub fn removexattr(&self, id: u64, name: &OsStr) -> FsResult<()> {
+        if digests::is_reserved(name.as_bytes(), self.opts.shatag) {
+            return errno(libc::EPERM);
+        }
         self.check_writable()?;
         let node = self.node(id)?;
         sys::removexattr_fd(node.raw_fd(), &sys::cstr(name)?)

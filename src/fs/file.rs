@@ -28,8 +28,12 @@ use super::error::{FsError, FsResult};
 use crate::container::{
     self, Container, IndexEntry, PieceKind, DATA_HEADER_LEN, MEMBER_TRAILER_LEN,
 };
+use crate::digest::{chunk_cv, ChainingValue};
 use crate::engine::pool::{BufferPool, PoolBuf};
 use crate::engine::{stored_stream_len, Completion, Done, Engine, Job, Op};
+
+mod digests;
+use digests::ShaTracker;
 
 /// What every open container needs from the mount.
 pub struct FileContext {
@@ -183,6 +187,11 @@ struct WriteState {
     next_seq: u64,
     /// End of the last read, to recognise a sequential reader.
     last_read_end: u64,
+    /// Running SHA-256 of the content while it is written front to back.
+    sha: ShaTracker,
+    /// Bumped by every change of content or size (a digest computed without holding this
+    /// state is only kept if the generation did not move meanwhile).
+    generation: u64,
 }
 
 enum Ready {
@@ -235,6 +244,8 @@ pub struct ContainerFile {
     chunk_log2: u8,
     readahead: Arc<Readahead>,
     damaged_logged: Mutex<Option<Instant>>,
+    /// Digest state that is not part of the write path (see `digests.rs`).
+    digests: Box<digests::DigestState>,
 }
 
 impl ContainerFile {
@@ -249,6 +260,8 @@ impl ContainerFile {
         let epoch = ctx.next_epoch();
         let chunk_log2 = container.chunk_log2();
         let size = container.size();
+        let sha = ShaTracker::from_container(&container);
+        let digests = digests::DigestState::new(container.file());
         Ok(ContainerFile {
             node,
             label,
@@ -258,6 +271,8 @@ impl ContainerFile {
                 dirty: BTreeMap::new(),
                 next_seq: 0,
                 last_read_end: u64::MAX,
+                sha,
+                generation: 0,
             }),
             store: Arc::new(Store {
                 inner: Mutex::new(StoreInner {
@@ -275,6 +290,7 @@ impl ContainerFile {
             chunk_log2,
             readahead: Arc::new(Readahead::default()),
             damaged_logged: Mutex::new(None),
+            digests,
         })
     }
 
@@ -298,10 +314,10 @@ impl ContainerFile {
     pub fn compact(&self, dest: File, install: impl FnOnce() -> FsResult<()>) -> FsResult<()> {
         let mut st = self.state.lock();
         self.flush_locked(&mut st, false)?;
-        let (chunks, size) = {
+        let (chunks, size, aux) = {
             let s = self.store.inner.lock();
             let chunks: Vec<u64> = s.container.index().data_chunks().collect();
-            (chunks, s.container.size())
+            (chunks, s.container.size(), s.container.aux().cloned())
         };
         let mut failure: Option<FsError> = None;
         let mut next = chunks.into_iter();
@@ -321,7 +337,7 @@ impl ContainerFile {
             }
         })
         .filter(|(bytes, _)| !bytes.is_empty());
-        let rebuilt = Container::rebuild(dest, self.chunk_log2, size, members);
+        let rebuilt = Container::rebuild_with_aux(dest, self.chunk_log2, size, aux, members);
         if let Some(e) = failure {
             return Err(e);
         }
@@ -379,7 +395,8 @@ impl ContainerFile {
         let done = c.result.map_err(|e| {
             FsError::with_context(libc::EIO, format!("compacting chunk {chunk}: {e}"))
         })?;
-        let (bytes, entry) = frame_member(c.output, done, chunk_start, true, len);
+        let cv = chunk_cv(chunk_start, &data);
+        let (bytes, entry) = frame_member(c.output, done, chunk_start, true, len, cv);
         Ok(Some((bytes[..entry.stored_len as usize].to_vec(), entry)))
     }
 
@@ -401,12 +418,34 @@ impl ContainerFile {
 
     fn read(&self, offset: u64, size: usize) -> FsResult<Vec<u8>> {
         let mut st = self.state.lock();
+        self.read_locked(&mut st, offset, size)
+    }
+
+    fn read_locked(
+        &self,
+        st: &mut MutexGuard<'_, WriteState>,
+        offset: u64,
+        size: usize,
+    ) -> FsResult<Vec<u8>> {
         if offset >= st.size || size == 0 {
             return Ok(Vec::new());
         }
         let end = st.size.min(offset + size as u64);
         let mut out = Vec::with_capacity((end - offset) as usize);
         let cs = self.chunk_size() as u64;
+        let first = offset >> self.chunk_log2;
+        let last = (end - 1) >> self.chunk_log2;
+        let sequential = offset == st.last_read_end || offset == 0;
+        if last > first || sequential {
+            // Decode every chunk of this request in parallel across the queues, and (for a
+            // sequential reader) the next ones too, while this thread copies out the first.
+            let ahead = if sequential {
+                self.ctx.readahead_chunks as u64
+            } else {
+                0
+            };
+            self.start_readahead(st, first, last - first + 1 + ahead);
+        }
         let mut pos = offset;
         while pos < end {
             let chunk = pos >> self.chunk_log2;
@@ -421,12 +460,7 @@ impl ContainerFile {
             }
             pos = chunk_start + b as u64;
         }
-        let sequential = offset == st.last_read_end || offset == 0;
         st.last_read_end = end;
-        if sequential && self.ctx.readahead_chunks > 0 {
-            let next = (end + cs - 1) >> self.chunk_log2;
-            self.start_readahead(&st, next);
-        }
         Ok(out)
     }
 
@@ -565,13 +599,13 @@ impl ContainerFile {
 
     /// Submits decompression of the chunks after `first` that are stored in one piece and not
     /// cached, so a sequential reader finds them ready.
-    fn start_readahead(&self, st: &WriteState, first: u64) {
+    fn start_readahead(&self, st: &WriteState, first: u64, count: u64) {
         let last_chunk = if st.size == 0 {
             return;
         } else {
             (st.size - 1) >> self.chunk_log2
         };
-        let end = (first + self.ctx.readahead_chunks as u64).min(last_chunk + 1);
+        let end = first.saturating_add(count).min(last_chunk + 1);
         let pool = &self.ctx.job_pool;
         for chunk in first..end {
             if st.dirty.contains_key(&chunk) {
@@ -659,6 +693,16 @@ impl ContainerFile {
             .filter(|e| *e <= i64::MAX as u64)
             .ok_or(FsError::new(libc::EFBIG))?;
         let cs = self.chunk_size();
+        if !data.is_empty() {
+            st.generation += 1;
+            // Front-to-back writers keep the SHA-256 running; any other write makes it stale. A
+            // write that fails half way leaves the state ahead of the size: stale as well.
+            if st.sha.continues_at(offset, st.size) {
+                st.sha.update(data);
+            } else {
+                st.sha.invalidate();
+            }
+        }
         let mut pos = offset;
         while pos < end {
             let chunk = pos >> self.chunk_log2;
@@ -772,7 +816,9 @@ impl ContainerFile {
             return Ok(());
         }
         let append_only = !d.rewrite && d.persisted > 0;
-        let (input, offset_in_chunk, reset) = if append_only {
+        // The entry's BLAKE3 chaining value covers the whole chunk: for an appended piece it is
+        // computed here from the chunk so far; for a whole-chunk piece, on the engine worker.
+        let (input, offset_in_chunk, reset, cv) = if append_only {
             if d.valid == d.persisted {
                 d.dirty = false;
                 return Ok(());
@@ -780,14 +826,15 @@ impl ContainerFile {
             let n = d.valid - d.persisted;
             let mut input = self.take_job_buffer(n)?;
             input.copy_from_slice(&d.buf[d.persisted..d.valid]);
-            (input, d.persisted, false)
+            let cv = chunk_cv(chunk_start, &d.buf[..d.valid]);
+            (input, d.persisted, false, Some(cv))
         } else if d.valid == cs {
             let d = st.dirty.remove(&chunk).expect("present");
-            (d.buf, 0, true)
+            (d.buf, 0, true, None)
         } else {
             let mut input = self.take_job_buffer(d.valid)?;
             input.copy_from_slice(&d.buf[..d.valid]);
-            (input, 0, true)
+            (input, 0, true, None)
         };
         if let Some(d) = st.dirty.get_mut(&chunk) {
             d.persisted = d.valid;
@@ -819,7 +866,17 @@ impl ContainerFile {
             input,
             output,
             on_complete: Box::new(move |c: Completion| {
-                land_compressed(&store, &label, seq, chunk, logical_offset, reset, len, c)
+                land_compressed(
+                    &store,
+                    &label,
+                    seq,
+                    chunk,
+                    logical_offset,
+                    reset,
+                    len,
+                    cv,
+                    c,
+                )
             }),
         };
         self.ctx.engine.submit(vec![job]);
@@ -861,6 +918,9 @@ impl ContainerFile {
         if s.container.size() != st.size {
             s.container.set_size(st.size);
         }
+        if self.digests.writable() {
+            s.container.set_aux(st.sha.aux_record(st.size));
+        }
         let committed = s.container.has_pending();
         s.container
             .commit()
@@ -877,6 +937,14 @@ impl ContainerFile {
     fn truncate(&self, size: u64) -> FsResult<()> {
         let mut st = self.state.lock();
         self.drain();
+        if size != st.size {
+            st.generation += 1;
+            if size == 0 {
+                st.sha.reset();
+            } else {
+                st.sha.invalidate();
+            }
+        }
         if size == 0 {
             st.dirty.clear();
             let mut s = self.store.inner.lock();
@@ -950,6 +1018,7 @@ fn land_compressed(
     logical_offset: u64,
     reset: bool,
     len: usize,
+    cv: Option<ChainingValue>,
     c: Completion,
 ) {
     let Completion {
@@ -957,10 +1026,15 @@ fn land_compressed(
         input,
         output,
     } = c;
+    // A whole-chunk piece starts at its chunk's offset and its input is the whole chunk.
+    let cv = match (&result, cv) {
+        (Ok(_), None) => chunk_cv(logical_offset, &input[..len]),
+        (_, cv) => cv.unwrap_or([0; 32]),
+    };
     drop(input); // give the dirty memory back as early as possible
     let ready = match result {
         Ok(done) => {
-            let (output, entry) = frame_member(output, done, logical_offset, reset, len);
+            let (output, entry) = frame_member(output, done, logical_offset, reset, len, cv);
             Ready::Member {
                 len: entry.stored_len as usize,
                 output,
@@ -1017,13 +1091,15 @@ fn land_compressed(
 }
 
 /// Writes the member header and trailer around a compressed stream that the engine left at
-/// `output[DATA_HEADER_LEN..]`, and describes it with an index entry.
+/// `output[DATA_HEADER_LEN..]`, and describes it with an index entry whose chaining value is
+/// `cv` (the whole chunk's after this piece).
 fn frame_member(
     mut output: PoolBuf,
     done: Done,
     logical_offset: u64,
     reset: bool,
     len: usize,
+    cv: ChainingValue,
 ) -> (PoolBuf, IndexEntry) {
     let header = container::data_member_header(logical_offset, reset, done.stored);
     output[..DATA_HEADER_LEN].copy_from_slice(&header);
@@ -1045,7 +1121,7 @@ fn frame_member(
         reset,
         level: done.level,
         window_log2: done.window_log2,
-        chaining_value: [0; 32],
+        chaining_value: cv,
     };
     (output, entry)
 }

@@ -2,6 +2,7 @@
 //! adapter to fuser.
 pub mod cache;
 pub mod core;
+pub mod digests;
 pub mod error;
 pub mod file;
 pub mod fuse;
