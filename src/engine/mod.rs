@@ -12,6 +12,7 @@
 
 pub mod accel;
 pub mod backend;
+pub mod bench;
 pub mod fault;
 mod job;
 pub mod pool;
