@@ -22,6 +22,25 @@ pub enum Command {
     /// Mount SOURCE on MOUNTPOINT (they may be the same directory).
     #[command(after_help = OPTION_HELP)]
     Mount(MountArgs),
+    /// Show how files are stored: logical and stored bytes, disk usage, ratio, chunks, holes
+    /// (per file and in total; on paths inside a mount or in a backing directory).
+    Stat(StatArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatArgs {
+    /// Print JSON (exact byte counts) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Only the totals, not one line per file.
+    #[arg(short, long)]
+    pub summary: bool,
+    /// Exact byte counts instead of K/M/G in the table.
+    #[arg(short, long)]
+    pub bytes: bool,
+    /// Files or directories (walked recursively, symlinks not followed).
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -43,7 +62,7 @@ pub struct MountArgs {
 
 /// Parses argv, accepting `deflatefs SOURCE MOUNTPOINT [-o OPTS]` as `deflatefs mount ...`.
 pub fn parse_args(args: Vec<OsString>) -> Cli {
-    let known = ["mount", "help", "-h", "--help", "-V", "--version"];
+    let known = ["mount", "stat", "help", "-h", "--help", "-V", "--version"];
     let first_positional = args
         .iter()
         .skip(1)
@@ -68,13 +87,25 @@ pub fn parse_args(args: Vec<OsString>) -> Cli {
 mod tests {
     use super::*;
 
+    #[test]
+    fn stat_is_a_subcommand_not_a_bare_mount() {
+        let Command::Stat(a) = parse(&["deflatefs", "stat", "--json", "/a", "/b"]).command else {
+            panic!("not stat")
+        };
+        assert!(a.json && !a.summary);
+        assert_eq!(a.paths, vec![PathBuf::from("/a"), PathBuf::from("/b")]);
+    }
+
     fn parse(v: &[&str]) -> Cli {
         parse_args(v.iter().map(OsString::from).collect())
     }
 
     #[test]
     fn bare_form_from_mount_fuse3_is_a_mount() {
-        let Command::Mount(m) = parse(&["deflatefs", "/src", "/mnt", "-o", "rw,chunk=64k"]).command;
+        let Command::Mount(m) = parse(&["deflatefs", "/src", "/mnt", "-o", "rw,chunk=64k"]).command
+        else {
+            panic!("not a mount")
+        };
         assert_eq!(m.source, PathBuf::from("/src"));
         assert_eq!(m.options, vec!["rw,chunk=64k"]);
         assert!(!m.foreground);
@@ -83,7 +114,10 @@ mod tests {
     #[test]
     fn mount_subcommand_takes_foreground_and_options() {
         let Command::Mount(m) =
-            parse(&["deflatefs", "mount", "-f", "-o", "ro", "/a", "/b"]).command;
+            parse(&["deflatefs", "mount", "-f", "-o", "ro", "/a", "/b"]).command
+        else {
+            panic!("not a mount")
+        };
         assert!(m.foreground);
         assert_eq!(m.mountpoint, PathBuf::from("/b"));
     }

@@ -5,6 +5,7 @@
 //! - [`engine`]: queue pairs, buffer pool and codec backends (docs/ENGINE.md).
 //! - [`fs`]: the filesystem core and its fuser adapter.
 //! - [`options`], [`cli`], [`mount`]: configuration, command line, mounting and the daemon.
+//! - [`stat`]: the `deflatefs stat` command.
 pub mod cli;
 pub mod container;
 pub mod digest;
@@ -14,3 +15,4 @@ pub mod fusermount;
 pub mod logging;
 pub mod mount;
 pub mod options;
+pub mod stat;

@@ -33,6 +33,14 @@ fn main() {
                 1
             }
         },
+        Command::Stat(a) => deflatefs::stat::run(
+            &a.paths,
+            &deflatefs::stat::StatOptions {
+                json: a.json,
+                summary: a.summary,
+                bytes: a.bytes,
+            },
+        ),
     };
     std::process::exit(code);
 }
