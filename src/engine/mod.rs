@@ -13,6 +13,7 @@
 pub mod accel;
 pub mod backend;
 pub mod bench;
+pub mod device;
 pub mod fault;
 mod job;
 pub mod pool;
