@@ -156,7 +156,8 @@ impl DeflateFs {
             dirty_pool: BufferPool::new(opts.dirty_bytes),
             cache: Arc::new(ChunkCache::new(opts.cache_bytes)),
             level: opts.level,
-            readahead_chunks: (engine.queue_count() * 2).max(2),
+            // Two 1 MiB read requests' worth ahead, and at least two jobs per queue.
+            readahead_chunks: ((2usize << 20) >> opts.chunk_log2).max(engine.queue_count() * 2),
             epochs: AtomicU64::new(0),
         });
         Ok(DeflateFs {

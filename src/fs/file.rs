@@ -597,8 +597,8 @@ impl ContainerFile {
         }
     }
 
-    /// Submits decompression of the chunks after `first` that are stored in one piece and not
-    /// cached, so a sequential reader finds them ready.
+    /// Submits decompression of up to `count` chunks from `first` on that are stored in one piece
+    /// and not cached, so the reader finds them ready (or waits for the job instead of redoing it).
     fn start_readahead(&self, st: &WriteState, first: u64, count: u64) {
         let last_chunk = if st.size == 0 {
             return;
