@@ -3,9 +3,10 @@
 //!
 //! Inside a mount the numbers come from `user.deflatefs.info` (so they include data not yet
 //! written back); on a backing directory the containers are read directly. Directories are walked
-//! without following symlinks; each inode counts once (hard links), as `du` counts. The totals
-//! line adds directories, symlinks and other entries so that its apparent size and disk usage are
-//! what `du -sb --apparent-size` and `du -sB1` print for the same paths.
+//! without following symlinks; each inode counts once (hard links), as `du` counts. A last line
+//! adds directories, symlinks and other entries so that its apparent size and disk usage are what
+//! `du -sb --apparent-size` and `du -sB1` print for the same paths (inside a mount the apparent
+//! size of a file is its logical size; in a backing directory, its container's length).
 
 use std::collections::HashSet;
 use std::ffi::CString;
@@ -32,6 +33,9 @@ pub struct StatOptions {
 pub struct FileRow {
     pub path: PathBuf,
     pub info: FileInfo,
+    /// `st_size` as `lstat` shows it: the logical size inside a mount, the container's length
+    /// in a backing directory (what `du --apparent-size` adds up).
+    pub apparent: u64,
 }
 
 /// Everything `stat` found under its paths.
@@ -81,7 +85,7 @@ impl Report {
 
     /// What `du -sb --apparent-size` counts: every inode's size once.
     pub fn du_apparent(&self) -> u64 {
-        self.totals().logical + self.other_apparent
+        self.files.iter().map(|f| f.apparent).sum::<u64>() + self.other_apparent
     }
 
     /// What `du -sB1` counts: every inode's allocated bytes once.
@@ -174,6 +178,7 @@ fn walk(path: &Path, report: &mut Report, seen: &mut HashSet<(u64, u64)>) {
             Ok(info) => report.files.push(FileRow {
                 path: path.to_path_buf(),
                 info,
+                apparent: meta.len(),
             }),
             Err(e) => report.errors.push((path.to_path_buf(), e)),
         }
