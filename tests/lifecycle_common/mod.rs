@@ -8,7 +8,8 @@
 //!   mount.deflatefs` as /sbin/mount.deflatefs (a read-only overlay on /usr/sbin) and the binary
 //!   under test as `deflatefs` (a tmpfs on /usr/local/sbin, first in mount(8)'s PATH), /dev/fuse is
 //!   a 0666 node as udev makes it on Debian (so users can mount through fusermount3), and
-//!   /etc/fuse.conf may be replaced. Nothing outside the namespace changes: no file in /sbin,
+//!   /etc/fuse.conf may be replaced, and /etc/passwd and /etc/group are copies that also list
+//!   [`TEST_USERS`]. Nothing outside the namespace changes: no file in /sbin,
 //!   /usr/local, /etc or /dev is written. Commands run inside with `nsenter`; files inside are
 //!   reached through /proc/ANCHOR/root.
 //!
@@ -54,6 +55,8 @@ pub struct MountLine {
     pub options: String,
     pub fs_type: String,
     pub source: String,
+    /// Superblock options (where FUSE shows `user_id=`, `allow_other`, ...).
+    pub super_options: String,
 }
 
 fn unescape(s: &str) -> String {
@@ -97,6 +100,7 @@ pub fn mounts_of(pid: Option<u32>) -> Vec<MountLine> {
                 options: f.get(5)?.to_string(),
                 fs_type: f.get(sep + 1)?.to_string(),
                 source: unescape(f.get(sep + 2)?),
+                super_options: f.get(sep + 3).unwrap_or(&"").to_string(),
             })
         })
         .collect()
@@ -333,6 +337,9 @@ impl Drop for Daemon {
     }
 }
 
+/// Unprivileged users that exist inside an [`Ns`] only (name, uid = gid).
+pub const TEST_USERS: [(&str, u32); 2] = [("deflatefs-alice", 4242), ("deflatefs-bob", 4243)];
+
 /// What to put in place of /etc/fuse.conf inside an [`Ns`].
 pub enum FuseConf {
     /// Leave the machine's file visible.
@@ -389,6 +396,30 @@ impl Ns {
             std::fs::write(&conf, text).unwrap();
             std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o644)).unwrap();
             setup.push_str(&format!("mount --bind {} /etc/fuse.conf\n", conf.display()));
+        }
+        // fusermount3 wants a user name: the test users exist in the namespace's passwd only.
+        for (file, line) in [
+            (
+                "passwd",
+                "{name}:x:{id}:{id}::/nonexistent:/usr/sbin/nologin\n",
+            ),
+            ("group", "{name}:x:{id}:\n"),
+        ] {
+            let mut text = std::fs::read_to_string(format!("/etc/{file}")).unwrap_or_default();
+            if !text.is_empty() && !text.ends_with('\n') {
+                text.push('\n');
+            }
+            for (name, id) in TEST_USERS {
+                text.push_str(
+                    &line
+                        .replace("{name}", name)
+                        .replace("{id}", &id.to_string()),
+                );
+            }
+            let copy = base.join(format!("ns-{file}"));
+            std::fs::write(&copy, text).unwrap();
+            std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o644)).unwrap();
+            setup.push_str(&format!("mount --bind {} /etc/{file}\n", copy.display()));
         }
         setup.push_str("echo ready\nexec sleep 3600\n");
         let mut anchor = Command::new("unshare")
