@@ -9,7 +9,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -2143,4 +2143,43 @@ fn stat_does_not_change_atime() {
         seen.iter().all(|a| *a == 1_200_000_000),
         "atime after repeated stat calls: {seen:?} (expected 1200000000 throughout)"
     );
+}
+
+#[test]
+fn readdir_reports_the_file_type_of_fifos_sockets_and_symlinks() {
+    let m = Mount::new();
+    let cf = cpath(&m.path("fifo"));
+    check(unsafe { libc::mknod(cf.as_ptr(), libc::S_IFIFO | 0o640, 0) }).expect("mknod fifo");
+    let cs = cpath(&m.path("sock"));
+    check(unsafe { libc::mknod(cs.as_ptr(), libc::S_IFSOCK | 0o600, 0) }).expect("mknod socket");
+    std::os::unix::fs::symlink("target", m.path("link")).unwrap();
+    fs::create_dir(m.path("dir")).unwrap();
+    write_file(&m.path("file"), b"x");
+    // Both listing paths: readdir (std's read_dir file_type comes from d_type) and readdirplus.
+    for _ in 0..2 {
+        let mut seen = std::collections::BTreeMap::new();
+        for e in fs::read_dir(m.path("")).unwrap() {
+            let e = e.unwrap();
+            let t = e.file_type().unwrap();
+            let kind = if t.is_fifo() {
+                "fifo"
+            } else if t.is_socket() {
+                "socket"
+            } else if t.is_symlink() {
+                "symlink"
+            } else if t.is_dir() {
+                "dir"
+            } else if t.is_file() {
+                "file"
+            } else {
+                "other"
+            };
+            seen.insert(e.file_name().to_string_lossy().into_owned(), kind);
+        }
+        assert_eq!(seen.get("fifo"), Some(&"fifo"), "{seen:?}");
+        assert_eq!(seen.get("sock"), Some(&"socket"), "{seen:?}");
+        assert_eq!(seen.get("link"), Some(&"symlink"), "{seen:?}");
+        assert_eq!(seen.get("dir"), Some(&"dir"), "{seen:?}");
+        assert_eq!(seen.get("file"), Some(&"file"), "{seen:?}");
+    }
 }
