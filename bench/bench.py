@@ -28,7 +28,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 FULL_SYSTEMS = ["libdeflate-gzip-1", "libdeflate-gzip-6", "pigz-1", "pigz-6", "plain", "bindfs",
                 "btrfs-zlib3", "btrfs-force-zlib1", "zfs-gzip", "deflatefs", "deflatefs-chunk4k",
                 "deflatefs-level6"]
-QUICK_SYSTEMS = ["libdeflate-gzip-1", "pigz-1", "plain", "bindfs", "btrfs-zlib3", "deflatefs",
+QUICK_SYSTEMS = ["libdeflate-gzip-1", "plain", "bindfs", "btrfs-zlib3", "deflatefs",
                  "deflatefs-chunk4k"]
 FULL_TREE = ["include", "fs", "kernel", "lib", "mm", "block"]
 QUICK_TREE = ["kernel", "mm", "block"]
@@ -48,9 +48,9 @@ class Config:
 
 def config(args):
     if args.quick:
-        cfg = Config("quick", 3, 256 << 20, 128 << 20, 256 << 20, 3, QUICK_TREE, QUICK_SYSTEMS)
+        cfg = Config("quick", 3, 192 << 20, 96 << 20, 384 << 20, 2, QUICK_TREE, QUICK_SYSTEMS)
     else:
-        cfg = Config("full", 3, 1 << 30, 512 << 20, 1 << 30, 10, FULL_TREE, FULL_SYSTEMS)
+        cfg = Config("full", 3, 1 << 30, 512 << 20, 1 << 30, 8, FULL_TREE, FULL_SYSTEMS)
     if args.runs:
         cfg.runs = args.runs
     if args.systems:

@@ -173,7 +173,7 @@ def targets(systems, results):
             return rows.append((desc, "no figures", "n/a"))
         m, s = median_spread(rs)
         ok = m >= want if higher else m <= want
-        rows.append((desc, f"{m:.2f}x ±{s * 100:.0f}% (runs: {', '.join(f'{x:.2f}' for x in rs)})",
+        rows.append((desc, f"{m:.3f}x ±{s * 100:.0f}% (runs: {', '.join(f'{x:.2f}' for x in rs)})",
                      "met" if ok else "MISSED"))
 
     ratio_row("seq write (compressible, level 1) >= 1.5x btrfs compress=zlib:3", "deflatefs",
@@ -194,7 +194,7 @@ def targets(systems, results):
             if rs:
                 m, s = median_spread(rs)
                 rows.append((f"compression CPU ({dfs}) <= 1.15x {tool} CLI",
-                             f"{m:.2f}x ±{s * 100:.0f}% (runs: {', '.join(f'{x:.2f}' for x in rs)})",
+                             f"{m:.3f}x ±{s * 100:.0f}% (runs: {', '.join(f'{x:.2f}' for x in rs)})",
                              "met" if m <= 1.15 else "MISSED"))
     if len(rows) == rows_before:
         rows.append(("compression CPU <= 1.15x libdeflate-gzip", "not measured", "n/a"))

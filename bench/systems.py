@@ -76,6 +76,11 @@ class System:
     def path(self):
         return os.path.join(self.disk, "data")
 
+    @property
+    def layout_dir(self):
+        """Where untimed set-up files can be written so that they read back through `path`."""
+        return self.path
+
     def backing(self, rel):
         """Where the bytes of `rel` are stored, for allocation accounting."""
         return os.path.join(self.disk, "data", rel)
@@ -204,6 +209,12 @@ class Bindfs(FuseOverExt4):
 
     def mount_command(self):
         return ["bindfs", "--multithreaded", os.path.join(self.disk, "data"), self.mnt]
+
+
+    @property
+    def layout_dir(self):
+        # bindfs stores files as they are: untimed set-up data goes straight to the backing dir.
+        return os.path.join(self.disk, "data")
 
 
 class Deflatefs(FuseOverExt4):

@@ -173,7 +173,7 @@ def fio(system, stage, cfg, outdir):
     """4 KiB random reads, then random writes, with O_DIRECT at the mount (its page cache is
     bypassed; whatever the system caches below is its own), on a file of the large data's bytes."""
     path = os.path.join(system.path, "fio.dat")
-    copy_file(stage["large"], path, limit=cfg.fio_bytes)
+    copy_file(stage["large"], os.path.join(system.layout_dir, "fio.dat"), limit=cfg.fio_bytes)
     system.sync()
     system.make_cold("fio-layout")
     r = {}
