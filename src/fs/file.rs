@@ -921,14 +921,11 @@ impl ContainerFile {
         if self.digests.writable() {
             s.container.set_aux(st.sha.aux_record(st.size));
         }
-        let committed = s.container.has_pending();
         s.container
             .commit()
             .map_err(|e| FsError::from(e).context(format!("{}: commit", self.label)))?;
-        if durable && committed {
-            s.container.sync_data()?;
-        } else if durable {
-            // Nothing new to commit, but an earlier commit may not be on disk yet.
+        if durable {
+            // Even with nothing new to commit, an earlier commit may not be on disk yet.
             s.container.sync_data()?;
         }
         Ok(())
