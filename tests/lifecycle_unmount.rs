@@ -144,7 +144,7 @@ fn lazy_umount_keeps_serving_open_files_then_commits_and_exits_after_the_last_cl
     let first = varied_text(300_000, 31);
     let second = varied_text(200_000, 32);
     let mut f = OpenOptions::new()
-        .create(true)
+        .create_new(true)
         .write(true)
         .open(d.mnt.join("open"))
         .unwrap();
