@@ -25,6 +25,25 @@ pub enum Command {
     /// Show how files are stored: logical and stored bytes, disk usage, ratio, chunks, holes
     /// (per file and in total; on paths inside a mount or in a backing directory).
     Stat(StatArgs),
+    /// List the compression backends found on this machine (for `-o accel=`), each with its
+    /// self-test result and single-thread compress/decompress throughput.
+    Engines(EnginesArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EnginesArgs {
+    /// Compression level to measure (1..12; zlib backends clamp to 9).
+    #[arg(short, long, default_value_t = crate::options::DEFAULT_LEVEL)]
+    pub level: u32,
+    /// Chunk size to measure (like the chunk= mount option).
+    #[arg(short, long, default_value = "128k")]
+    pub chunk: String,
+    /// Measure on this file instead of the built-in data (its first 64 MiB).
+    #[arg(long, value_name = "FILE")]
+    pub data: Option<PathBuf>,
+    /// Seconds per backend and direction.
+    #[arg(long, default_value_t = 0.5)]
+    pub seconds: f64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -62,7 +81,16 @@ pub struct MountArgs {
 
 /// Parses argv, accepting `deflatefs SOURCE MOUNTPOINT [-o OPTS]` as `deflatefs mount ...`.
 pub fn parse_args(args: Vec<OsString>) -> Cli {
-    let known = ["mount", "stat", "help", "-h", "--help", "-V", "--version"];
+    let known = [
+        "mount",
+        "stat",
+        "engines",
+        "help",
+        "-h",
+        "--help",
+        "-V",
+        "--version",
+    ];
     let first_positional = args
         .iter()
         .skip(1)
@@ -86,6 +114,20 @@ pub fn parse_args(args: Vec<OsString>) -> Cli {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn engines_is_a_subcommand_with_level_and_chunk() {
+        let Command::Engines(a) =
+            parse(&["deflatefs", "engines", "-l", "6", "--chunk", "64k"]).command
+        else {
+            panic!("not engines")
+        };
+        assert_eq!((a.level, a.chunk.as_str()), (6, "64k"));
+        let Command::Engines(a) = parse(&["deflatefs", "engines"]).command else {
+            panic!("not engines")
+        };
+        assert_eq!(a.level, crate::options::DEFAULT_LEVEL);
+    }
 
     #[test]
     fn stat_is_a_subcommand_not_a_bare_mount() {

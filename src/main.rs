@@ -41,6 +41,12 @@ fn main() {
                 bytes: a.bytes,
             },
         ),
+        Command::Engines(a) => deflatefs::engine::bench::engines_command(
+            a.level,
+            &a.chunk,
+            a.data.as_deref(),
+            a.seconds,
+        ),
     };
     std::process::exit(code);
 }

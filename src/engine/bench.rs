@@ -162,6 +162,54 @@ pub fn engines_report(
     s
 }
 
+/// `deflatefs engines`: prints the report; returns the exit code.
+pub fn engines_command(
+    level: u32,
+    chunk: &str,
+    data: Option<&std::path::Path>,
+    seconds: f64,
+) -> i32 {
+    let chunk = match crate::options::parse_size(chunk) {
+        Ok(n) if n.is_power_of_two() && (4096..=4 << 20).contains(&n) => n,
+        _ => {
+            eprintln!("deflatefs: --chunk {chunk}: must be a power of two between 4k and 4m");
+            return 2;
+        }
+    };
+    if !(1..=12).contains(&level) {
+        eprintln!("deflatefs: --level {level}: must be between 1 and 12");
+        return 2;
+    }
+    let data = match data {
+        None => None,
+        Some(p) => {
+            use std::io::Read;
+            let mut buf = Vec::new();
+            match std::fs::File::open(p).and_then(|f| f.take(64 << 20).read_to_end(&mut buf)) {
+                Ok(_) if !buf.is_empty() => {
+                    let what = format!(
+                        "{:.1} MiB of {}",
+                        buf.len() as f64 / (1 << 20) as f64,
+                        p.display()
+                    );
+                    Some((buf, what))
+                }
+                Ok(_) => {
+                    eprintln!("deflatefs: {} is empty", p.display());
+                    return 1;
+                }
+                Err(e) => {
+                    eprintln!("deflatefs: {}: {e}", p.display());
+                    return 1;
+                }
+            }
+        }
+    };
+    let time = Duration::from_secs_f64(seconds.clamp(0.0, 60.0));
+    print!("{}", engines_report(level, chunk, data, time));
+    0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
