@@ -288,3 +288,34 @@ fn mount_t_deflatefs_over_a_tmpfs_root_then_umount_leaves_the_tmpfs_and_its_data
     assert!(is_container(&backing));
     assert_eq!(gunzip_all(&backing).unwrap(), data);
 }
+
+#[test]
+fn a_daemon_started_by_mount_logs_to_syslog() {
+    let ns = Ns::with_private_dev(FuseConf::Host);
+    // The namespace's /dev/log is this test's socket: whatever the daemon sends to syslog
+    // arrives here.
+    let socket = std::os::unix::net::UnixDatagram::bind(ns.path(Path::new("/dev/log"))).unwrap();
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let dir = ns.base.join("data");
+    std::fs::create_dir(&dir).unwrap();
+    let d = dir.display();
+    ns.ok(&format!("mount -t deflatefs {d} {d}"));
+    let mut buf = vec![0u8; 4096];
+    let mut seen = Vec::new();
+    let found = loop {
+        let Ok(n) = socket.recv(&mut buf) else {
+            break false;
+        };
+        let line = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let hit = line.contains("deflatefs[") && line.contains(&format!("mounted {d} on {d}"));
+        seen.push(line);
+        if hit {
+            break true;
+        }
+    };
+    assert!(found, "no syslog line about the mount; received: {seen:?}");
+    ns.ok(&format!("umount {d}"));
+    ns.wait_daemons_exit(&ns.base);
+}

@@ -358,6 +358,16 @@ pub struct Ns {
 
 impl Ns {
     pub fn new(fuse_conf: FuseConf) -> Ns {
+        Ns::build(fuse_conf, false)
+    }
+
+    /// Like [`Ns::new`], with a private tmpfs on /dev holding only null, zero, random, urandom
+    /// and fuse, so that a test can bind its own /dev/log (syslog) socket there.
+    pub fn with_private_dev(fuse_conf: FuseConf) -> Ns {
+        Ns::build(fuse_conf, true)
+    }
+
+    fn build(fuse_conf: FuseConf, private_dev: bool) -> Ns {
         require_root_and_fuse();
         let (dir, base) = open_tempdir("deflatefs-ns-");
         let sbin = base.join("ns-sbin");
@@ -391,6 +401,16 @@ impl Ns {
             bin = BIN,
             node = node.display()
         );
+        if private_dev {
+            setup.push_str(
+                "mount -t tmpfs -o mode=0755 deflatefs-test-dev /dev\n\
+                 mknod -m 666 /dev/null c 1 3\n\
+                 mknod -m 666 /dev/zero c 1 5\n\
+                 mknod -m 666 /dev/random c 1 8\n\
+                 mknod -m 666 /dev/urandom c 1 9\n\
+                 mknod -m 666 /dev/fuse c 10 229\n",
+            );
+        }
         if let FuseConf::Content(text) = fuse_conf {
             let conf = base.join("ns-fuse.conf");
             std::fs::write(&conf, text).unwrap();
