@@ -234,7 +234,7 @@ fn daemon_pid(mnt: &Path) -> u32 {
         let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
         if args.first().is_some_and(|a| a.ends_with(b"deflatefs"))
-            && args.iter().any(|a| *a == want.as_bytes())
+            && args.contains(&want.as_bytes())
         {
             return pid;
         }
