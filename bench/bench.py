@@ -25,7 +25,7 @@ from systems import make_systems  # noqa: E402
 from util import drop_caches, loadavg, log, mounts_under, output, run  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-FULL_SYSTEMS = ["libdeflate-gzip-1", "libdeflate-gzip-6", "pigz-1", "pigz-6", "plain", "bindfs",
+FULL_SYSTEMS = ["libdeflate-gzip-1", "libdeflate-gzip-6", "pigz-1", "plain", "bindfs",
                 "btrfs-zlib3", "btrfs-force-zlib1", "zfs-gzip", "deflatefs", "deflatefs-chunk4k",
                 "deflatefs-level6"]
 QUICK_SYSTEMS = ["libdeflate-gzip-1", "plain", "bindfs", "btrfs-zlib3", "deflatefs",
@@ -48,7 +48,7 @@ class Config:
 
 def config(args):
     if args.quick:
-        cfg = Config("quick", 3, 192 << 20, 96 << 20, 384 << 20, 2, QUICK_TREE, QUICK_SYSTEMS)
+        cfg = Config("quick", 3, 128 << 20, 64 << 20, 256 << 20, 2, QUICK_TREE, QUICK_SYSTEMS)
     else:
         cfg = Config("full", 3, 1 << 30, 512 << 20, 1 << 30, 8, FULL_TREE, FULL_SYSTEMS)
     if args.runs:
@@ -89,6 +89,25 @@ def cleanup(work):
         print(f"bench: still mounted: {left}", file=sys.stderr)
     elif os.path.isdir(work):
         shutil.rmtree(work)  # only once nothing is mounted below it
+
+
+def write_results(args, cfg, meta, manifest, stage, systems, results, skipped, errors, started,
+                  runs_done):
+    """Renders the tables and writes bench/results/DATE-MODE.md and .json; returns the text."""
+    meta["load_end"] = loadavg()
+    meta["duration_s"] = time.time() - started
+    meta["runs_done"] = runs_done
+    text = report.render(cfg, meta, manifest, stage, systems, results, skipped, errors)
+    os.makedirs(args.results, exist_ok=True)
+    stamp = time.strftime("%Y-%m-%d-%H%M", time.localtime(started))
+    base = os.path.join(args.results, f"{stamp}-{cfg.mode}")
+    with open(base + ".md", "w") as f:
+        f.write(text)
+    with open(base + ".json", "w") as f:
+        json.dump({"meta": meta, "corpus": {**manifest, **stage}, "results": results,
+                   "skipped": skipped, "errors": errors}, f, indent=1, default=str)
+    log(f"results after {runs_done} of {cfg.runs} runs: {base}.md (raw figures: {base}.json)")
+    return text
 
 
 def _interrupt(signum, frame):
@@ -179,19 +198,12 @@ def main():
                     except Exception as e2:
                         log(f"  {s.name}: teardown failed too: {e2}")
                         cleanup(work)
-        meta["load_end"] = loadavg()
-        meta["duration_s"] = time.time() - started
-        text = report.render(cfg, meta, manifest, stage, systems, results, skipped, errors)
+            if i + 1 < cfg.runs:  # partial results survive an interrupted benchmark
+                write_results(args, cfg, meta, manifest, stage, systems, results, skipped,
+                              errors, started, i + 1)
+        text = write_results(args, cfg, meta, manifest, stage, systems, results, skipped,
+                             errors, started, cfg.runs)
         print(text)
-        os.makedirs(args.results, exist_ok=True)
-        stamp = time.strftime("%Y-%m-%d-%H%M", time.localtime(started))
-        base = os.path.join(args.results, f"{stamp}-{cfg.mode}")
-        with open(base + ".md", "w") as f:
-            f.write(text)
-        with open(base + ".json", "w") as f:
-            json.dump({"meta": meta, "corpus": {**manifest, **stage}, "results": results,
-                       "skipped": skipped, "errors": errors}, f, indent=1, default=str)
-        log(f"results: {base}.md (raw figures: {base}.json)")
         return 1 if errors else 0
     except KeyboardInterrupt:
         log("interrupted")

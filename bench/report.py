@@ -225,7 +225,7 @@ def render(cfg, meta, manifest, stage, systems, results, skipped, errors):
         f"- Machine: {meta['cpu']}, {meta['cores']} cores, {meta['memory_gib']} GiB, "
         f"kernel {meta['kernel']}",
         f"- deflatefs commit: {meta['commit']}",
-        f"- Runs: {cfg.runs} (each system set up fresh in every run; systems interleaved); "
+        f"- Runs: {meta.get('runs_done', cfg.runs)} of {cfg.runs} (each system set up fresh in every run; systems interleaved); "
         f"duration {meta['duration_s'] / 60:.1f} min",
         f"- Load average (1/5/15 min) at start: {meta['load_start']}; at end: {meta['load_end']}"
         + ("" if meta.get("waited_idle", True) else " (did not get below the idle threshold)"),
