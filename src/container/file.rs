@@ -3,8 +3,9 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::member::{parse_data_member, stored_stream_len, MIN_DATA_MEMBER_LEN};
+use super::member::{decode_piece, parse_data_member, stored_stream_len, MIN_DATA_MEMBER_LEN};
 use super::record::{
     check_framing, encode_index_member, header_member, index_entry_count_for_payload,
     index_members_len, parse_header, parse_index_member_rest, AuxRecord, CommitRecord, HeaderProbe,
@@ -21,6 +22,31 @@ const COMMIT_LEN: u64 = COMMIT_MEMBER_LEN as u64;
 const HEADER_LEN: u64 = HEADER_MEMBER_LEN as u64;
 /// Block size of the backward commit scan.
 const SCAN_BLOCK: u64 = 1 << 20;
+/// [`OpenMode::Recover`] gives up after this many candidate commits with broken chains.
+const MAX_RECOVERY_CANDIDATES: u64 = 64;
+/// A checkpoint is written once more than `max(this, CHECKPOINT_BYTES_FACTOR x its own size)`
+/// bytes were appended since the last one, which bounds what [`OpenMode::Recover`] decodes.
+pub const CHECKPOINT_MIN_BYTES: u64 = 64 << 20;
+/// See [`CHECKPOINT_MIN_BYTES`].
+pub const CHECKPOINT_BYTES_FACTOR: u64 = 32;
+
+/// How thoroughly [`Container::open_with`] checks a container.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenMode {
+    /// The last complete commit and its chain back to a checkpoint must be intact; data members
+    /// are checked when they are read. Right for a file last written since the machine booted:
+    /// the kernel still holds every byte that was written, so a crash of the writer leaves at
+    /// most a torn tail.
+    Strict,
+    /// After a possible power loss (the file was last written before the machine booted), when
+    /// bytes written after the last fdatasync may be missing anywhere, not only at the end. The
+    /// writer makes everything before a checkpoint durable before writing it, so the commits after
+    /// the last checkpoint are checked like a journal: each is kept only if its index members read
+    /// and every data member it adds decodes with the right crc32, and the first that fails ends
+    /// the replay. A candidate commit whose chain is broken gives way to the next older one.
+    /// Costs decoding what was appended since the last checkpoint (see [`CHECKPOINT_MIN_BYTES`]).
+    Recover,
+}
 
 /// Entries recorded between a shrink that dropped data and the previous one: replayed as one
 /// delta commit with the shrunk size, so that dropped chunks stay dropped even if the file grows
@@ -55,6 +81,12 @@ pub struct Container {
     aux: Option<AuxRecord>,
     /// What the last commit recorded.
     committed_aux: Option<AuxRecord>,
+    /// End of the last checkpoint commit (0: none yet).
+    checkpoint_end: u64,
+    /// Bytes known to be durable (everything before this offset was fdatasync'd).
+    synced_len: AtomicU64,
+    /// What [`OpenMode::Recover`] left out.
+    recovery_note: Option<String>,
 }
 
 fn invalid(msg: &str) -> ContainerError {
@@ -195,6 +227,127 @@ fn validate_entry(e: &IndexEntry, chunk_log2: u8, data_limit: u64, at: u64) -> R
     Ok(())
 }
 
+/// The chain of commits from `last` back to the most recent checkpoint, newest first: every
+/// previous commit must be valid and numbered one lower. Offsets strictly decrease, so this ends.
+fn commit_chain(file: &File, last: &CommitRecord) -> Result<Vec<CommitRecord>> {
+    commit_chain_at(file, last).map_err(|(e, _)| e)
+}
+
+/// [`commit_chain`]; an error comes with the offset of the commit the chain could not reach
+/// (no valid commit after it can have an intact chain either).
+fn commit_chain_at(
+    file: &File,
+    last: &CommitRecord,
+) -> std::result::Result<Vec<CommitRecord>, (ContainerError, u64)> {
+    let mut chain = vec![*last];
+    loop {
+        let cur = chain.last().expect("chain is never empty");
+        if cur.checkpoint {
+            return Ok(chain);
+        }
+        if cur.prev == u64::MAX {
+            return Err((
+                corrupt(
+                    format!(
+                        "commit {} has no previous commit and is not a checkpoint",
+                        cur.seq
+                    ),
+                    cur.offset + 16 + 28,
+                ),
+                cur.offset.saturating_sub(1),
+            ));
+        }
+        let (prev_off, seq, at) = (cur.prev, cur.seq, cur.offset);
+        let mut b = [0u8; COMMIT_MEMBER_LEN];
+        pread(file, &mut b, prev_off, "previous commit").map_err(|e| (e, prev_off))?;
+        let prev = CommitRecord::decode(&b, prev_off).map_err(|e| {
+            let e = match e {
+                ContainerError::Corrupt { what, offset } => corrupt(
+                    format!("previous commit of the commit at {at}: {what}"),
+                    offset,
+                ),
+                other => other,
+            };
+            (e, prev_off)
+        })?;
+        if prev.seq.checked_add(1) != Some(seq) {
+            return Err((
+                corrupt(
+                    format!(
+                        "commit sequence {} is followed by {seq} (expected +1)",
+                        prev.seq
+                    ),
+                    prev_off + 16 + 4,
+                ),
+                prev_off,
+            ));
+        }
+        chain.push(prev);
+    }
+}
+
+/// Reads and validates the index members of commit `c`; returns its entries in order.
+pub(crate) fn read_commit_entries(
+    file: &File,
+    c: &CommitRecord,
+    chunk_log2: u8,
+) -> Result<Vec<IndexEntry>> {
+    let mut pos = c.first_index;
+    let mut members = 0u64;
+    let mut out = Vec::new();
+    let mut rest = Vec::new();
+    while pos < c.offset {
+        let mut fb = [0u8; FRAMING_LEN];
+        if c.offset - pos < FRAMING_LEN as u64 {
+            return Err(corrupt("index member overlaps its commit", pos));
+        }
+        pread(file, &mut fb, pos, "index member")?;
+        let plen = check_framing(&fb, RECORD_INDEX, pos)?;
+        index_entry_count_for_payload(plen, pos)?;
+        let rest_len = (plen + EMPTY_BODY.len()) as u64;
+        if c.offset - pos - (FRAMING_LEN as u64) < rest_len {
+            return Err(corrupt("index member overlaps its commit", pos));
+        }
+        rest.resize(rest_len as usize, 0);
+        pread(file, &mut rest, pos + FRAMING_LEN as u64, "index member")?;
+        let list = parse_index_member_rest(&rest, pos)?;
+        let base = pos + FRAMING_LEN as u64 + 4;
+        for (i, e) in list.into_iter().enumerate() {
+            validate_entry(&e, chunk_log2, c.first_index, base + 64 * i as u64)?;
+            out.push(e);
+        }
+        members += 1;
+        pos += FRAMING_LEN as u64 + rest_len;
+    }
+    if members != c.index_members as u64 || out.len() as u64 != c.entry_count as u64 {
+        return Err(corrupt(
+            format!(
+                "commit {} announces {} entries in {} index members, found {} in {members}",
+                c.seq,
+                c.entry_count,
+                c.index_members,
+                out.len()
+            ),
+            c.offset + 16 + 44,
+        ));
+    }
+    Ok(out)
+}
+
+/// Applies commit `c` to `index`: a checkpoint starts from an empty index; then its entries, then
+/// its size. On error `index` is unchanged.
+fn replay_commit(file: &File, c: &CommitRecord, index: &mut ChunkIndex) -> Result<()> {
+    let entries = read_commit_entries(file, c, index.chunk_log2())?;
+    if c.checkpoint {
+        *index = ChunkIndex::new(index.chunk_log2());
+    }
+    for e in entries {
+        index.apply(e);
+    }
+    index.set_size(c.size);
+    Ok(())
+}
+
 impl Container {
     fn fresh(file: File, chunk_log2: u8) -> Container {
         Container {
@@ -212,6 +365,9 @@ impl Container {
             pending: Vec::new(),
             aux: None,
             committed_aux: None,
+            checkpoint_end: 0,
+            synced_len: AtomicU64::new(0),
+            recovery_note: None,
         }
     }
 
@@ -248,8 +404,13 @@ impl Container {
 
     /// Opens a container: checks the header, finds the last complete commit (a torn tail is
     /// tolerated and truncated away before the first write), follows the chain back to the last
-    /// checkpoint and replays it.
+    /// checkpoint and replays it. The same as [`Container::open_with`] in [`OpenMode::Strict`].
     pub fn open(file: File) -> Result<Container> {
+        Self::open_with(file, OpenMode::Strict)
+    }
+
+    /// Opens a container, checking it as `mode` says (see [`OpenMode`]).
+    pub fn open_with(file: File, mode: OpenMode) -> Result<Container> {
         let len = file.metadata()?.len();
         let mut hb = [0u8; HEADER_MEMBER_LEN];
         let n = pread_prefix(&file, &mut hb)?;
@@ -259,58 +420,118 @@ impl Container {
         };
         let last =
             find_last_commit(&file, len)?.ok_or_else(|| corrupt("no valid commit member", len))?;
-
-        // Walk back to the most recent checkpoint. Offsets strictly decrease, so this ends.
-        let mut chain = vec![last];
-        loop {
-            let cur = chain.last().expect("chain is never empty");
-            if cur.checkpoint {
-                break;
+        if mode == OpenMode::Strict {
+            let chain = commit_chain(&file, &last)?;
+            let mut index = ChunkIndex::new(chunk_log2);
+            for c in chain.iter().rev() {
+                replay_commit(&file, c, &mut index)?;
             }
-            if cur.prev == u64::MAX {
-                return Err(corrupt(
-                    format!(
-                        "commit {} has no previous commit and is not a checkpoint",
-                        cur.seq
-                    ),
-                    cur.offset + 16 + 28,
-                ));
-            }
-            let (prev_off, seq, at) = (cur.prev, cur.seq, cur.offset);
-            let mut b = [0u8; COMMIT_MEMBER_LEN];
-            pread(&file, &mut b, prev_off, "previous commit")?;
-            let prev = CommitRecord::decode(&b, prev_off).map_err(|e| match e {
-                ContainerError::Corrupt { what, offset } => corrupt(
-                    format!("previous commit of the commit at {at}: {what}"),
-                    offset,
-                ),
-                other => other,
-            })?;
-            if prev.seq.checked_add(1) != Some(seq) {
-                return Err(corrupt(
-                    format!(
-                        "commit sequence {} is followed by {seq} (expected +1)",
-                        prev.seq
-                    ),
-                    prev_off + 16 + 4,
-                ));
-            }
-            chain.push(prev);
+            return Ok(Self::opened(file, len, index, &chain, None));
         }
+        // Recover: newest candidate commit first; one whose chain is broken gives way to the
+        // next older one.
+        let mut candidate = Some(last);
+        let mut first_error = None;
+        let mut skipped = 0u64;
+        while let Some(c) = candidate {
+            match Self::recover_from(&file, chunk_log2, &c) {
+                Ok((index, chain, dropped)) => {
+                    let note = (skipped > 0 || dropped > 0).then(|| {
+                        format!(
+                            "recovered to commit {} (size {}): {} newer commit(s) skipped as damaged \
+                             or incomplete, first problem: {}",
+                            chain[0].seq,
+                            chain[0].size,
+                            skipped + dropped,
+                            first_error
+                                .as_ref()
+                                .map_or_else(|| "none".to_string(), |e: &ContainerError| e.to_string())
+                        )
+                    });
+                    return Ok(Self::opened(file, len, index, &chain, note));
+                }
+                Err((e, below)) => {
+                    first_error.get_or_insert(e);
+                    skipped += 1;
+                    if skipped >= MAX_RECOVERY_CANDIDATES {
+                        break;
+                    }
+                    // Every commit between `below` and this one depends on what is broken:
+                    // go on with candidates starting at or before `below`.
+                    let below = below.min(c.offset - 1);
+                    candidate = scan_for_commit(&file, below.saturating_add(COMMIT_LEN))?;
+                }
+            }
+        }
+        Err(first_error.unwrap_or_else(|| corrupt("no valid commit member", len)))
+    }
 
+    /// [`OpenMode::Recover`] from the candidate commit `last`: its chain back to a checkpoint
+    /// must be intact and the checkpoint's index must read; the delta commits after the
+    /// checkpoint are applied oldest first, each only if its index members read and every data
+    /// member it adds decodes with the right crc32. Returns the index, the chain of the commits
+    /// kept (newest first) and how many deltas were dropped.
+    fn recover_from(
+        file: &File,
+        chunk_log2: u8,
+        last: &CommitRecord,
+    ) -> std::result::Result<(ChunkIndex, Vec<CommitRecord>, u64), (ContainerError, u64)> {
+        let chain = commit_chain_at(file, last)?;
         let mut index = ChunkIndex::new(chunk_log2);
-        let mut entries_since_checkpoint = 0u64;
-        for c in chain.iter().rev() {
-            if c.checkpoint {
-                index = ChunkIndex::new(chunk_log2);
-            } else {
-                entries_since_checkpoint += c.entry_count as u64;
+        let checkpoint = chain.last().expect("chain is never empty");
+        replay_commit(file, checkpoint, &mut index)
+            .map_err(|e| (e, checkpoint.offset.saturating_sub(1)))?;
+        let mut kept = 1usize;
+        let mut decompressor = libdeflater::Decompressor::new();
+        let mut member = Vec::new();
+        let mut out = Vec::new();
+        for c in chain.iter().rev().skip(1) {
+            let ok = read_commit_entries(file, c, chunk_log2).and_then(|entries| {
+                for e in &entries {
+                    if e.kind == PieceKind::Hole {
+                        continue;
+                    }
+                    member.resize(e.stored_len as usize, 0);
+                    pread(file, &mut member, e.member_offset, "data member")?;
+                    out.resize(e.logical_len as usize, 0);
+                    decode_piece(&member, e, &mut decompressor, &mut out)?;
+                }
+                Ok(entries)
+            });
+            match ok {
+                Ok(entries) => {
+                    for e in entries {
+                        index.apply(e);
+                    }
+                    index.set_size(c.size);
+                    kept += 1;
+                }
+                Err(_) => break,
             }
-            Self::replay_commit(&file, c, &mut index)?;
         }
-        let aux = read_aux(&file, &last);
+        let dropped = (chain.len() - kept) as u64;
+        let chain = chain[chain.len() - kept..].to_vec();
+        Ok((index, chain, dropped))
+    }
 
-        Ok(Container {
+    /// The container state after replaying `chain` (newest first; `chain[0]` is the commit the
+    /// state ends at) into `index`, for a file of `len` bytes.
+    fn opened(
+        file: File,
+        len: u64,
+        index: ChunkIndex,
+        chain: &[CommitRecord],
+        recovery_note: Option<String>,
+    ) -> Container {
+        let last = chain[0];
+        let checkpoint = chain.last().expect("chain is never empty");
+        let entries_since_checkpoint = chain
+            .iter()
+            .filter(|c| !c.checkpoint)
+            .map(|c| c.entry_count as u64)
+            .sum();
+        let aux = read_aux(&file, &last);
+        Container {
             file,
             index,
             container_len: last.offset + COMMIT_LEN,
@@ -325,51 +546,21 @@ impl Container {
             pending: Vec::new(),
             aux: aux.clone(),
             committed_aux: aux,
-        })
+            checkpoint_end: checkpoint.offset + COMMIT_LEN,
+            synced_len: AtomicU64::new(0),
+            recovery_note,
+        }
     }
 
-    /// Reads the index members of commit `c` and applies them, then its size.
-    fn replay_commit(file: &File, c: &CommitRecord, index: &mut ChunkIndex) -> Result<()> {
-        let chunk_log2 = index.chunk_log2();
-        let mut pos = c.first_index;
-        let mut members = 0u64;
-        let mut entries = 0u64;
-        let mut rest = Vec::new();
-        while pos < c.offset {
-            let mut fb = [0u8; FRAMING_LEN];
-            if c.offset - pos < FRAMING_LEN as u64 {
-                return Err(corrupt("index member overlaps its commit", pos));
-            }
-            pread(file, &mut fb, pos, "index member")?;
-            let plen = check_framing(&fb, RECORD_INDEX, pos)?;
-            index_entry_count_for_payload(plen, pos)?;
-            let rest_len = (plen + EMPTY_BODY.len()) as u64;
-            if c.offset - pos - (FRAMING_LEN as u64) < rest_len {
-                return Err(corrupt("index member overlaps its commit", pos));
-            }
-            rest.resize(rest_len as usize, 0);
-            pread(file, &mut rest, pos + FRAMING_LEN as u64, "index member")?;
-            let list = parse_index_member_rest(&rest, pos)?;
-            let base = pos + FRAMING_LEN as u64 + 4;
-            for (i, e) in list.into_iter().enumerate() {
-                validate_entry(&e, chunk_log2, c.first_index, base + 64 * i as u64)?;
-                index.apply(e);
-                entries += 1;
-            }
-            members += 1;
-            pos += FRAMING_LEN as u64 + rest_len;
-        }
-        if members != c.index_members as u64 || entries != c.entry_count as u64 {
-            return Err(corrupt(
-                format!(
-                    "commit {} announces {} entries in {} index members, found {entries} in {members}",
-                    c.seq, c.entry_count, c.index_members
-                ),
-                c.offset + 16 + 44,
-            ));
-        }
-        index.set_size(c.size);
-        Ok(())
+    /// Length of the prefix known to be durable: everything before it was fdatasync'd through
+    /// this handle (0 after an open).
+    pub fn synced_len(&self) -> u64 {
+        self.synced_len.load(Ordering::Relaxed)
+    }
+
+    /// What [`OpenMode::Recover`] had to leave out, if anything (for a log line).
+    pub fn recovery_note(&self) -> Option<&str> {
+        self.recovery_note.as_deref()
     }
 
     /// The logical size recorded by the last complete commit: reads the last 94 bytes, and only
@@ -427,6 +618,7 @@ impl Container {
     fn prepare_write(&mut self) -> Result<()> {
         if self.needs_init {
             self.file.set_len(0)?;
+            self.synced_len.store(0, Ordering::Relaxed);
             let first = CommitRecord {
                 seq: 1,
                 offset: HEADER_LEN,
@@ -450,9 +642,12 @@ impl Container {
             self.committed_size = 0;
             self.deltas_since_checkpoint = 0;
             self.entries_since_checkpoint = 0;
+            self.checkpoint_end = self.container_len;
         }
         if self.tail_dirty {
             self.file.set_len(self.container_len)?;
+            self.synced_len
+                .fetch_min(self.container_len, Ordering::Relaxed);
             self.tail_dirty = false;
         }
         Ok(())
@@ -544,7 +739,17 @@ impl Container {
         let checkpoint = force_checkpoint
             || self.last_commit == u64::MAX
             || self.entries_since_checkpoint + new_entries > live.max(CHECKPOINT_MIN_ENTRIES)
-            || self.deltas_since_checkpoint + new_deltas > CHECKPOINT_MAX_DELTAS;
+            || self.deltas_since_checkpoint + new_deltas > CHECKPOINT_MAX_DELTAS
+            || self.container_len.saturating_sub(self.checkpoint_end)
+                > CHECKPOINT_MIN_BYTES.max(CHECKPOINT_BYTES_FACTOR * index_members_len(live));
+        if checkpoint
+            && self.last_commit != u64::MAX
+            && self.synced_len.load(Ordering::Relaxed) < self.container_len
+        {
+            // Everything a checkpoint refers to must be durable before it is written: recovery
+            // after a power loss trusts a checkpoint's data and checks only what follows it.
+            self.sync_data()?;
+        }
 
         let mut buf = Vec::new();
         let mut seq = self.last_seq;
@@ -606,6 +811,7 @@ impl Container {
         self.last_commit = prev;
         self.committed_size = final_size;
         if checkpoint {
+            self.checkpoint_end = self.container_len;
             self.deltas_since_checkpoint = 0;
             self.entries_since_checkpoint = 0;
         } else {
@@ -623,7 +829,9 @@ impl Container {
 
     /// fdatasync.
     pub fn sync_data(&self) -> Result<()> {
+        let len = self.container_len;
         self.file.sync_data()?;
+        self.synced_len.fetch_max(len, Ordering::Relaxed);
         Ok(())
     }
 
@@ -687,6 +895,7 @@ impl Container {
     /// is already empty and the header is rewritten before the next write.
     pub fn reset(&mut self) -> Result<()> {
         self.file.set_len(0)?;
+        self.synced_len.store(0, Ordering::Relaxed);
         let chunk_log2 = self.chunk_log2();
         self.index = ChunkIndex::new(chunk_log2);
         self.container_len = 0;
@@ -734,6 +943,9 @@ impl Container {
         }
         // Pieces beyond `size` are dropped; no segment bookkeeping needed for a checkpoint.
         c.index.set_size(size);
+        // The caller syncs the whole file before installing it; until then it is not in use, so
+        // its checkpoint needs no sync of its own (see `commit_inner`).
+        c.synced_len.store(c.container_len, Ordering::Relaxed);
         c.segments.clear();
         c.aux = aux;
         c.commit_inner(true)?;

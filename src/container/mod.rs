@@ -15,7 +15,7 @@ pub mod index;
 pub mod member;
 pub mod record;
 
-pub use file::Container;
+pub use file::{Container, OpenMode};
 pub use index::ChunkIndex;
 pub use member::{
     build_deflate_member, build_stored_member, data_member_header, decode_piece,
