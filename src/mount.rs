@@ -542,6 +542,14 @@ fn serve_inner(
     let signals = block_signals();
     let backend = crate::engine::accel::select(&opts.accel)
         .map_err(|e| MountError(format!("compression engine (accel={}): {e}", opts.accel)))?;
+    // Testing only (`fault=SPEC`): the chosen backend behind random faults.
+    let backend: Arc<dyn crate::engine::Backend> = match &opts.fault {
+        Some(spec) => {
+            tracing::warn!("fault injection on ({spec}): for testing only");
+            Arc::new(crate::engine::fault::FaultBackend::from_spec(backend, spec))
+        }
+        None => backend,
+    };
     let engine = Engine::with_options(
         EngineConfig {
             queues: opts.queues,
@@ -550,7 +558,7 @@ fn serve_inner(
         },
         EngineOptions {
             verify: opts.verify,
-            fallback: true,
+            fallback: opts.fault.as_ref().is_none_or(|f| f.fallback),
             fault_limit: opts.fault_limit,
             affinity: opts.affinity,
         },

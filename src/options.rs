@@ -37,6 +37,8 @@ pub struct MountOptions {
     pub fault_limit: u64,
     /// Pin queue workers to CPUs (`affinity`).
     pub affinity: bool,
+    /// Testing only: wrap the backend in random faults (`fault=SPEC`, see `FaultSpec`).
+    pub fault: Option<crate::engine::fault::FaultSpec>,
     /// FUSE worker threads.
     pub threads: usize,
     pub read_only: bool,
@@ -67,6 +69,7 @@ impl Default for MountOptions {
             verify: true,
             fault_limit: crate::engine::DEFAULT_FAULT_LIMIT,
             affinity: false,
+            fault: None,
             threads: 4,
             read_only: false,
             allow_other: false,
@@ -94,6 +97,8 @@ Mount options (-o OPT[,OPT...]):
   verify=on|off        check a non-reference backend's output in software (default on)
   fault_limit=N        backend faults before it is disabled for the mount, 0 = never (default 8)
   affinity             pin compression queue N to the N-th CPU
+  fault=SPEC           testing only: inject random backend faults, e.g.
+                       fail=5:corrupt=5:delay=20:delay_ms=30:seed=1:fallback=off (docs/ROBUSTNESS.md)
   threads=N            FUSE request worker threads (default 4)
   ro                   read-only mount
   rw                   read-write mount (default)
@@ -236,6 +241,11 @@ impl MountOptions {
             "affinity" => {
                 flag(value)?;
                 self.affinity = true
+            }
+            "fault" => {
+                let spec = crate::engine::fault::FaultSpec::parse(need(name, value)?)
+                    .map_err(|e| OptionError(format!("option {e}")))?;
+                self.fault = Some(spec)
             }
             "ro" => {
                 flag(value)?;
@@ -383,5 +393,15 @@ mod tests {
         assert_eq!(parse_size("1g").unwrap(), 1 << 30);
         assert_eq!(parse_size("64M").unwrap(), 64 << 20);
         assert!(parse_size("12q").is_err());
+    }
+
+    #[test]
+    fn fault_option_takes_a_spec_and_rejects_a_bad_one() {
+        let o = MountOptions::parse(&["fault=fail=5:seed=2:fallback=off"]).unwrap();
+        let f = o.fault.unwrap();
+        assert_eq!((f.fail, f.seed, f.fallback), (50_000, 2, false));
+        assert!(MountOptions::default().fault.is_none());
+        let e = MountOptions::parse(&["fault=explode=1"]).unwrap_err();
+        assert!(e.0.contains("explode"), "{e}");
     }
 }
