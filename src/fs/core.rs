@@ -17,7 +17,7 @@ use super::error::{errno, FsError, FsResult};
 use super::file::{ContainerFile, FileContext, OpenFile, PlainFile};
 use super::inode::{Format, InodeTable, Node, NodeKind, ROOT_ID};
 use super::sys;
-use crate::container::Container;
+use crate::container::{Container, OpenMode};
 use crate::engine::pool::BufferPool;
 use crate::engine::Engine;
 use crate::options::MountOptions;
@@ -143,6 +143,21 @@ fn is_internal(name: &[u8]) -> bool {
     name.starts_with(INTERNAL_PREFIX.as_bytes())
 }
 
+/// When the machine booted (seconds since the epoch, from /proc/stat), or 0 if unknown.
+fn boot_time() -> i64 {
+    static BOOT: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *BOOT.get_or_init(|| {
+        std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("btime "))
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .unwrap_or(0)
+    })
+}
+
 impl DeflateFs {
     /// A filesystem over the source directory `root_fd` (opened before mounting).
     pub fn new(root_fd: OwnedFd, opts: MountOptions, engine: Arc<Engine>) -> FsResult<DeflateFs> {
@@ -159,6 +174,7 @@ impl DeflateFs {
             // Two 1 MiB read requests' worth ahead, and at least two jobs per queue.
             readahead_chunks: ((2usize << 20) >> opts.chunk_log2).max(engine.queue_count() * 2),
             epochs: AtomicU64::new(0),
+            damage_log: Mutex::new(HashMap::new()),
         });
         Ok(DeflateFs {
             opts,
@@ -203,10 +219,13 @@ impl DeflateFs {
             return Ok(f);
         }
         let file = sys::reopen(node.raw_fd(), libc::O_RDONLY)?;
-        let f = if Container::probe(&file)? {
-            Format::Container
-        } else {
-            Format::Plain
+        let f = match Container::probe(&file) {
+            Ok(true) => Format::Container,
+            Ok(false) => Format::Plain,
+            // Our header with an unknown version or invalid fields: a container this mount
+            // cannot read (EIO at open), not a plain file to serve as raw bytes.
+            Err(crate::container::ContainerError::Io(e)) => return Err(e.into()),
+            Err(_) => Format::Container,
         };
         *node.format.lock() = Some(f);
         Ok(f)
@@ -227,12 +246,21 @@ impl DeflateFs {
         }
         if self.format_of(node)? == Format::Container {
             let file = sys::reopen(node.raw_fd(), libc::O_RDONLY)?;
-            let size = Container::read_logical_size(&file).map_err(|e| {
-                let e = FsError::from(e);
-                tracing::error!("{}: cannot read its size: {}", Self::label(node), e);
-                e
-            })?;
-            st.st_size = size as i64;
+            // A damaged container still has a name and attributes (it can be listed, renamed
+            // and removed); its size shows as 0 and opening it fails with EIO.
+            st.st_size = match Container::read_logical_size(&file) {
+                Ok(size) => size as i64,
+                Err(crate::container::ContainerError::Io(e)) => return Err(e.into()),
+                Err(e) => {
+                    self.ctx.log_damage(node.id, || {
+                        format!(
+                            "{}: damaged container, shown with size 0 (run deflatefs fsck): {e}",
+                            Self::label(node)
+                        )
+                    });
+                    0
+                }
+            };
         }
         Ok(st)
     }
@@ -646,11 +674,22 @@ impl DeflateFs {
             Format::Plain => OpenFile::Plain(PlainFile { file }),
             Format::Container => {
                 let label = Self::label(node);
-                let container = Container::open(file).map_err(|e| {
+                // A file last written before the machine booted may have lost unsynced writes to
+                // a power cut anywhere after its last fdatasync: check its journal tail.
+                let mode = match sys::fstat(file.as_raw_fd()) {
+                    Ok(st) if st.st_mtime < boot_time() => OpenMode::Recover,
+                    _ => OpenMode::Strict,
+                };
+                let container = Container::open_with(file, mode).map_err(|e| {
                     let e = FsError::from(e);
-                    tracing::error!("{label}: cannot open container: {e}");
+                    self.ctx.log_damage(node.id, || {
+                        format!("{label}: cannot open container (run deflatefs fsck): {e}")
+                    });
                     e
                 })?;
+                if let Some(note) = container.recovery_note() {
+                    tracing::warn!("{label}: {note}");
+                }
                 OpenFile::Container(ContainerFile::new(
                     node.id,
                     label,
@@ -839,6 +878,16 @@ impl DeflateFs {
             copy_xattrs(node.raw_fd(), tmp_path_fd.as_raw_fd())?;
             unsafe { libc::fdatasync(tmp_raw) };
             sys::renameat2(dir.raw_fd(), &tmp_name, dir.raw_fd(), &cname, 0)?;
+            // Make the rename durable now: a later fsync of the file only syncs the new inode,
+            // and a power cut must not bring back the old one without what was written since.
+            if let Err(e) = sys::reopen(dir.raw_fd(), libc::O_RDONLY | libc::O_DIRECTORY)
+                .and_then(|d| d.sync_all().map_err(FsError::from))
+            {
+                tracing::warn!(
+                    "{}: fsync of its directory after compaction: {e}",
+                    node.label()
+                );
+            }
             let times = [
                 libc::timespec {
                     tv_sec: st.st_atime,
@@ -949,6 +998,14 @@ impl DeflateFs {
     }
 
     /// The raw d_type of an entry kind, for fuser.
+    /// fsync of the backing directory, so its entries (creates, renames, unlinks) are durable.
+    pub fn fsyncdir(&self, fh: u64) -> FsResult<()> {
+        let h = self.handle(fh)?;
+        let dir = sys::reopen(h.node.raw_fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
+        dir.sync_all()?;
+        Ok(())
+    }
+
     pub fn releasedir(&self, fh: u64) -> FsResult<()> {
         self.handles.lock().remove(&fh);
         Ok(())

@@ -51,6 +51,9 @@ pub struct FileContext {
     /// opened again, reset or compacted reuses member offsets, and its cached chunks of before
     /// must never match (a stale hit here once returned old bytes after a compaction).
     pub epochs: std::sync::atomic::AtomicU64,
+    /// When each damaged file (by node) was last logged: one line per file per minute, however
+    /// often it is read or opened.
+    pub damage_log: Mutex<HashMap<u64, Instant>>,
 }
 
 impl FileContext {
@@ -58,7 +61,28 @@ impl FileContext {
         self.epochs
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
+
+    /// Logs damage of file `node` at error level, at most once a minute per file.
+    pub fn log_damage(&self, node: u64, line: impl FnOnce() -> String) {
+        let now = Instant::now();
+        let mut log = self.damage_log.lock();
+        if log
+            .get(&node)
+            .is_some_and(|t| now.duration_since(*t) < DAMAGE_LOG_INTERVAL)
+        {
+            return;
+        }
+        if log.len() >= 4096 {
+            log.retain(|_, t| now.duration_since(*t) < DAMAGE_LOG_INTERVAL);
+        }
+        log.insert(node, now);
+        drop(log);
+        tracing::error!("{}", line());
+    }
 }
+
+/// See [`FileContext::log_damage`].
+const DAMAGE_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 /// The state shared by every handle open on one inode.
 pub enum OpenFile {
@@ -213,8 +237,17 @@ struct StoreInner {
     ready: BTreeMap<u64, Ready>,
     inflight: u64,
     inflight_chunks: HashMap<u64, u32>,
-    /// First write-back error since the last flush; reported by the next flush or fsync.
+    /// First write-back error since the last flush; reported by the next flush or fsync (and
+    /// by every write until then).
     error: Option<FsError>,
+    /// Chunks whose latest content could not be stored (the engine failed the job or the append
+    /// failed: ENOSPC, EIO). Nothing is committed while any remain, so the container keeps its
+    /// last committed state; they read as EIO unless still in memory, a resident one is retried
+    /// at every flush, and rewriting a chunk whole or truncating it away clears it.
+    lost: BTreeMap<u64, FsError>,
+    /// An fdatasync of the container failed: what it covered may not be on disk, and a later
+    /// fdatasync would not say so, so every later fsync of this open file fails too.
+    sync_failed: Option<FsError>,
     /// Changes whenever the container is reset, so cached chunk versions of before never match.
     epoch: u64,
 }
@@ -243,7 +276,6 @@ pub struct ContainerFile {
     reader: Mutex<Arc<File>>,
     chunk_log2: u8,
     readahead: Arc<Readahead>,
-    damaged_logged: Mutex<Option<Instant>>,
     /// Digest state that is not part of the write path (see `digests.rs`).
     digests: Box<digests::DigestState>,
 }
@@ -282,6 +314,8 @@ impl ContainerFile {
                     inflight: 0,
                     inflight_chunks: HashMap::new(),
                     error: None,
+                    lost: BTreeMap::new(),
+                    sync_failed: None,
                     epoch,
                 }),
                 landed: Condvar::new(),
@@ -289,7 +323,6 @@ impl ContainerFile {
             reader,
             chunk_log2,
             readahead: Arc::new(Readahead::default()),
-            damaged_logged: Mutex::new(None),
             digests,
         })
     }
@@ -411,7 +444,10 @@ impl ContainerFile {
             return true;
         }
         let s = self.store.inner.lock();
-        s.inflight > 0 || s.container.has_pending() || s.container.size() != st.size
+        s.inflight > 0
+            || s.container.has_pending()
+            || s.container.size() != st.size
+            || !s.lost.is_empty()
     }
 
     // ---- reading ----
@@ -489,6 +525,15 @@ impl ContainerFile {
     /// callers treat bytes beyond the returned length as zeros.
     fn load_chunk(&self, chunk: u64) -> FsResult<Arc<Vec<u8>>> {
         self.wait_chunk_idle(chunk);
+        if let Some(e) = self.store.inner.lock().lost.get(&chunk) {
+            return Err(FsError::with_context(
+                libc::EIO,
+                format!(
+                    "{}: chunk {chunk} was not stored (write-back failed: {e})",
+                    self.label
+                ),
+            ));
+        }
         let (pieces, key) = self.chunk_key(chunk);
         let Some(key) = key else {
             return Ok(Arc::new(Vec::new()));
@@ -517,19 +562,16 @@ impl ContainerFile {
     fn report_damage(&self, chunk: u64, e: FsError) -> FsError {
         if e.errno == libc::EIO {
             // One line per file per minute: a damaged file read in a loop must not flood the log.
-            let mut last = self.damaged_logged.lock();
-            let now = Instant::now();
-            if last.is_none_or(|t| now.duration_since(t) > Duration::from_secs(60)) {
-                *last = Some(now);
-                tracing::error!(
+            self.ctx.log_damage(self.node, || {
+                format!(
                     "{}: chunk {} (bytes {}..{}) cannot be read: {}",
                     self.label,
                     chunk,
                     chunk << self.chunk_log2,
                     (chunk + 1) << self.chunk_log2,
                     e
-                );
-            }
+                )
+            });
         }
         e
     }
@@ -543,6 +585,27 @@ impl ContainerFile {
             .unwrap_or(0)
             .min(self.chunk_size());
         let mut out = vec![0u8; extent];
+        // A deflatefs writer stores a chunk as a RESET piece at its start followed by pieces that
+        // each continue where the previous ended (docs/FORMAT.md); anything else (overlapping or
+        // duplicate entries, gaps) is damage, not a version that was ever written.
+        let mut end_so_far = 0u64;
+        for p in pieces {
+            let at = p.logical_offset - chunk_start;
+            if p.reset {
+                end_so_far = 0;
+            }
+            if at != end_so_far {
+                return Err(FsError::with_context(
+                    libc::EIO,
+                    format!(
+                        "piece at {} does not continue its chunk (expected offset {})",
+                        p.logical_offset,
+                        chunk_start + end_so_far
+                    ),
+                ));
+            }
+            end_so_far = at + p.logical_len as u64;
+        }
         for p in pieces {
             if p.kind == PieceKind::Hole {
                 let start = (p.logical_offset - chunk_start) as usize;
@@ -687,6 +750,11 @@ impl ContainerFile {
 
     fn write(&self, offset: u64, data: &[u8], append: bool) -> FsResult<usize> {
         let mut st = self.state.lock();
+        if let Some(e) = self.store.inner.lock().error.clone() {
+            // Data written earlier could not be stored (ENOSPC, EIO): say so now, as a local
+            // filesystem would, rather than only at close.
+            return Err(e);
+        }
         let offset = if append { st.size } else { offset };
         let end = offset
             .checked_add(data.len() as u64)
@@ -815,7 +883,8 @@ impl ContainerFile {
         if !d.dirty {
             return Ok(());
         }
-        let append_only = !d.rewrite && d.persisted > 0;
+        let lost = self.store.inner.lock().lost.contains_key(&chunk);
+        let append_only = !d.rewrite && d.persisted > 0 && !lost;
         // The entry's BLAKE3 chaining value covers the whole chunk: for an appended piece it is
         // computed here from the chunk so far; for a whole-chunk piece, on the engine worker.
         let (input, offset_in_chunk, reset, cv) = if append_only {
@@ -911,9 +980,46 @@ impl ContainerFile {
     fn flush_locked(&self, st: &mut MutexGuard<'_, WriteState>, durable: bool) -> FsResult<()> {
         self.submit_all(st)?;
         self.drain();
+        // Lost chunks still in memory are written again, whole.
+        let retry: Vec<u64> = {
+            let s = self.store.inner.lock();
+            s.lost
+                .keys()
+                .copied()
+                .filter(|c| st.dirty.contains_key(c))
+                .collect()
+        };
+        if !retry.is_empty() {
+            for c in &retry {
+                let d = st.dirty.get_mut(c).expect("resident");
+                d.dirty = true;
+                d.rewrite = true;
+                d.persisted = 0;
+            }
+            self.submit_all(st)?;
+            self.drain();
+        }
         let mut s = self.store.inner.lock();
         if let Some(e) = s.error.take() {
             return Err(e);
+        }
+        if let Some((chunk, e)) = s.lost.iter().next() {
+            // Committing now would record the file with those chunks at an older version or as
+            // zeros: keep the last committed state instead.
+            return Err(FsError::with_context(
+                libc::EIO,
+                format!(
+                    "{}: {} chunk(s) could not be stored (first: chunk {chunk}, {e}); nothing is \
+                     committed until they are rewritten or truncated away",
+                    self.label,
+                    s.lost.len()
+                ),
+            ));
+        }
+        if durable {
+            if let Some(e) = &s.sync_failed {
+                return Err(e.clone());
+            }
         }
         if s.container.size() != st.size {
             s.container.set_size(st.size);
@@ -926,7 +1032,12 @@ impl ContainerFile {
             .map_err(|e| FsError::from(e).context(format!("{}: commit", self.label)))?;
         if durable {
             // Even with nothing new to commit, an earlier commit may not be on disk yet.
-            s.container.sync_data()?;
+            if let Err(e) = s.container.sync_data() {
+                let e = FsError::from(e).context(format!("{}: fdatasync", self.label));
+                tracing::error!("{e}");
+                s.sync_failed = Some(e.clone());
+                return Err(e);
+            }
         }
         Ok(())
     }
@@ -946,6 +1057,7 @@ impl ContainerFile {
             st.dirty.clear();
             let mut s = self.store.inner.lock();
             s.container.reset()?;
+            s.lost.clear();
             s.epoch = self.ctx.next_epoch();
             st.size = 0;
             return Ok(());
@@ -954,6 +1066,7 @@ impl ContainerFile {
             let cs = self.chunk_size() as u64;
             let first_gone = size.div_ceil(cs);
             st.dirty.retain(|c, _| *c < first_gone);
+            self.store.inner.lock().lost.retain(|c, _| *c < first_gone);
             let partial = size >> self.chunk_log2;
             let keep = (size - (partial << self.chunk_log2)) as usize;
             if keep > 0 {
@@ -1061,16 +1174,23 @@ fn land_compressed(
                 entry,
                 chunk,
             } => {
-                if let Err(e) = s.container.append_member(&output[..len], entry) {
+                if !entry.reset && s.lost.contains_key(&chunk) {
+                    // It would continue bytes that were never stored; the chunk stays lost (a
+                    // resident chunk is written again whole at the next flush).
+                } else if let Err(e) = s.container.append_member(&output[..len], entry) {
                     let e = FsError::from(e).context(format!("{label}: writing chunk {chunk}"));
                     tracing::error!("{e}");
-                    s.error.get_or_insert(e);
+                    s.error.get_or_insert(e.clone());
+                    s.lost.insert(chunk, e);
+                } else {
+                    s.lost.remove(&chunk);
                 }
                 chunk
             }
             Ready::Failed { error, chunk } => {
                 tracing::error!("{error}");
-                s.error.get_or_insert(error);
+                s.error.get_or_insert(error.clone());
+                s.lost.insert(chunk, error);
                 chunk
             }
         };
