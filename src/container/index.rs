@@ -1,5 +1,6 @@
 //! The in-memory chunk index and its replay rules (FORMAT.md "Reading a container", steps 3-4).
 
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 
 use super::{IndexEntry, PieceKind};
@@ -107,21 +108,28 @@ impl ChunkIndex {
     /// chunk empty; any other entry appends a piece.
     pub fn apply(&mut self, e: IndexEntry) {
         let chunk = self.chunk_of(e.logical_offset);
-        if e.reset || e.kind == PieceKind::Hole {
+        if e.kind == PieceKind::Hole {
             if let Some(old) = self.chunks.remove(&chunk) {
                 self.forget(&old);
             }
-        }
-        if e.kind == PieceKind::Hole {
             return;
         }
         self.live_entries += 1;
         self.live_stored += e.stored_len as u64;
-        match self.chunks.get_mut(&chunk) {
-            Some(slot) => slot.push(e),
-            None => {
-                self.chunks.insert(chunk, Slot::One(e));
+        // One map lookup per entry: replaying a large file's index is mostly this.
+        let replaced = match self.chunks.entry(chunk) {
+            Entry::Occupied(mut o) if e.reset => Some(std::mem::replace(o.get_mut(), Slot::One(e))),
+            Entry::Occupied(mut o) => {
+                o.get_mut().push(e);
+                None
             }
+            Entry::Vacant(v) => {
+                v.insert(Slot::One(e));
+                None
+            }
+        };
+        if let Some(old) = replaced {
+            self.forget(&old);
         }
     }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use super::cache::ChunkCache;
-use super::digests::{self, PlainDigests};
+use super::digests::{self, PlainDigests, ProbeCache};
 use super::error::{errno, FsError, FsResult};
 use super::file::{ContainerFile, FileContext, OpenFile, PlainFile};
 use super::inode::{Format, InodeTable, Node, NodeKind, ROOT_ID};
@@ -96,6 +96,8 @@ pub struct DeflateFs {
     shutting_down: AtomicBool,
     /// Digests of plain files (containers keep theirs in their open state).
     plain_digests: PlainDigests,
+    /// Served values computed for getfattr's size query, for its next request.
+    probes: ProbeCache,
 }
 
 fn time_to_timespec(t: Option<TimeSpec>) -> libc::timespec {
@@ -184,6 +186,7 @@ impl DeflateFs {
             ctx,
             shutting_down: AtomicBool::new(false),
             plain_digests: PlainDigests::new(),
+            probes: ProbeCache::new(),
         })
     }
 
@@ -580,12 +583,18 @@ impl DeflateFs {
     // ---- xattrs ----
 
     pub fn getxattr(&self, id: u64, name: &OsStr, size: u32) -> FsResult<Vec<u8>> {
+        self.getxattr_for(id, name, size, 0)
+    }
+
+    /// getxattr on behalf of process `pid` (0: unknown), which lets a computed value answer the
+    /// same process's size query and then its request for the value with one computation.
+    pub fn getxattr_for(&self, id: u64, name: &OsStr, size: u32, pid: u32) -> FsResult<Vec<u8>> {
         if id == ROOT_ID && name == ENGINE_XATTR {
             return Ok(self.engine_report().into_bytes());
         }
         let node = self.node(id)?;
         if let Some(which) = digests::served(name, self.opts.shatag)? {
-            return self.served_xattr(&node, which);
+            return self.served_xattr(&node, which, size, pid);
         }
         let cname = sys::cstr(name)?;
         if size == 0 {
@@ -596,7 +605,13 @@ impl DeflateFs {
     }
 
     /// An attribute deflatefs computes (src/fs/digests.rs); regular files only.
-    fn served_xattr(&self, node: &Arc<Node>, which: digests::Served) -> FsResult<Vec<u8>> {
+    fn served_xattr(
+        &self,
+        node: &Arc<Node>,
+        which: digests::Served,
+        size: u32,
+        pid: u32,
+    ) -> FsResult<Vec<u8>> {
         if node.kind != NodeKind::Regular {
             return errno(libc::ENODATA);
         }
@@ -604,11 +619,28 @@ impl DeflateFs {
         if which == digests::Served::ShatagTs {
             return Ok(digests::shatag_ts(st.st_mtime, st.st_mtime_nsec).into_bytes());
         }
+        let token = |st: &libc::stat| -> FsResult<digests::Token> {
+            let backing = sys::fstat(node.raw_fd())?;
+            let open = node.open.lock().file.clone();
+            Ok(digests::token(st, &backing, open.as_deref()))
+        };
+        if size > 0 {
+            if let Some(v) = self.probes.take(pid, node.id, which, &token(&st)?) {
+                return Ok(v);
+            }
+        }
         let backing = sys::fstat(node.raw_fd())?;
         let open = self.open_state(node)?;
         let r = digests::value(&open, which, &st, &backing, &self.plain_digests);
         self.put_state(node);
-        r
+        let value = r?;
+        if size == 0 {
+            // Computing may have recorded a digest (a commit): take the token as it is now.
+            let st = self.stat_node(node)?;
+            self.probes
+                .put(pid, node.id, which, token(&st)?, value.clone());
+        }
+        Ok(value)
     }
 
     pub fn setxattr(&self, id: u64, name: &OsStr, value: &[u8], flags: i32) -> FsResult<()> {

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 
@@ -68,6 +68,87 @@ pub fn filter_listing(list: &[u8], shatag: bool) -> Vec<u8> {
         }
     }
     out
+}
+
+/// What must be unchanged for a value computed for a size query to answer the next request:
+/// the backing file's size, mtime and ctime, the logical size, and the open state's
+/// [`ContainerFile::content_version`](super::file::ContainerFile::content_version).
+pub type Token = ([i64; 5], u64, Option<(u64, u64)>);
+
+/// The token of a file from its stats and its open state (if one exists).
+pub fn token(st: &libc::stat, backing: &libc::stat, open: Option<&OpenFile>) -> Token {
+    let version = match open {
+        Some(OpenFile::Container(c)) => Some(c.content_version()),
+        _ => None,
+    };
+    (
+        [
+            backing.st_size,
+            backing.st_mtime,
+            backing.st_mtime_nsec,
+            backing.st_ctime,
+            backing.st_ctime_nsec,
+        ],
+        st.st_size as u64,
+        version,
+    )
+}
+
+struct Probe {
+    pid: u32,
+    node: u64,
+    which: Served,
+    token: Token,
+    value: Vec<u8>,
+    at: Instant,
+}
+
+/// `getfattr` asks for a value's length, then for the value: the value computed for the first
+/// request answers the second one of the same process, once, if the file did not change and
+/// it comes within a second (computing a digest twice would double its cost).
+#[derive(Default)]
+pub struct ProbeCache {
+    slots: Mutex<Vec<Probe>>,
+}
+
+/// Most size queries remembered at once (one per concurrent getfattr).
+const PROBE_SLOTS: usize = 16;
+const PROBE_TTL: Duration = Duration::from_secs(1);
+
+impl ProbeCache {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Remembers `value`, computed for a size query of process `pid`.
+    pub fn put(&self, pid: u32, node: u64, which: Served, token: Token, value: Vec<u8>) {
+        if pid == 0 {
+            return;
+        }
+        let mut slots = self.slots.lock();
+        slots.retain(|p| p.at.elapsed() < PROBE_TTL && !(p.pid == pid && p.node == node));
+        if slots.len() >= PROBE_SLOTS {
+            slots.remove(0);
+        }
+        slots.push(Probe {
+            pid,
+            node,
+            which,
+            token,
+            value,
+            at: Instant::now(),
+        });
+    }
+
+    /// The value remembered for this request, if still valid (it is used once).
+    pub fn take(&self, pid: u32, node: u64, which: Served, token: &Token) -> Option<Vec<u8>> {
+        let mut slots = self.slots.lock();
+        let i = slots
+            .iter()
+            .position(|p| p.pid == pid && p.node == node && p.which == which)?;
+        let p = slots.remove(i);
+        (pid != 0 && p.at.elapsed() < PROBE_TTL && p.token == *token).then_some(p.value)
+    }
 }
 
 /// The cshatag timestamp form of an mtime: `%010d.%09d` seconds and nanoseconds.
@@ -246,6 +327,26 @@ mod tests {
         assert_eq!(
             filter_listing(list, true),
             b"user.a\0security.selinux\0".to_vec()
+        );
+    }
+
+    #[test]
+    fn probe_value_answers_the_same_process_once_while_the_token_holds() {
+        let c = ProbeCache::new();
+        let t: Token = ([1, 2, 3, 4, 5], 6, None);
+        c.put(7, 1, Served::Blake3, t, b"v".to_vec());
+        assert_eq!(c.take(8, 1, Served::Blake3, &t), None, "another process");
+        assert_eq!(c.take(7, 1, Served::Sha256, &t), None, "another attribute");
+        assert_eq!(c.take(7, 1, Served::Blake3, &t), Some(b"v".to_vec()));
+        assert_eq!(c.take(7, 1, Served::Blake3, &t), None, "used once");
+        c.put(7, 1, Served::Blake3, t, b"v".to_vec());
+        let changed: Token = ([1, 2, 3, 4, 5], 6, Some((1, 1)));
+        assert_eq!(c.take(7, 1, Served::Blake3, &changed), None, "file changed");
+        c.put(0, 1, Served::Blake3, t, b"v".to_vec());
+        assert_eq!(
+            c.take(0, 1, Served::Blake3, &t),
+            None,
+            "no caller: never kept"
         );
     }
 

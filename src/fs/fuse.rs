@@ -537,8 +537,9 @@ impl Filesystem for FuseAdapter {
         );
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let r = guarded("getxattr", || self.fs.getxattr(ino.0, name, size));
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let pid = req.pid();
+        let r = guarded("getxattr", || self.fs.getxattr_for(ino.0, name, size, pid));
         reply_xattr(reply, size, r);
     }
 

@@ -320,6 +320,13 @@ impl ContainerFile {
         Ok(())
     }
 
+    /// Changes whenever the content or size seen through this state may have changed: the
+    /// container's epoch (unique per mount and container state) and the write generation.
+    pub fn content_version(&self) -> (u64, u64) {
+        let generation = self.state.lock().generation;
+        (self.store.inner.lock().epoch, generation)
+    }
+
     /// The `user.deflatefs.info` description, with `disk` bytes allocated to the backing file.
     pub fn info(&self, disk: u64) -> FileInfo {
         let st = self.state.lock();
