@@ -345,6 +345,42 @@ impl Mount {
         status
     }
 
+    /// The daemon's process id while mounted.
+    pub fn daemon_pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// A crash: kills the daemon with SIGKILL (nothing is written back) and waits for it. The
+    /// dead mount stays until [`Mount::remove_dead_mount`] (close every descriptor in it first).
+    pub fn kill_daemon(&mut self) {
+        let mut child = self.child.take().expect("not mounted");
+        if let Some(w) = self.watchdog.take() {
+            w.stop();
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Unmounts what a killed daemon left behind (`umount`, then `umount -l`).
+    pub fn remove_dead_mount(&mut self) {
+        for _ in 0..50 {
+            if deflatefs_mounts_at(&self.mnt).is_empty() {
+                return;
+            }
+            let ok = Command::new("umount")
+                .arg(&self.mnt)
+                .stdin(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = Command::new("umount").arg("-l").arg(&self.mnt).output();
+    }
+
     /// Unmounts, asserting a clean daemon exit, and mounts again with the same options.
     pub fn remount(&mut self) {
         let status = self.unmount();
