@@ -304,6 +304,7 @@ fn digests_of_open_files_include_unflushed_writes() {
     let p = m.path("f");
     let f = OpenOptions::new()
         .create(true)
+        .truncate(true)
         .read(true)
         .write(true)
         .open(&p)

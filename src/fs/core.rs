@@ -12,7 +12,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use super::cache::ChunkCache;
-use super::digests::{self, PlainDigests, ProbeCache};
+use super::digests::{self, Lingering, PlainDigests, ProbeCache};
 use super::error::{errno, FsError, FsResult};
 use super::file::{ContainerFile, FileContext, OpenFile, PlainFile};
 use super::inode::{Format, InodeTable, Node, NodeKind, ROOT_ID};
@@ -98,6 +98,8 @@ pub struct DeflateFs {
     plain_digests: PlainDigests,
     /// Served values computed for getfattr's size query, for its next request.
     probes: ProbeCache,
+    /// Open states kept briefly after serving an attribute.
+    lingering: Lingering,
 }
 
 fn time_to_timespec(t: Option<TimeSpec>) -> libc::timespec {
@@ -187,6 +189,7 @@ impl DeflateFs {
             shutting_down: AtomicBool::new(false),
             plain_digests: PlainDigests::new(),
             probes: ProbeCache::new(),
+            lingering: Lingering::new(),
         })
     }
 
@@ -632,7 +635,11 @@ impl DeflateFs {
         let backing = sys::fstat(node.raw_fd())?;
         let open = self.open_state(node)?;
         let r = digests::value(&open, which, &st, &backing, &self.plain_digests);
-        self.put_state(node);
+        // Keep the state (its index, chaining values, SHA-256) for the requests that usually
+        // follow; the background flusher gives the use back.
+        if !self.lingering.hold(node) {
+            self.put_state(node);
+        }
         let value = r?;
         if size == 0 {
             // Computing may have recorded a digest (a commit): take the token as it is now.
@@ -1060,6 +1067,9 @@ impl DeflateFs {
     /// One pass of the background flusher: relieve dirty-memory pressure and commit files that
     /// have had uncommitted data for a while.
     pub fn background_pass(&self, commit: bool) {
+        for node in self.lingering.expired() {
+            self.put_state(&node);
+        }
         let files: Vec<Arc<OpenFile>> = self
             .handles
             .lock()

@@ -151,6 +151,56 @@ impl ProbeCache {
     }
 }
 
+/// Open states kept for a moment after a served attribute was read, so that the next request
+/// (`getfattr` of another attribute, `deflatefs stat`, a checker going through the names) does
+/// not replay the container's index again. Each held node keeps one use of its open state
+/// (see `DeflateFs::put_state`), given back by the background flusher once expired.
+#[derive(Default)]
+pub struct Lingering {
+    held: Mutex<Vec<(std::sync::Arc<super::inode::Node>, Instant)>>,
+}
+
+/// How long a state is kept after its last served attribute.
+pub const LINGER: Duration = Duration::from_secs(2);
+
+impl Lingering {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Keeps the caller's use of `node`'s open state until [`LINGER`] from now. Returns false
+    /// when a use is already held (then the caller gives its own back at once).
+    pub fn hold(&self, node: &std::sync::Arc<super::inode::Node>) -> bool {
+        let mut held = self.held.lock();
+        let until = Instant::now() + LINGER;
+        if let Some(h) = held
+            .iter_mut()
+            .find(|(n, _)| n.id == node.id && std::sync::Arc::ptr_eq(n, node))
+        {
+            h.1 = until;
+            return false;
+        }
+        held.push((node.clone(), until));
+        true
+    }
+
+    /// The nodes whose time is up (their uses are to be given back).
+    pub fn expired(&self) -> Vec<std::sync::Arc<super::inode::Node>> {
+        let now = Instant::now();
+        let mut held = self.held.lock();
+        let mut out = Vec::new();
+        held.retain(|(n, until)| {
+            if *until <= now {
+                out.push(n.clone());
+                false
+            } else {
+                true
+            }
+        });
+        out
+    }
+}
+
 /// The cshatag timestamp form of an mtime: `%010d.%09d` seconds and nanoseconds.
 pub fn shatag_ts(sec: i64, nsec: i64) -> String {
     format!("{sec:010}.{nsec:09}")

@@ -21,6 +21,9 @@ const SHA_STEP: usize = 1 << 20;
 /// Unlocked recompute attempts before one that holds writers off.
 const SHA_UNLOCKED_TRIES: usize = 2;
 
+/// Version of the whole content: (container epoch, write generation).
+type ContentVersion = (u64, u64);
+
 /// Version of a chunk: (epoch, container offset of its newest member, number of pieces).
 type ChunkVersion = (u64, u64, u32);
 
@@ -102,6 +105,8 @@ pub(super) struct DigestState {
     /// Chaining values computed from data for chunks whose entry has none, by chunk, with the
     /// version of the chunk they belong to (epoch, newest member offset, piece count).
     memo: Mutex<HashMap<u64, (ChunkVersion, ChainingValue)>>,
+    /// The last BLAKE3 computed, with the content version it belongs to (epoch, generation).
+    last_blake3: Mutex<Option<(ContentVersion, [u8; 32])>>,
 }
 
 impl DigestState {
@@ -111,6 +116,7 @@ impl DigestState {
             writable: flags >= 0 && flags & libc::O_ACCMODE != libc::O_RDONLY,
             sha_recompute: Mutex::new(()),
             memo: Mutex::new(HashMap::new()),
+            last_blake3: Mutex::new(None),
         })
     }
 
@@ -146,10 +152,22 @@ impl ContainerFile {
     pub fn blake3(&self) -> FsResult<[u8; 32]> {
         let mut st = self.state.lock();
         self.drain();
+        let version = (self.store.inner.lock().epoch, st.generation);
+        if let Some((v, digest)) = *self.digests.last_blake3.lock() {
+            if v == version {
+                return Ok(digest);
+            }
+        }
+        let digest = self.blake3_locked(&mut st)?;
+        *self.digests.last_blake3.lock() = Some((version, digest));
+        Ok(digest)
+    }
+
+    fn blake3_locked(&self, st: &mut MutexGuard<'_, WriteState>) -> FsResult<[u8; 32]> {
         let size = st.size;
         let cs = self.chunk_size() as u64;
         if size <= cs {
-            let data = self.read_locked(&mut st, 0, size as usize)?;
+            let data = self.read_locked(st, 0, size as usize)?;
             return Ok(*blake3::hash(&data).as_bytes());
         }
         let n = size.div_ceil(cs);
