@@ -110,6 +110,20 @@ def write_results(args, cfg, meta, manifest, stage, systems, results, skipped, e
     return text
 
 
+def setup_with_retry(system, tries=3):
+    """Sets a system up; a failed attempt (seen: a fresh loop device answering EIO to mkfs) is
+    torn down and tried again on another device."""
+    for attempt in range(1, tries + 1):
+        try:
+            return system.setup()
+        except Exception as e:
+            if attempt == tries:
+                raise
+            log(f"  {system.name}: set-up failed ({e}); trying again")
+            system.teardown()
+            time.sleep(1)
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -179,11 +193,9 @@ def main():
         for i in range(cfg.runs):
             log(f"run {i + 1}/{cfg.runs} (load {loadavg()})")
             for s in systems:
-                if s.name in errors:
-                    continue
                 try:
                     s.rss_peaks = {}
-                    s.setup()
+                    setup_with_retry(s)
                     drop_caches()
                     r = workloads.run_system(s, stage, cfg, verify=(i == 0), outdir=outdir)
                     s.teardown()
@@ -191,8 +203,8 @@ def main():
                     results[s.name].append(r)
                     log("  " + report.progress_line(s, r))
                 except Exception as e:  # one broken system must not stop the others
-                    log(f"  {s.name}: FAILED: {e}")
-                    errors[s.name] = str(e)
+                    log(f"  {s.name}: FAILED in run {i + 1}: {e}")
+                    errors.setdefault(s.name, []).append(f"run {i + 1}: {e}")
                     try:
                         s.teardown()
                     except Exception as e2:

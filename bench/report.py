@@ -267,7 +267,7 @@ def render(cfg, meta, manifest, stage, systems, results, skipped, errors):
     if skipped or errors:
         lines += ["", "## Skipped or failed", ""]
         lines += [f"- {k}: skipped: {why}" for k, why in skipped.items()]
-        lines += [f"- {k}: failed: {why}" for k, why in errors.items()]
+        lines += [f"- {k}: failed: {'; '.join(why)}" for k, why in errors.items()]
     lines += [
         "",
         "## Method",
