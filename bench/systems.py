@@ -130,6 +130,23 @@ class Plain(System):
         os.makedirs(self.path)
 
 
+def unreachable_mounts():
+    """Mount points whose source path exists but cannot be stat'ed (EIO, ENOTCONN)."""
+    bad = []
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            src, mp = line.split()[:2]
+            if not src.startswith("/"):
+                continue
+            try:
+                os.stat(src.encode().decode("unicode_escape"))
+            except FileNotFoundError:
+                pass
+            except OSError:
+                bad.append(mp.encode().decode("unicode_escape"))
+    return bad
+
+
 class Btrfs(System):
     def __init__(self, name, label, work, mount_opts):
         super().__init__(name, label, work)
@@ -137,7 +154,15 @@ class Btrfs(System):
 
     def setup(self):
         self.make_loop()
-        run(["mkfs.btrfs", "-q", "-f", self.loop])
+        mkfs = ["mkfs.btrfs", "-q", "-f", self.loop]
+        broken = unreachable_mounts()
+        if broken:
+            # mkfs.btrfs stats the source of every mount and gives up on an error (seen: a FUSE
+            # mount of another program whose daemon died: EIO). Hide those mounts from it in a
+            # private mount namespace; nothing changes outside that namespace.
+            script = "".join(f"umount -l '{m}'; " for m in broken) + " ".join(mkfs)
+            mkfs = ["unshare", "-m", "--propagation", "private", "sh", "-c", script]
+        run(mkfs)
         run(["mount", "-o", self.mount_opts, self.loop, self.disk])
         os.makedirs(self.path)
 
