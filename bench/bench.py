@@ -200,6 +200,7 @@ def main():
                     r = workloads.run_system(s, stage, cfg, verify=(i == 0), outdir=outdir)
                     s.teardown()
                     r["rss_peaks"] = dict(s.rss_peaks)
+                    r["run"] = i + 1
                     results[s.name].append(r)
                     log("  " + report.progress_line(s, r))
                 except Exception as e:  # one broken system must not stop the others

@@ -149,11 +149,18 @@ def table(systems, results, metrics):
 
 
 # --- targets ----------------------------------------------------------------------------------
+def paired(results, a, b):
+    """(figures of a, figures of b) for every run in which both have figures."""
+    runs_b = {r.get("run", i): r for i, r in enumerate(results.get(b, []))}
+    return [(ra, runs_b[k]) for i, ra in enumerate(results.get(a, []))
+            if (k := ra.get("run", i)) in runs_b]
+
+
 def run_ratios(results, a, b, metric):
     """metric(a) / metric(b) for each run in which both have a figure."""
     fa, fb = METRICS[metric][1], METRICS[metric][1]
     out = []
-    for ra, rb in zip(results.get(a, []), results.get(b, [])):
+    for ra, rb in paired(results, a, b):
         va, vb = fa(ra), fb(rb)
         if va is not None and vb:
             out.append(va / vb)
@@ -187,7 +194,7 @@ def targets(systems, results):
     for dfs, tool in [("deflatefs", "libdeflate-gzip-1"), ("deflatefs-level6", "libdeflate-gzip-6")]:
         if dfs in names and tool in names:
             rs = []
-            for ra, rb in zip(results.get(dfs, []), results.get(tool, [])):
+            for ra, rb in paired(results, dfs, tool):
                 ca, cb = ra.get("large", {}).get("write_cpu_s"), rb.get("large", {}).get("write_cpu_s")
                 if ca is not None and cb:
                     rs.append(ca / cb)
