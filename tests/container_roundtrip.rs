@@ -374,8 +374,11 @@ fn probe_tells_containers_from_other_files() {
     assert!(Container::probe(&rw(&s.path("c"))).unwrap());
     std::fs::write(s.path("empty"), b"").unwrap();
     assert!(!Container::probe(&rw(&s.path("empty"))).unwrap());
-    std::fs::write(s.path("short"), &header_member(12)[..45]).unwrap();
+    std::fs::write(s.path("short"), &header_member(12)[..26]).unwrap();
     assert!(!Container::probe(&rw(&s.path("short"))).unwrap());
+    // A longer prefix of a new container's first bytes is an interrupted creation (FORMAT.md).
+    std::fs::write(s.path("short"), &header_member(12)[..45]).unwrap();
+    assert!(Container::probe(&rw(&s.path("short"))).unwrap());
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     gz.write_all(&text(5000, 1)).unwrap();
     std::fs::write(s.path("gz"), gz.finish().unwrap()).unwrap();
@@ -398,13 +401,60 @@ fn probe_tells_containers_from_other_files() {
 #[test]
 fn header_without_commit_is_damaged() {
     let s = Scratch::new();
-    std::fs::write(s.path("h"), header_member(12)).unwrap();
+    let mut b = header_member(12).to_vec();
+    b.extend_from_slice(b"not a commit member");
+    std::fs::write(s.path("h"), &b).unwrap();
     assert!(Container::probe(&rw(&s.path("h"))).unwrap());
     assert!(matches!(
         Container::open(rw(&s.path("h"))),
         Err(ContainerError::Corrupt { .. })
     ));
     assert!(Container::read_logical_size(&rw(&s.path("h"))).is_err());
+}
+
+#[test]
+fn an_interrupted_creation_is_an_empty_container() {
+    // Any prefix of a new container's header and first checkpoint that names the chunk size
+    // (27 bytes or more) is what a crash during creation leaves: an empty container.
+    let s = Scratch::new();
+    let _ = s.create("full", 13);
+    let whole = std::fs::read(s.path("full")).unwrap();
+    assert_eq!(whole.len(), 140);
+    for cut in [27, 45, 46, 100, 139] {
+        std::fs::write(s.path("h"), &whole[..cut]).unwrap();
+        assert!(Container::probe(&rw(&s.path("h"))).unwrap(), "cut {cut}");
+        assert_eq!(Container::read_logical_size(&rw(&s.path("h"))).unwrap(), 0);
+        let mut c = Container::open(rw(&s.path("h"))).unwrap();
+        assert_eq!((c.size(), c.chunk_log2()), (0, 13));
+        let (m, e) = build_stored_member(0, true, b"again");
+        c.append_member(&m, e).unwrap();
+        c.set_size(5);
+        c.commit().unwrap();
+        drop(c);
+        let c = Container::open(rw(&s.path("h"))).unwrap();
+        assert_eq!(c.size(), 5, "cut {cut}");
+    }
+    // The same, followed by zeros: appends whose pages never reached the disk.
+    let mut b = whole[..91].to_vec();
+    b.resize(5000, 0);
+    std::fs::write(s.path("h"), &b).unwrap();
+    assert!(Container::probe(&rw(&s.path("h"))).unwrap());
+    assert_eq!(Container::open(rw(&s.path("h"))).unwrap().size(), 0);
+    let mut b = whole[..30].to_vec();
+    b.resize(300, 0);
+    std::fs::write(s.path("h"), &b).unwrap();
+    assert!(Container::probe(&rw(&s.path("h"))).unwrap());
+    // Zeros then data again: damaged, not an interrupted creation.
+    let mut b = whole[..91].to_vec();
+    b.resize(5000, 0);
+    b[4000] = 1;
+    std::fs::write(s.path("h"), &b).unwrap();
+    assert!(Container::open(rw(&s.path("h"))).is_err());
+    // Not a prefix (a byte changed): not ours, or damaged.
+    let mut b = whole[..100].to_vec();
+    b[60] ^= 1;
+    std::fs::write(s.path("h"), &b).unwrap();
+    assert!(Container::open(rw(&s.path("h"))).is_err());
 }
 
 #[test]

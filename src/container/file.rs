@@ -163,6 +163,59 @@ fn scan_for_commit(file: &File, len: u64) -> Result<Option<CommitRecord>> {
     Ok(None)
 }
 
+/// The bytes every new container starts with: its header and the empty checkpoint (seq 1).
+fn initial_bytes(chunk_log2: u8) -> Vec<u8> {
+    let first = CommitRecord {
+        seq: 1,
+        offset: HEADER_LEN,
+        size: 0,
+        prev: u64::MAX,
+        first_index: HEADER_LEN,
+        entry_count: 0,
+        checkpoint: true,
+        index_members: 0,
+        aux: u64::MAX,
+    };
+    let mut b = Vec::with_capacity(HEADER_MEMBER_LEN + COMMIT_MEMBER_LEN);
+    b.extend_from_slice(&header_member(chunk_log2));
+    b.extend_from_slice(&first.encode());
+    b
+}
+
+/// Longest file [`interrupted_creation`] reads through.
+const INTERRUPTED_CREATION_MAX: u64 = 64 << 20;
+
+/// If `file` holds a prefix of a new container's first bytes (at least 27 bytes: up to the chunk
+/// size, and not all of them) followed by nothing or by zeros only, its creation was cut short: a
+/// crash before those bytes, or the appends after them, were all on disk. Returns the chunk
+/// size. FORMAT.md: such a file is an empty container.
+fn interrupted_creation(file: &File) -> Result<Option<u8>> {
+    let full = HEADER_MEMBER_LEN + COMMIT_MEMBER_LEN;
+    let mut b = [0u8; HEADER_MEMBER_LEN + COMMIT_MEMBER_LEN];
+    let n = pread_prefix(file, &mut b)?;
+    let len = file.metadata()?.len();
+    let nz = b[..n].iter().rposition(|&x| x != 0).map_or(0, |i| i + 1);
+    if !(27..full).contains(&nz) || len > INTERRUPTED_CREATION_MAX {
+        return Ok(None);
+    }
+    let log2 = b[26];
+    if !(MIN_CHUNK_LOG2..=MAX_CHUNK_LOG2).contains(&log2) || initial_bytes(log2)[..nz] != b[..nz] {
+        return Ok(None);
+    }
+    // Everything after the first bytes must be zeros (pages that never reached the disk).
+    let mut pos = n as u64;
+    let mut buf = vec![0u8; 1 << 16];
+    while pos < len {
+        let k = ((len - pos) as usize).min(buf.len());
+        pread(file, &mut buf[..k], pos, "interrupted creation")?;
+        if buf[..k].iter().any(|&x| x != 0) {
+            return Ok(None);
+        }
+        pos += k as u64;
+    }
+    Ok(Some(log2))
+}
+
 /// The auxiliary member of commit `c`, if it has a valid one. A damaged or unknown auxiliary
 /// member only loses the state it carried (it is recomputed), so it is not an error.
 fn read_aux(file: &File, c: &CommitRecord) -> Option<AuxRecord> {
@@ -393,13 +446,17 @@ impl Container {
     /// (short files, other gzip files, bad crc32). `Err(UnsupportedVersion)` for a header with a
     /// valid crc32 but another version; `Err(Corrupt)` for a header with a valid magic and crc32
     /// whose other fields are invalid.
+    ///
+    /// A file holding only a prefix of a new container's first bytes (at least 27 bytes, so it
+    /// names its chunk size), possibly followed by zeros, is an interrupted creation: a
+    /// container, empty.
     pub fn probe(file: &File) -> Result<bool> {
         let mut b = [0u8; HEADER_MEMBER_LEN];
         let n = pread_prefix(file, &mut b)?;
-        Ok(matches!(
-            parse_header(&b[..n])?,
-            HeaderProbe::Container { .. }
-        ))
+        match parse_header(&b[..n])? {
+            HeaderProbe::Container { .. } => Ok(true),
+            HeaderProbe::NotOurs => Ok(interrupted_creation(file)?.is_some()),
+        }
     }
 
     /// Opens a container: checks the header, finds the last complete commit (a torn tail is
@@ -414,12 +471,23 @@ impl Container {
         let len = file.metadata()?.len();
         let mut hb = [0u8; HEADER_MEMBER_LEN];
         let n = pread_prefix(&file, &mut hb)?;
+        // A creation cut short (see `probe`) is an empty container, written from the start at
+        // the first append.
         let chunk_log2 = match parse_header(&hb[..n])? {
-            HeaderProbe::NotOurs => return Err(ContainerError::NotAContainer),
+            HeaderProbe::NotOurs => {
+                return match interrupted_creation(&file)? {
+                    Some(log2) => Ok(Self::fresh(file, log2)),
+                    None => Err(ContainerError::NotAContainer),
+                }
+            }
             HeaderProbe::Container { chunk_log2 } => chunk_log2,
         };
-        let last =
-            find_last_commit(&file, len)?.ok_or_else(|| corrupt("no valid commit member", len))?;
+        let Some(last) = find_last_commit(&file, len)? else {
+            return match interrupted_creation(&file)? {
+                Some(log2) => Ok(Self::fresh(file, log2)),
+                None => Err(corrupt("no valid commit member", len)),
+            };
+        };
         if mode == OpenMode::Strict {
             let chain = commit_chain(&file, &last)?;
             let mut index = ChunkIndex::new(chunk_log2);
@@ -558,6 +626,20 @@ impl Container {
         self.synced_len.load(Ordering::Relaxed)
     }
 
+    /// Truncates the file to the end of the last complete commit if anything follows it (a torn
+    /// tail, or what [`OpenMode::Recover`] left out). A writer does this before its first append
+    /// anyway; doing it at once makes the file say what it holds. Returns whether it truncated.
+    pub fn drop_torn_tail(&mut self) -> Result<bool> {
+        if !self.tail_dirty || self.needs_init {
+            return Ok(false);
+        }
+        self.file.set_len(self.container_len)?;
+        self.synced_len
+            .fetch_min(self.container_len, Ordering::Relaxed);
+        self.tail_dirty = false;
+        Ok(true)
+    }
+
     /// What [`OpenMode::Recover`] had to leave out, if anything (for a log line).
     pub fn recovery_note(&self) -> Option<&str> {
         self.recovery_note.as_deref()
@@ -569,6 +651,7 @@ impl Container {
         let len = file.metadata()?.len();
         match find_last_commit(file, len)? {
             Some(c) => Ok(c.size),
+            None if interrupted_creation(file)?.is_some() => Ok(0),
             None => Err(corrupt("no valid commit member", len)),
         }
     }
@@ -619,20 +702,7 @@ impl Container {
         if self.needs_init {
             self.file.set_len(0)?;
             self.synced_len.store(0, Ordering::Relaxed);
-            let first = CommitRecord {
-                seq: 1,
-                offset: HEADER_LEN,
-                size: 0,
-                prev: u64::MAX,
-                first_index: HEADER_LEN,
-                entry_count: 0,
-                checkpoint: true,
-                index_members: 0,
-                aux: u64::MAX,
-            };
-            let mut b = Vec::with_capacity(HEADER_MEMBER_LEN + COMMIT_MEMBER_LEN);
-            b.extend_from_slice(&header_member(self.chunk_log2()));
-            b.extend_from_slice(&first.encode());
+            let b = initial_bytes(self.chunk_log2());
             self.file.write_all_at(&b, 0)?;
             self.needs_init = false;
             self.tail_dirty = false;
