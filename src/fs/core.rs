@@ -94,6 +94,8 @@ pub struct DeflateFs {
     next_handle: AtomicU64,
     ctx: Arc<FileContext>,
     shutting_down: AtomicBool,
+    /// Files checked by [`OpenMode::Recover`] in this mount (by node).
+    recovered: Mutex<HashMap<u64, Recovered>>,
     /// Digests of plain files (containers keep theirs in their open state).
     plain_digests: PlainDigests,
     /// Served values computed for getfattr's size query, for its next request.
@@ -147,6 +149,21 @@ fn is_internal(name: &[u8]) -> bool {
     name.starts_with(INTERNAL_PREFIX.as_bytes())
 }
 
+/// What [`OpenMode::Recover`] found for a file, and the backing file it found it in.
+struct Recovered {
+    len: i64,
+    mtime: (i64, i64),
+    size: u64,
+    /// The file still holds commits recovery leaves out (it could not be truncated).
+    rolled_back: bool,
+}
+
+impl Recovered {
+    fn matches(&self, st: &libc::stat) -> bool {
+        self.len == st.st_size && self.mtime == (st.st_mtime, st.st_mtime_nsec)
+    }
+}
+
 /// When the machine booted (seconds since the epoch, from /proc/stat), or 0 if unknown.
 fn boot_time() -> i64 {
     static BOOT: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
@@ -187,6 +204,7 @@ impl DeflateFs {
             next_handle: AtomicU64::new(1),
             ctx,
             shutting_down: AtomicBool::new(false),
+            recovered: Mutex::new(HashMap::new()),
             plain_digests: PlainDigests::new(),
             probes: ProbeCache::new(),
             lingering: Lingering::new(),
@@ -251,6 +269,19 @@ impl DeflateFs {
             return Ok(st);
         }
         if self.format_of(node)? == Format::Container {
+            if st.st_mtime < boot_time() {
+                // Its size is that of the commit recovery opens it at (see `open_container`).
+                if let Some(size) = self.recovered_size(node, &st) {
+                    st.st_size = size as i64;
+                    return Ok(st);
+                }
+                st.st_size = match self.open_container(node) {
+                    Ok(c) => c.size() as i64,
+                    Err(e) if e.errno != libc::EIO => return Err(e),
+                    Err(_) => 0,
+                };
+                return Ok(st);
+            }
             let file = sys::reopen(node.raw_fd(), libc::O_RDONLY)?;
             // A damaged container still has a name and attributes (it can be listed, renamed
             // and removed); its size shows as 0 and opening it fails with EIO.
@@ -713,22 +744,8 @@ impl DeflateFs {
             Format::Plain => OpenFile::Plain(PlainFile { file }),
             Format::Container => {
                 let label = Self::label(node);
-                // A file last written before the machine booted may have lost unsynced writes to
-                // a power cut anywhere after its last fdatasync: check its journal tail.
-                let mode = match sys::fstat(file.as_raw_fd()) {
-                    Ok(st) if st.st_mtime < boot_time() => OpenMode::Recover,
-                    _ => OpenMode::Strict,
-                };
-                let container = Container::open_with(file, mode).map_err(|e| {
-                    let e = FsError::from(e);
-                    self.ctx.log_damage(node.id, || {
-                        format!("{label}: cannot open container (run deflatefs fsck): {e}")
-                    });
-                    e
-                })?;
-                if let Some(note) = container.recovery_note() {
-                    tracing::warn!("{label}: {note}");
-                }
+                drop(file);
+                let container = self.open_container(node)?;
                 OpenFile::Container(ContainerFile::new(
                     node.id,
                     label,
@@ -741,6 +758,80 @@ impl DeflateFs {
         slot.file = Some(open.clone());
         slot.users = 1;
         Ok(open)
+    }
+
+    /// Opens the container of `node`. A file last written before the machine booted may have
+    /// lost unsynced writes to a power cut anywhere after its last fdatasync: it is opened in
+    /// [`OpenMode::Recover`] (its journal tail checked) once per mount, and on a writable mount
+    /// what recovery leaves out is truncated away at once, so its size and content agree from
+    /// the first stat on (the truncation dates the file in this boot: later opens are strict).
+    fn open_container(&self, node: &Node) -> FsResult<Container> {
+        let label = Self::label(node);
+        let access = if self.opts.read_only {
+            libc::O_RDONLY
+        } else {
+            libc::O_RDWR
+        };
+        let file = match sys::reopen(node.raw_fd(), access) {
+            Err(e) if access == libc::O_RDWR && matches!(e.errno, libc::EACCES | libc::EROFS) => {
+                sys::reopen(node.raw_fd(), libc::O_RDONLY)?
+            }
+            other => other?,
+        };
+        let st = sys::fstat(file.as_raw_fd())?;
+        let mode = if st.st_mtime >= boot_time() {
+            OpenMode::Strict
+        } else {
+            match self.recovered.lock().get(&node.id) {
+                Some(r) if r.matches(&st) && !r.rolled_back => OpenMode::Strict,
+                _ => OpenMode::Recover,
+            }
+        };
+        let damaged = |e: crate::container::ContainerError| {
+            let e = FsError::from(e);
+            self.ctx.log_damage(node.id, || {
+                format!("{label}: cannot open container (run deflatefs fsck): {e}")
+            });
+            e
+        };
+        let mut c = Container::open_with(file, mode).map_err(damaged)?;
+        if mode == OpenMode::Recover {
+            let mut rolled_back = false;
+            if let Some(note) = c.recovery_note() {
+                tracing::warn!("{label}: {note}");
+                rolled_back = true;
+                match c.drop_torn_tail() {
+                    Ok(true) => {
+                        rolled_back = false;
+                        tracing::warn!("{label}: truncated to the recovered commit");
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!("{label}: cannot truncate to the recovered commit: {e}")
+                    }
+                }
+            }
+            let st = sys::fstat(c.file().as_raw_fd())?;
+            self.recovered.lock().insert(
+                node.id,
+                Recovered {
+                    len: st.st_size,
+                    mtime: (st.st_mtime, st.st_mtime_nsec),
+                    size: c.size(),
+                    rolled_back,
+                },
+            );
+        }
+        Ok(c)
+    }
+
+    /// The logical size recovery found for `node` in this mount, if the file is unchanged since.
+    fn recovered_size(&self, node: &Node, st: &libc::stat) -> Option<u64> {
+        self.recovered
+            .lock()
+            .get(&node.id)
+            .filter(|r| r.matches(st))
+            .map(|r| r.size)
     }
 
     /// Gives back a use of the shared state; the last user drops it unless data is still unwritten

@@ -1053,19 +1053,18 @@ impl ContainerFile {
                 st.sha.invalidate();
             }
         }
-        if size == 0 {
-            st.dirty.clear();
-            let mut s = self.store.inner.lock();
-            s.container.reset()?;
-            s.lost.clear();
-            s.epoch = self.ctx.next_epoch();
-            st.size = 0;
-            return Ok(());
-        }
+        // Truncation to zero is a shrink like any other: a commit of size 0 appended to the
+        // container. Rewriting the file in place instead (ftruncate 0, a new header) would leave
+        // a power cut the chance to keep the new length without the new header: zeros where a
+        // synced file was. The space comes back at the next compaction.
         if size < st.size {
             let cs = self.chunk_size() as u64;
             let first_gone = size.div_ceil(cs);
             st.dirty.retain(|c, _| *c < first_gone);
+            // What was written before the shrink lands before it, so the commit that records
+            // the shrink on its own (see `Container::set_size`) is a state the file really had.
+            self.submit_all(&mut st)?;
+            self.drain();
             self.store.inner.lock().lost.retain(|c, _| *c < first_gone);
             let partial = size >> self.chunk_log2;
             let keep = (size - (partial << self.chunk_log2)) as usize;
