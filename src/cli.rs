@@ -28,6 +28,22 @@ pub enum Command {
     /// List the compression backends found on this machine (for `-o accel=`), each with its
     /// self-test result and single-thread compress/decompress throughput.
     Engines(EnginesArgs),
+    /// Check the containers of SOURCE (not mounted): members, CRCs, index, commit chain,
+    /// chaining values. Exit 0 clean, 1 problems found, 2 could not run.
+    Fsck(FsckArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct FsckArgs {
+    /// Repair: drop torn tails, rebuild lost or damaged indexes by scanning the members. Chunks
+    /// that cannot be recovered are reported and keep reading as EIO (never zero-filled).
+    #[arg(long)]
+    pub repair: bool,
+    /// No progress bar (there is one when stderr is a terminal).
+    #[arg(long)]
+    pub no_progress: bool,
+    /// The backing directory (refused while a deflatefs mount uses it).
+    pub source: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -85,6 +101,7 @@ pub fn parse_args(args: Vec<OsString>) -> Cli {
         "mount",
         "stat",
         "engines",
+        "fsck",
         "help",
         "-h",
         "--help",

@@ -6,11 +6,13 @@
 //! - [`fs`]: the filesystem core and its fuser adapter.
 //! - [`options`], [`cli`], [`mount`]: configuration, command line, mounting and the daemon.
 //! - [`stat`]: the `deflatefs stat` command.
+//! - [`fsck`]: the `deflatefs fsck` command.
 pub mod cli;
 pub mod container;
 pub mod digest;
 pub mod engine;
 pub mod fs;
+pub mod fsck;
 pub mod fusermount;
 pub mod logging;
 pub mod mount;

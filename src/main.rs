@@ -41,6 +41,14 @@ fn main() {
                 bytes: a.bytes,
             },
         ),
+        Command::Fsck(a) => deflatefs::fsck::run(
+            &deflatefs::fsck::FsckOptions {
+                source: a.source,
+                repair: a.repair,
+                progress: if a.no_progress { Some(false) } else { None },
+            },
+            &mut std::io::stdout(),
+        ),
         Command::Engines(a) => deflatefs::engine::bench::engines_command(
             a.level,
             &a.chunk,

@@ -1,0 +1,1123 @@
+//! `deflatefs fsck SOURCE`: checks, and with `--repair` repairs, the containers of a backing
+//! directory that is not mounted.
+//!
+//! For every container it checks the header, the last complete commit and whatever follows it (a
+//! torn tail), the whole commit chain back to the first commit, every index member, every live
+//! data member (framing, crc32 of the payload, the deflate stream or stored blocks, the crc32 of
+//! the content), that the pieces of each chunk continue each other, and the BLAKE3 chaining
+//! values recorded in the index. Plain files are counted and left alone, except files that start
+//! like a container header but are not a valid one (reported: a damaged header).
+//!
+//! `--repair`:
+//! - drops a torn tail (truncates the file to its last complete commit);
+//! - rebuilds a container whose index or commit chain is damaged, or whose header is, by scanning
+//!   its members: data members describe themselves (logical offset, RESET flag, CRC32, ISIZE), so
+//!   the pieces of every commit that can be read are recovered; the result is written to a
+//!   temporary file, synced and renamed over the original;
+//! - rewrites (like a compaction) a container whose older commit history is damaged;
+//! - never zero-fills: a chunk whose data cannot be recovered is written as a piece that fails its
+//!   crc32 check, so it keeps reading as EIO, and is reported.
+//!
+//! Exit code: 0 nothing found, 1 problems found (repaired or not: the report says which), 2 could
+//! not run (bad arguments, source mounted, unreadable).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{self, IsTerminal, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::container::member::{DATA_FLAG_RESET, DATA_FLAG_STORED};
+use crate::container::record::{
+    check_framing, parse_index_member_rest, u32_at, u64_at, AuxRecord, CommitRecord,
+    DATA_PAYLOAD_LEN, FRAMING_LEN, GZIP_ID, MAGIC, RECORD_AUX, RECORD_COMMIT, RECORD_DATA,
+    RECORD_HEADER, RECORD_INDEX,
+};
+use crate::container::{
+    build_stored_member, decode_piece, decode_stored_blocks, member_trailer, parse_data_member,
+    ChunkIndex, Container, ContainerError, IndexEntry, PieceKind, AUX_MEMBER_LEN,
+    COMMIT_MEMBER_LEN, DATA_HEADER_LEN, HEADER_MEMBER_LEN, MAX_CHUNK_LOG2, MEMBER_TRAILER_LEN,
+    MIN_CHUNK_LOG2,
+};
+
+/// Prefix of deflatefs' own temporary files in a backing directory.
+const INTERNAL_PREFIX: &str = ".deflatefs-";
+
+/// What `deflatefs fsck` was asked to do.
+#[derive(Debug, Clone)]
+pub struct FsckOptions {
+    pub source: PathBuf,
+    pub repair: bool,
+    /// Progress bar: None = when stderr is a terminal.
+    pub progress: Option<bool>,
+}
+
+/// The totals of a run.
+#[derive(Debug, Default, Clone)]
+pub struct Summary {
+    pub files: u64,
+    pub containers: u64,
+    pub plain: u64,
+    pub with_problems: u64,
+    pub repaired: u64,
+    pub unrecoverable_chunks: u64,
+    pub bytes: u64,
+}
+
+/// One file's findings.
+#[derive(Debug, Default)]
+struct Findings {
+    problems: Vec<String>,
+    repairs: Vec<String>,
+    unrecoverable: u64,
+}
+
+/// Runs fsck; returns the exit code. Writes the report to `out` and progress to stderr.
+pub fn run(opts: &FsckOptions, out: &mut dyn Write) -> i32 {
+    match run_inner(opts, out) {
+        Ok(s) => {
+            let _ = writeln!(
+                out,
+                "{} files checked ({} containers, {} plain, {} bytes): {} with problems{}{}",
+                s.files,
+                s.containers,
+                s.plain,
+                s.bytes,
+                s.with_problems,
+                if opts.repair {
+                    format!(", {} repaired", s.repaired)
+                } else {
+                    String::new()
+                },
+                if s.unrecoverable_chunks > 0 {
+                    format!(
+                        ", {} chunk(s) unrecoverable (they read as EIO)",
+                        s.unrecoverable_chunks
+                    )
+                } else {
+                    String::new()
+                }
+            );
+            if s.with_problems > 0 {
+                1
+            } else {
+                0
+            }
+        }
+        Err(e) => {
+            let _ = writeln!(out, "deflatefs fsck: {e}");
+            2
+        }
+    }
+}
+
+/// The deflatefs mount that uses `source` (as its source or its mount point), if any.
+fn mounted_on(source: &Path) -> Option<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        let Some(sep) = f.iter().position(|x| *x == "-") else {
+            continue;
+        };
+        if f.get(sep + 1) != Some(&crate::mount::FS_TYPE) {
+            continue;
+        }
+        let point = PathBuf::from(unescape(f.get(4).copied().unwrap_or("")));
+        let src = PathBuf::from(unescape(f.get(sep + 2).copied().unwrap_or("")));
+        if point == source || src == source {
+            return Some(point);
+        }
+    }
+    None
+}
+
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 4 <= b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Every regular file under `root` (not crossing into other filesystems, not following
+/// symlinks), deflatefs' temporary files apart.
+fn walk(root: &Path) -> io::Result<(Vec<PathBuf>, Vec<PathBuf>)> {
+    let dev = std::fs::metadata(root)?.dev();
+    let mut files = Vec::new();
+    let mut leftovers = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let mut entries: Vec<_> = std::fs::read_dir(&dir)?.collect::<io::Result<_>>()?;
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let md = e.path().symlink_metadata()?;
+            if md.is_dir() {
+                if md.dev() == dev {
+                    stack.push(e.path());
+                }
+            } else if md.is_file() {
+                if e.file_name()
+                    .as_bytes()
+                    .starts_with(INTERNAL_PREFIX.as_bytes())
+                {
+                    leftovers.push(e.path());
+                } else {
+                    files.push(e.path());
+                }
+            }
+        }
+    }
+    Ok((files, leftovers))
+}
+
+/// A progress bar on stderr, redrawn at most every 100 ms.
+struct Progress {
+    on: bool,
+    total: u64,
+    last: Instant,
+}
+
+impl Progress {
+    fn update(&mut self, done: u64, bytes: u64, force: bool) {
+        if !self.on || (!force && self.last.elapsed() < Duration::from_millis(100)) {
+            return;
+        }
+        self.last = Instant::now();
+        let width = 30usize;
+        let filled = (done * width as u64)
+            .checked_div(self.total)
+            .map_or(width, |f| f as usize);
+        eprint!(
+            "\r[{}{}] {done}/{} files, {} MiB ",
+            "#".repeat(filled),
+            " ".repeat(width - filled),
+            self.total,
+            bytes >> 20
+        );
+        let _ = io::stderr().flush();
+    }
+
+    fn finish(&mut self) {
+        if self.on {
+            eprint!("\r{}\r", " ".repeat(70));
+            let _ = io::stderr().flush();
+        }
+    }
+}
+
+fn run_inner(opts: &FsckOptions, out: &mut dyn Write) -> io::Result<Summary> {
+    let source = std::fs::canonicalize(&opts.source)
+        .map_err(|e| io::Error::new(e.kind(), format!("source {}: {e}", opts.source.display())))?;
+    if !source.is_dir() {
+        return Err(io::Error::other(format!(
+            "source {} is not a directory",
+            source.display()
+        )));
+    }
+    if let Some(point) = mounted_on(&source) {
+        return Err(io::Error::other(format!(
+            "{} is in use by the deflatefs mount on {}: unmount it first (fsck only runs on a \
+             source nothing is mounted from)",
+            source.display(),
+            point.display()
+        )));
+    }
+    let (files, leftovers) = walk(&source)?;
+    let mut summary = Summary::default();
+    let mut progress = Progress {
+        on: opts.progress.unwrap_or_else(|| io::stderr().is_terminal()),
+        total: files.len() as u64,
+        last: Instant::now() - Duration::from_secs(1),
+    };
+    for path in &leftovers {
+        summary.with_problems += 1;
+        let rel = path.strip_prefix(&source).unwrap_or(path);
+        if opts.repair {
+            match std::fs::remove_file(path) {
+                Ok(()) => {
+                    summary.repaired += 1;
+                    let _ = writeln!(
+                        out,
+                        "{}: leftover temporary file of an interrupted compaction or repair: \
+                         removed",
+                        rel.display()
+                    );
+                }
+                Err(e) => {
+                    let _ = writeln!(out, "{}: leftover temporary file: {e}", rel.display());
+                }
+            }
+        } else {
+            let _ = writeln!(
+                out,
+                "{}: leftover temporary file of an interrupted compaction or repair (--repair \
+                 removes it)",
+                rel.display()
+            );
+        }
+    }
+    for (i, path) in files.iter().enumerate() {
+        progress.update(i as u64, summary.bytes, false);
+        summary.files += 1;
+        let rel = path.strip_prefix(&source).unwrap_or(path);
+        let f = check_file(path, opts.repair, &mut summary);
+        if !f.problems.is_empty() {
+            summary.with_problems += 1;
+            if !f.repairs.is_empty() {
+                summary.repaired += 1;
+            }
+            summary.unrecoverable_chunks += f.unrecoverable;
+            progress.finish();
+            for p in &f.problems {
+                let _ = writeln!(out, "{}: {p}", rel.display());
+            }
+            for r in &f.repairs {
+                let _ = writeln!(out, "{}: repaired: {r}", rel.display());
+            }
+        }
+    }
+    progress.update(files.len() as u64, summary.bytes, true);
+    progress.finish();
+    Ok(summary)
+}
+
+/// Whether the first bytes look like a deflatefs header member (framing and magic), valid or not.
+fn looks_like_our_header(b: &[u8]) -> bool {
+    b.len() >= 24
+        && b[..10] == GZIP_ID
+        && b[12] == b'D'
+        && b[13] == RECORD_HEADER
+        && &b[16..24] == MAGIC
+}
+
+fn check_file(path: &Path, repair: bool, summary: &mut Summary) -> Findings {
+    let mut f = Findings::default();
+    let file = match open_for(path, repair) {
+        Ok(file) => file,
+        Err(e) => {
+            f.problems.push(format!("cannot open: {e}"));
+            return f;
+        }
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    summary.bytes += len;
+    let mut head = [0u8; HEADER_MEMBER_LEN];
+    let n = read_prefix(&file, &mut head);
+    match Container::probe(&file) {
+        Ok(false) => {
+            if looks_like_our_header(&head[..n]) {
+                summary.containers += 1;
+                f.problems.push(
+                    "starts like a deflatefs container but its header member is damaged \
+                     (served as a plain file until repaired)"
+                        .into(),
+                );
+                if repair {
+                    rebuild_by_scan(path, &file, &mut f);
+                }
+            } else {
+                summary.plain += 1;
+            }
+            return f;
+        }
+        Err(ContainerError::Io(e)) => {
+            f.problems.push(format!("cannot read: {e}"));
+            return f;
+        }
+        Err(e) => {
+            summary.containers += 1;
+            f.problems.push(format!("unusable header: {e}"));
+            if repair && !matches!(e, ContainerError::UnsupportedVersion(_)) {
+                rebuild_by_scan(path, &file, &mut f);
+            }
+            return f;
+        }
+        Ok(true) => summary.containers += 1,
+    }
+    let c = match Container::open(file.try_clone().expect("dup")) {
+        Ok(c) => c,
+        Err(e) => {
+            f.problems.push(format!("cannot be opened: {e}"));
+            if repair {
+                rebuild_by_scan(path, &file, &mut f);
+            }
+            return f;
+        }
+    };
+    if c.last_seq() == 0 {
+        f.problems.push(
+            "its creation was cut short (only part of its header is there): it reads as empty"
+                .into(),
+        );
+        if repair {
+            rebuild_by_scan(path, &file, &mut f);
+        }
+        return f;
+    }
+    if c.container_len() < len {
+        f.problems.push(format!(
+            "torn tail: {} byte(s) after the last complete commit (which ends at {})",
+            len - c.container_len(),
+            c.container_len()
+        ));
+    }
+    let history = check_history(&file, &c);
+    let history_damaged = !history.is_empty();
+    f.problems.extend(history);
+    let bad = check_data(&c);
+    for (chunk, why) in &bad {
+        let cs = c.index().chunk_size();
+        f.problems.push(format!(
+            "chunk {chunk} (bytes {}..{}): {why}",
+            chunk * cs,
+            (chunk + 1) * cs
+        ));
+    }
+    if !repair || f.problems.is_empty() {
+        f.unrecoverable += bad.len() as u64;
+        return f;
+    }
+    if history_damaged {
+        // Rewrite from the live index, like a compaction: the damaged history goes away.
+        drop(c);
+        rebuild_by_scan(path, &file, &mut f);
+        return f;
+    }
+    let mut c = c;
+    if c.container_len() < len {
+        match c.drop_torn_tail() {
+            Ok(_) => {
+                let _ = c.sync_data();
+                f.repairs.push(format!(
+                    "torn tail dropped (truncated to {} bytes)",
+                    c.container_len()
+                ))
+            }
+            Err(e) => f
+                .problems
+                .push(format!("could not drop the torn tail: {e}")),
+        }
+    }
+    if !bad.is_empty() {
+        f.unrecoverable += bad.len() as u64;
+        f.repairs.push(format!(
+            "{} chunk(s) cannot be recovered: they keep reading as EIO",
+            bad.len()
+        ));
+    }
+    f
+}
+
+fn open_for(path: &Path, write: bool) -> io::Result<File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(write)
+        .open(path)
+}
+
+fn read_prefix(file: &File, buf: &mut [u8]) -> usize {
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read_at(&mut buf[n..], n as u64) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => n += k,
+        }
+    }
+    n
+}
+
+/// Checks the commit chain beyond what a read needs (from the last checkpoint back to the first
+/// commit), every index member on the way, and the last commit's auxiliary member.
+fn check_history(file: &File, c: &Container) -> Vec<String> {
+    let mut problems = Vec::new();
+    let last_off = c.container_len() - COMMIT_MEMBER_LEN as u64;
+    let mut b = [0u8; COMMIT_MEMBER_LEN];
+    if file.read_exact_at(&mut b, last_off).is_err() {
+        return vec!["cannot read the last commit".into()];
+    }
+    let Ok(mut cur) = CommitRecord::decode(&b, last_off) else {
+        return vec!["the last commit does not decode".into()];
+    };
+    if cur.aux != u64::MAX {
+        let mut a = [0u8; AUX_MEMBER_LEN];
+        let ok =
+            file.read_exact_at(&mut a, cur.aux).is_ok() && AuxRecord::decode(&a, cur.aux).is_ok();
+        if !ok {
+            problems.push(format!(
+                "auxiliary member at {} is damaged (its digest state is recomputed)",
+                cur.aux
+            ));
+        }
+    }
+    let mut steps = 0u64;
+    loop {
+        if let Err(e) = crate::container::file::read_commit_entries(file, &cur, c.chunk_log2()) {
+            problems.push(format!(
+                "index of commit {} (at {}): {e}",
+                cur.seq, cur.offset
+            ));
+        }
+        if cur.prev == u64::MAX {
+            if cur.seq != 1 && !cur.checkpoint {
+                problems.push(format!(
+                    "commit {} (at {}) has no predecessor and is not a checkpoint",
+                    cur.seq, cur.offset
+                ));
+            }
+            break;
+        }
+        steps += 1;
+        if steps > 10_000_000 {
+            problems.push("commit chain too long".into());
+            break;
+        }
+        if cur.prev >= cur.offset || file.read_exact_at(&mut b, cur.prev).is_err() {
+            problems.push(format!(
+                "commit {} (at {}) points to an unreadable previous commit at {}",
+                cur.seq, cur.offset, cur.prev
+            ));
+            break;
+        }
+        match CommitRecord::decode(&b, cur.prev) {
+            Ok(p) if p.seq.checked_add(1) == Some(cur.seq) => cur = p,
+            Ok(p) => {
+                problems.push(format!(
+                    "commit sequence {} at {} is followed by {} at {} (older history)",
+                    p.seq, p.offset, cur.seq, cur.offset
+                ));
+                break;
+            }
+            Err(e) => {
+                problems.push(format!("older commit history damaged: {e}"));
+                break;
+            }
+        }
+    }
+    problems
+}
+
+/// Decodes every live piece; returns the chunks that cannot be read and why.
+fn check_data(c: &Container) -> Vec<(u64, String)> {
+    let mut bad = Vec::new();
+    let mut d = libdeflater::Decompressor::new();
+    let cs = c.index().chunk_size();
+    let chunks: Vec<u64> = c.index().data_chunks().collect();
+    for chunk in chunks {
+        let start = chunk * cs;
+        let mut content: Vec<u8> = Vec::new();
+        let mut why = None;
+        for p in c.index().pieces(chunk) {
+            let at = p.logical_offset - start;
+            if p.reset {
+                content.clear();
+            }
+            if at != content.len() as u64 {
+                why = Some(format!(
+                    "piece at {} does not continue its chunk (expected {})",
+                    p.logical_offset,
+                    start + content.len() as u64
+                ));
+                break;
+            }
+            if p.kind == PieceKind::Hole {
+                continue;
+            }
+            let mut m = vec![0u8; p.stored_len as usize];
+            let mut out = vec![0u8; p.logical_len as usize];
+            if let Err(e) = c
+                .read_member(p, &mut m)
+                .and_then(|_| decode_piece(&m, p, &mut d, &mut out))
+            {
+                why = Some(e.to_string());
+                break;
+            }
+            content.extend_from_slice(&out);
+            if p.chaining_value != [0; 32]
+                && crate::digest::chunk_cv(start, &content) != p.chaining_value
+            {
+                why = Some(format!(
+                    "BLAKE3 chaining value of the piece at {} does not match its content",
+                    p.logical_offset
+                ));
+                break;
+            }
+        }
+        if let Some(w) = why {
+            bad.push((chunk, w));
+        }
+    }
+    bad
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rebuilding by scanning the members
+
+/// A member found by the scan.
+enum Found {
+    /// A data member that decodes: its entry (member offset and stored length filled in).
+    Data(IndexEntry),
+    /// A data member that does not decode (its payload says which chunk it belonged to).
+    Damaged {
+        offset: u64,
+        logical_offset: u64,
+    },
+    Index {
+        offset: u64,
+        entries: Vec<IndexEntry>,
+    },
+    Commit(CommitRecord),
+}
+
+/// The file, mapped read-only.
+struct Mapped {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+impl Mapped {
+    fn new(file: &File) -> io::Result<Mapped> {
+        let len = file.metadata()?.len() as usize;
+        if len == 0 {
+            return Ok(Mapped {
+                ptr: std::ptr::null_mut(),
+                len: 0,
+            });
+        }
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Mapped { ptr, len })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        if self.len == 0 {
+            return &[];
+        }
+        unsafe { std::slice::from_raw_parts(self.ptr as *const u8, self.len) }
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        if self.len > 0 {
+            unsafe { libc::munmap(self.ptr, self.len) };
+        }
+    }
+}
+
+/// Whether a member of a known kind starts at `pos` (framing, and for data members a payload
+/// with a valid crc32; for the others, the whole member).
+fn member_starts_at(b: &[u8], pos: usize) -> bool {
+    if b.len() - pos < FRAMING_LEN || b[pos..pos + 10] != GZIP_ID {
+        return false;
+    }
+    let kind = b[pos + 13];
+    let Ok(plen) = check_framing(&b[pos..], kind, pos as u64) else {
+        return false;
+    };
+    match kind {
+        RECORD_DATA => {
+            plen == DATA_PAYLOAD_LEN
+                && b.len() - pos >= DATA_HEADER_LEN
+                && libdeflater::crc32(&b[pos + 16..pos + 28]) == u32_at(b, pos + 28)
+        }
+        RECORD_COMMIT => {
+            b.len() - pos >= COMMIT_MEMBER_LEN
+                && CommitRecord::decode(&b[pos..pos + COMMIT_MEMBER_LEN], pos as u64).is_ok()
+        }
+        RECORD_INDEX => {
+            let end = pos + FRAMING_LEN + plen + 10;
+            end <= b.len()
+                && parse_index_member_rest(&b[pos + FRAMING_LEN..end], pos as u64).is_ok()
+        }
+        RECORD_AUX => {
+            b.len() - pos >= AUX_MEMBER_LEN
+                && AuxRecord::decode(&b[pos..pos + AUX_MEMBER_LEN], pos as u64).is_ok()
+        }
+        _ => false,
+    }
+}
+
+/// The next position after `from` where a member starts (or the end of the file).
+fn next_member(b: &[u8], from: usize) -> usize {
+    let mut i = from;
+    while i + FRAMING_LEN <= b.len() {
+        match b[i..].iter().position(|&x| x == 0x1f) {
+            None => return b.len(),
+            Some(k) => i += k,
+        }
+        if member_starts_at(b, i) {
+            return i;
+        }
+        i += 1;
+    }
+    b.len()
+}
+
+/// Tries to read a data member starting at `pos` and ending at `end`; its entry if it decodes.
+fn data_member(
+    b: &[u8],
+    pos: usize,
+    end: usize,
+    chunk_log2: u8,
+    d: &mut libdeflater::Decompressor,
+) -> Option<IndexEntry> {
+    if end - pos < DATA_HEADER_LEN + 2 + MEMBER_TRAILER_LEN {
+        return None;
+    }
+    let logical_offset = u64_at(b, pos + 16);
+    let flags = u32_at(b, pos + 24);
+    let crc = u32_at(b, end - 8);
+    let isize = u32_at(b, end - 4) as u64;
+    let cs = 1u64 << chunk_log2;
+    if isize > cs - (logical_offset & (cs - 1)) || logical_offset > i64::MAX as u64 {
+        return None;
+    }
+    let stored = flags & DATA_FLAG_STORED != 0;
+    let e = IndexEntry {
+        logical_offset,
+        logical_len: isize as u32,
+        member_offset: pos as u64,
+        stored_len: (end - pos) as u32,
+        crc32: crc,
+        kind: if stored {
+            PieceKind::Stored
+        } else {
+            PieceKind::Deflate
+        },
+        reset: flags & DATA_FLAG_RESET != 0,
+        level: 0,
+        window_log2: if stored { 0 } else { 15 },
+        chaining_value: [0; 32],
+    };
+    let m = &b[pos..end];
+    parse_data_member(m, &e).ok()?;
+    let mut out = vec![0u8; isize as usize];
+    if stored {
+        let n = decode_stored_blocks(&m[DATA_HEADER_LEN..m.len() - MEMBER_TRAILER_LEN], &mut out)
+            .ok()?;
+        (n == out.len() && libdeflater::crc32(&out) == crc).then_some(e)
+    } else {
+        decode_piece(m, &e, d, &mut out).ok().map(|_| e)
+    }
+}
+
+/// Scans the members of a container from just after its header.
+fn scan(b: &[u8], chunk_log2: u8) -> (Vec<Found>, Vec<(usize, usize)>) {
+    let mut found = Vec::new();
+    let mut garbage = Vec::new();
+    let mut d = libdeflater::Decompressor::new();
+    let max_member = DATA_HEADER_LEN
+        + crate::container::stored_stream_len(1 << chunk_log2)
+        + MEMBER_TRAILER_LEN
+        + 1024;
+    let mut pos = HEADER_MEMBER_LEN.min(b.len());
+    while pos < b.len() {
+        if !member_starts_at(b, pos) {
+            let next = next_member(b, pos + 1);
+            garbage.push((pos, next));
+            pos = next;
+            continue;
+        }
+        match b[pos + 13] {
+            RECORD_DATA => {
+                // Its end is where a later member starts: try the candidates in order.
+                let mut end = next_member(b, pos + DATA_HEADER_LEN);
+                let mut ok = None;
+                loop {
+                    if let Some(e) = data_member(b, pos, end, chunk_log2, &mut d) {
+                        ok = Some(e);
+                        break;
+                    }
+                    if end >= b.len() || end - pos > max_member {
+                        break;
+                    }
+                    end = next_member(b, end + 1);
+                }
+                match ok {
+                    Some(e) => {
+                        pos += e.stored_len as usize;
+                        found.push(Found::Data(e));
+                    }
+                    None => {
+                        found.push(Found::Damaged {
+                            offset: pos as u64,
+                            logical_offset: u64_at(b, pos + 16),
+                        });
+                        pos = next_member(b, pos + DATA_HEADER_LEN);
+                    }
+                }
+            }
+            RECORD_COMMIT => {
+                let c = CommitRecord::decode(&b[pos..pos + COMMIT_MEMBER_LEN], pos as u64)
+                    .expect("checked");
+                found.push(Found::Commit(c));
+                pos += COMMIT_MEMBER_LEN;
+            }
+            RECORD_INDEX => {
+                let plen = u16::from_le_bytes([b[pos + 14], b[pos + 15]]) as usize;
+                let end = pos + FRAMING_LEN + plen + 10;
+                let entries = parse_index_member_rest(&b[pos + FRAMING_LEN..end], pos as u64)
+                    .expect("checked");
+                found.push(Found::Index {
+                    offset: pos as u64,
+                    entries,
+                });
+                pos = end;
+            }
+            _ => pos += AUX_MEMBER_LEN,
+        }
+    }
+    (found, garbage)
+}
+
+/// The chunk size of a container whose header may be damaged: the header's if plausible, else
+/// the smallest size no data member crosses a boundary of.
+fn guess_chunk_log2(b: &[u8]) -> u8 {
+    if b.len() > 26 && (MIN_CHUNK_LOG2..=MAX_CHUNK_LOG2).contains(&b[26]) {
+        return b[26];
+    }
+    let (found, _) = scan(b, MAX_CHUNK_LOG2);
+    let pieces: Vec<(u64, u64)> = found
+        .iter()
+        .filter_map(|f| match f {
+            Found::Data(e) => Some((e.logical_offset, e.logical_len as u64)),
+            _ => None,
+        })
+        .collect();
+    (MIN_CHUNK_LOG2..=MAX_CHUNK_LOG2)
+        .find(|l| {
+            pieces
+                .iter()
+                .all(|(o, n)| *n == 0 || (o >> l) == ((o + n - 1) >> l))
+        })
+        .unwrap_or(crate::options::DEFAULT_CHUNK_LOG2)
+}
+
+/// What the scan recovered: the live index (entries point into the old file), the chunks that
+/// cannot be recovered, and notes.
+struct Recovered {
+    index: ChunkIndex,
+    poisoned: BTreeSet<u64>,
+    notes: Vec<String>,
+}
+
+/// Replays the scan: a commit whose index members are all there applies its entries (checking
+/// that the members they name were found intact); a commit whose index is missing applies the data
+/// members found since the previous commit, in file order. Data after the last commit was never
+/// committed and is left out, as any reader does.
+fn replay(found: &[Found], garbage: &[(usize, usize)], chunk_log2: u8) -> Recovered {
+    let mut index = ChunkIndex::new(chunk_log2);
+    let mut poisoned: BTreeSet<u64> = BTreeSet::new();
+    let mut notes = Vec::new();
+    let mut members: BTreeMap<u64, Option<&IndexEntry>> = BTreeMap::new();
+    let mut since_commit: Vec<&Found> = Vec::new();
+    let mut index_members: BTreeMap<u64, &Vec<IndexEntry>> = BTreeMap::new();
+    let mut commits = 0;
+    for f in found {
+        match f {
+            Found::Data(e) => {
+                members.insert(e.member_offset, Some(e));
+                since_commit.push(f);
+            }
+            Found::Damaged { offset, .. } => {
+                members.insert(*offset, None);
+                since_commit.push(f);
+            }
+            Found::Index { offset, entries } => {
+                index_members.insert(*offset, entries);
+            }
+            Found::Commit(c) => {
+                commits += 1;
+                // The commit's own index members, if all of them were found.
+                let mut entries: Option<Vec<IndexEntry>> = Some(Vec::new());
+                let mut pos = c.first_index;
+                let mut n = 0u32;
+                while pos < c.offset {
+                    match index_members.get(&pos) {
+                        Some(list) => {
+                            if let Some(v) = entries.as_mut() {
+                                v.extend(list.iter().cloned());
+                            }
+                            n += 1;
+                            pos += crate::container::index_member_len(list.len()) as u64;
+                        }
+                        None => {
+                            entries = None;
+                            break;
+                        }
+                    }
+                }
+                if n != c.index_members {
+                    entries = None;
+                }
+                match entries.filter(|e| e.len() == c.entry_count as usize) {
+                    Some(list) => {
+                        if c.checkpoint {
+                            index = ChunkIndex::new(chunk_log2);
+                            poisoned.clear();
+                        }
+                        for e in list {
+                            let chunk = e.logical_offset >> chunk_log2;
+                            if e.kind == PieceKind::Hole {
+                                poisoned.remove(&chunk);
+                                index.apply(e);
+                                continue;
+                            }
+                            match members.get(&e.member_offset) {
+                                Some(Some(m)) if m.stored_len == e.stored_len => {
+                                    if e.reset {
+                                        poisoned.remove(&chunk);
+                                    }
+                                    index.apply(e);
+                                }
+                                _ => {
+                                    poisoned.insert(chunk);
+                                }
+                            }
+                        }
+                    }
+                    None => {
+                        notes.push(format!(
+                            "index of commit {} (at {}) lost: its pieces taken from the data \
+                             members before it",
+                            c.seq, c.offset
+                        ));
+                        for f in &since_commit {
+                            match f {
+                                Found::Data(e) => {
+                                    let chunk = e.logical_offset >> chunk_log2;
+                                    if e.reset {
+                                        poisoned.remove(&chunk);
+                                    }
+                                    index.apply((*e).clone());
+                                }
+                                Found::Damaged { logical_offset, .. } => {
+                                    poisoned.insert(logical_offset >> chunk_log2);
+                                }
+                                _ => {}
+                            }
+                        }
+                    }
+                }
+                index.set_size(c.size);
+                let first_gone = index.chunks_for(c.size);
+                poisoned.retain(|ch| *ch < first_gone);
+                since_commit.clear();
+            }
+        }
+    }
+    if commits == 0 {
+        notes.push("no commit found: the file is empty".into());
+    }
+    let uncommitted = since_commit.len();
+    if uncommitted > 0 {
+        notes.push(format!(
+            "{uncommitted} data member(s) after the last commit were never committed: left out"
+        ));
+    }
+    let garbage_bytes: usize = garbage.iter().map(|(a, b)| b - a).sum();
+    if garbage_bytes > 0 {
+        notes.push(format!(
+            "{garbage_bytes} byte(s) in {} region(s) are no member at all (first at {})",
+            garbage.len(),
+            garbage[0].0
+        ));
+    }
+    Recovered {
+        index,
+        poisoned,
+        notes,
+    }
+}
+
+/// A piece that covers `len` bytes of the chunk at `start` and fails its crc32 check on every
+/// read: what fsck writes for a chunk it cannot recover, so it keeps reading as EIO.
+fn poison_member(start: u64, len: usize) -> (Vec<u8>, IndexEntry) {
+    let (mut m, mut e) = build_stored_member(start, true, &vec![0u8; len]);
+    e.crc32 = !e.crc32;
+    let t = m.len() - MEMBER_TRAILER_LEN;
+    m[t..].copy_from_slice(&member_trailer(e.crc32, e.logical_len));
+    (m, e)
+}
+
+/// Rebuilds `path` from a scan of its members into a temporary file, syncs it and renames it over
+/// the original.
+fn rebuild_by_scan(path: &Path, file: &File, f: &mut Findings) {
+    match rebuild_inner(path, file) {
+        Ok((notes, unrecoverable, size)) => {
+            f.unrecoverable += unrecoverable;
+            let mut what = format!("rebuilt from its members (size {size})");
+            for n in notes {
+                what.push_str("; ");
+                what.push_str(&n);
+            }
+            if unrecoverable > 0 {
+                what.push_str(&format!(
+                    "; {unrecoverable} chunk(s) cannot be recovered: they keep reading as EIO"
+                ));
+            }
+            f.repairs.push(what);
+        }
+        Err(e) => f.problems.push(format!("could not rebuild: {e}")),
+    }
+}
+
+fn rebuild_inner(path: &Path, file: &File) -> io::Result<(Vec<String>, u64, u64)> {
+    let map = Mapped::new(file)?;
+    let b = map.bytes();
+    let chunk_log2 = guess_chunk_log2(b);
+    let (found, garbage) = scan(b, chunk_log2);
+    let rec = replay(&found, &garbage, chunk_log2);
+    let cs = 1u64 << chunk_log2;
+    let size = rec.index.size();
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let md = file.metadata()?;
+    let tmp = dir.join(format!("{INTERNAL_PREFIX}fsck-{}", md.ino()));
+    let _ = std::fs::remove_file(&tmp);
+    let dest = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&tmp)?;
+    let mut chunks: BTreeSet<u64> = rec.index.data_chunks().collect();
+    chunks.extend(rec.poisoned.iter().copied());
+    let mut members = Vec::new();
+    for chunk in chunks {
+        let start = chunk * cs;
+        if start >= size {
+            continue;
+        }
+        if rec.poisoned.contains(&chunk) {
+            members.push(poison_member(start, (size - start).min(cs) as usize));
+            continue;
+        }
+        for p in rec.index.pieces(chunk) {
+            if p.kind == PieceKind::Hole {
+                continue;
+            }
+            let a = p.member_offset as usize;
+            let bytes = b[a..a + p.stored_len as usize].to_vec();
+            members.push((bytes, p.clone()));
+        }
+    }
+    let unrecoverable = rec.poisoned.iter().filter(|c| **c * cs < size).count() as u64;
+    let result = Container::rebuild(dest, chunk_log2, size, members.into_iter())
+        .map_err(|e| io::Error::other(e.to_string()))
+        .and_then(|c| c.sync_data().map_err(|e| io::Error::other(e.to_string())));
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    copy_metadata(path, &tmp, &md);
+    std::fs::rename(&tmp, path)?;
+    File::open(dir)?.sync_all()?;
+    Ok((rec.notes, unrecoverable, size))
+}
+
+/// Owner, mode, extended attributes and times of `from` onto `to` (best effort).
+fn copy_metadata(from: &Path, to: &Path, md: &std::fs::Metadata) {
+    let cto = CString::new(to.as_os_str().as_bytes()).expect("no NUL");
+    let cfrom = CString::new(from.as_os_str().as_bytes()).expect("no NUL");
+    unsafe {
+        libc::chown(cto.as_ptr(), md.uid(), md.gid());
+        libc::chmod(cto.as_ptr(), md.mode() & 0o7777);
+        let len = libc::llistxattr(cfrom.as_ptr(), std::ptr::null_mut(), 0);
+        if len > 0 {
+            let mut names = vec![0u8; len as usize];
+            let len = libc::llistxattr(cfrom.as_ptr(), names.as_mut_ptr() as *mut _, names.len());
+            if len > 0 {
+                for name in names[..len as usize]
+                    .split(|c| *c == 0)
+                    .filter(|n| !n.is_empty())
+                {
+                    let cname = CString::new(name).expect("no NUL");
+                    let vlen =
+                        libc::lgetxattr(cfrom.as_ptr(), cname.as_ptr(), std::ptr::null_mut(), 0);
+                    if vlen < 0 {
+                        continue;
+                    }
+                    let mut v = vec![0u8; vlen as usize];
+                    let vlen = libc::lgetxattr(
+                        cfrom.as_ptr(),
+                        cname.as_ptr(),
+                        v.as_mut_ptr() as *mut _,
+                        v.len(),
+                    );
+                    if vlen >= 0 {
+                        libc::lsetxattr(
+                            cto.as_ptr(),
+                            cname.as_ptr(),
+                            v.as_ptr() as *const _,
+                            vlen as usize,
+                            0,
+                        );
+                    }
+                }
+            }
+        }
+        let times = [
+            libc::timespec {
+                tv_sec: md.atime(),
+                tv_nsec: md.atime_nsec(),
+            },
+            libc::timespec {
+                tv_sec: md.mtime(),
+                tv_nsec: md.mtime_nsec(),
+            },
+        ];
+        libc::utimensat(libc::AT_FDCWD, cto.as_ptr(), times.as_ptr(), 0);
+    }
+}
+
+/// The checks fsck makes on a container's bytes, for fuzzing: scanning and replaying hostile
+/// bytes must never panic, hang or allocate without bound.
+pub fn scan_for_fuzzing(bytes: &[u8]) -> usize {
+    let log2 = guess_chunk_log2(bytes);
+    let (found, garbage) = scan(bytes, log2);
+    let rec = replay(&found, &garbage, log2);
+    rec.index.live_entry_count() as usize + rec.poisoned.len() + rec.notes.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn poison_members_parse_but_never_decode() {
+        let (m, e) = poison_member(8192, 100);
+        assert!(parse_data_member(&m, &e).is_ok());
+        let mut out = vec![0u8; 100];
+        let mut d = libdeflater::Decompressor::new();
+        assert!(decode_piece(&m, &e, &mut d, &mut out).is_err());
+    }
+
+    #[test]
+    fn mountinfo_escapes_decode() {
+        assert_eq!(unescape("/a\\040b"), "/a b");
+    }
+}
