@@ -897,7 +897,7 @@ impl ContainerFile {
             input.copy_from_slice(&d.buf[d.persisted..d.valid]);
             let cv = chunk_cv(chunk_start, &d.buf[..d.valid]);
             (input, d.persisted, false, Some(cv))
-        } else if d.valid == cs {
+        } else if d.valid == cs && !lost {
             let d = st.dirty.remove(&chunk).expect("present");
             (d.buf, 0, true, None)
         } else {
