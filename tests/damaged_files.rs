@@ -153,8 +153,7 @@ fn damage_gives_eio_for_the_affected_range_and_one_log_line_per_file() {
     let bytes = fs::read(m.backing("index")).unwrap();
     let last_index = scan_members(&bytes)
         .into_iter()
-        .filter(|x| x.kind == b'i')
-        .last()
+        .rfind(|x| x.kind == b'i')
         .unwrap();
     flip(&m.backing("index"), last_index.offset + 40);
     m.mount();
@@ -221,7 +220,7 @@ fn foreign_and_header_like_files_are_plain() {
 
 #[test]
 fn files_changed_behind_the_mounts_back() {
-    let mut m = Mount::with_opts(&["chunk=16k", "cache=0"]);
+    let m = Mount::with_opts(&["chunk=16k", "cache=0"]);
     let data = varied_text(300_000, 3);
     for name in ["appended", "truncated", "replaced"] {
         write_file(&m.path(name), &data);
