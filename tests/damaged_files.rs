@@ -264,3 +264,40 @@ fn files_changed_behind_the_mounts_back() {
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(fs::read(m.path("replaced")).unwrap(), b"plain replacement");
 }
+
+/// Recovery mode is for files last changed before the machine booted, and the backing file's
+/// ctime says when that was, not its mtime, which users set freely (`cp -a`, `touch -d`). A file
+/// written in this boot and dated 2001 by its user used to be opened in recovery mode: one damaged
+/// data member in its last commit then rolled the whole file back to the commit before (and
+/// truncated it there) instead of giving EIO for that chunk.
+#[test]
+fn a_file_dated_in_the_past_is_not_rolled_back_by_recovery() {
+    let mut m = Mount::with_opts(&["chunk=16k", "cache=0"]);
+    let data = varied_text(8 * CHUNK, 7);
+    {
+        let mut f = File::create(m.path("old")).unwrap();
+        f.write_all(&data[..4 * CHUNK]).unwrap();
+        f.sync_all().unwrap();
+        f.write_all(&data[4 * CHUNK..]).unwrap();
+    }
+    let t = libc::timeval {
+        tv_sec: 978_307_200, // 2001-01-01
+        tv_usec: 0,
+    };
+    let p = common::cpath(&m.path("old"));
+    assert_eq!(unsafe { libc::utimes(p.as_ptr(), [t, t].as_ptr()) }, 0);
+    m.unmount();
+    // Chunk 6 was written after the fsync: its member belongs to the last commit.
+    let (start, end) = data_member(&m.backing("old"), 6);
+    flip(&m.backing("old"), (start + end) / 2);
+    // The damage moved the mtime; date it back as the user had.
+    let p = common::cpath(&m.backing("old"));
+    assert_eq!(unsafe { libc::utimes(p.as_ptr(), [t, t].as_ptr()) }, 0);
+    m.mount();
+    assert_eq!(
+        fs::metadata(m.path("old")).unwrap().len(),
+        data.len() as u64,
+        "the file was rolled back"
+    );
+    assert_eq!(eio_chunks(&m.path("old"), &data), vec![6]);
+}

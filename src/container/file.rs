@@ -438,7 +438,10 @@ impl Container {
     pub fn create(file: File, chunk_log2: u8) -> Result<Container> {
         Self::check_empty(&file, chunk_log2)?;
         let mut c = Self::fresh(file, chunk_log2);
-        c.prepare_write()?;
+        // No ftruncate: the file is known to be empty, and on ext4 a truncation to zero marks
+        // the inode for a data flush at every close (auto_da_alloc), which made each file
+        // created through a mount start disk writes at its release.
+        c.write_initial_bytes()?;
         Ok(c)
     }
 
@@ -697,22 +700,29 @@ impl Container {
         self.index.set_size(size);
     }
 
+    /// Writes the header and the first checkpoint at offset 0 of an empty file.
+    fn write_initial_bytes(&mut self) -> Result<()> {
+        self.synced_len.store(0, Ordering::Relaxed);
+        let b = initial_bytes(self.chunk_log2());
+        self.file.write_all_at(&b, 0)?;
+        self.needs_init = false;
+        self.tail_dirty = false;
+        self.container_len = b.len() as u64;
+        self.last_seq = 1;
+        self.last_commit = HEADER_LEN;
+        self.committed_size = 0;
+        self.deltas_since_checkpoint = 0;
+        self.entries_since_checkpoint = 0;
+        self.checkpoint_end = self.container_len;
+        Ok(())
+    }
+
     /// Truncates a torn tail away and writes the header and first checkpoint if still needed.
     fn prepare_write(&mut self) -> Result<()> {
         if self.needs_init {
+            // An interrupted creation: whatever prefix of the first bytes is there goes.
             self.file.set_len(0)?;
-            self.synced_len.store(0, Ordering::Relaxed);
-            let b = initial_bytes(self.chunk_log2());
-            self.file.write_all_at(&b, 0)?;
-            self.needs_init = false;
-            self.tail_dirty = false;
-            self.container_len = b.len() as u64;
-            self.last_seq = 1;
-            self.last_commit = HEADER_LEN;
-            self.committed_size = 0;
-            self.deltas_since_checkpoint = 0;
-            self.entries_since_checkpoint = 0;
-            self.checkpoint_end = self.container_len;
+            self.write_initial_bytes()?;
         }
         if self.tail_dirty {
             self.file.set_len(self.container_len)?;

@@ -152,7 +152,7 @@ fn is_internal(name: &[u8]) -> bool {
 /// What [`OpenMode::Recover`] found for a file, and the backing file it found it in.
 struct Recovered {
     len: i64,
-    mtime: (i64, i64),
+    ctime: (i64, i64),
     size: u64,
     /// The file still holds commits recovery leaves out (it could not be truncated).
     rolled_back: bool,
@@ -160,8 +160,15 @@ struct Recovered {
 
 impl Recovered {
     fn matches(&self, st: &libc::stat) -> bool {
-        self.len == st.st_size && self.mtime == (st.st_mtime, st.st_mtime_nsec)
+        self.len == st.st_size && self.ctime == (st.st_ctime, st.st_ctime_nsec)
     }
+}
+
+/// Whether the backing file was changed since the machine booted. Its ctime says so, not its
+/// mtime: the mtime is the user's to set (`cp -a`, `tar x`, `touch -d` date files in the past,
+/// which made every such file go through recovery at its first stat), the ctime is not.
+fn changed_this_boot(st: &libc::stat) -> bool {
+    st.st_ctime >= boot_time()
 }
 
 /// When the machine booted (seconds since the epoch, from /proc/stat), or 0 if unknown.
@@ -243,7 +250,12 @@ impl DeflateFs {
             return Ok(f);
         }
         let file = sys::reopen(node.raw_fd(), libc::O_RDONLY)?;
-        let f = match Container::probe(&file) {
+        self.probe_format(node, &file)
+    }
+
+    /// Decides the format of `node` by reading its first bytes through `file`.
+    fn probe_format(&self, node: &Node, file: &std::fs::File) -> FsResult<Format> {
+        let f = match Container::probe(file) {
             Ok(true) => Format::Container,
             Ok(false) => Format::Plain,
             // Our header with an unknown version or invalid fields: a container this mount
@@ -268,8 +280,21 @@ impl DeflateFs {
             }
             return Ok(st);
         }
-        if self.format_of(node)? == Format::Container {
-            if st.st_mtime < boot_time() {
+        // One descriptor for the format probe and the size: re-opening through /proc costs more
+        // than the reads (a `tar c` of small files is bound by this path).
+        let known = *node.format.lock();
+        let mut probe_file = None;
+        let format = match known {
+            Some(f) => f,
+            None => {
+                let file = sys::reopen(node.raw_fd(), libc::O_RDONLY)?;
+                let f = self.probe_format(node, &file)?;
+                probe_file = Some(file);
+                f
+            }
+        };
+        if format == Format::Container {
+            if !changed_this_boot(&st) {
                 // Its size is that of the commit recovery opens it at (see `open_container`).
                 if let Some(size) = self.recovered_size(node, &st) {
                     st.st_size = size as i64;
@@ -282,7 +307,10 @@ impl DeflateFs {
                 };
                 return Ok(st);
             }
-            let file = sys::reopen(node.raw_fd(), libc::O_RDONLY)?;
+            let file = match probe_file {
+                Some(f) => f,
+                None => sys::reopen(node.raw_fd(), libc::O_RDONLY)?,
+            };
             // A damaged container still has a name and attributes (it can be listed, renamed
             // and removed); its size shows as 0 and opening it fails with EIO.
             st.st_size = match Container::read_logical_size(&file) {
@@ -744,8 +772,7 @@ impl DeflateFs {
             Format::Plain => OpenFile::Plain(PlainFile { file }),
             Format::Container => {
                 let label = Self::label(node);
-                drop(file);
-                let container = self.open_container(node)?;
+                let container = self.open_container_with(node, file)?;
                 OpenFile::Container(ContainerFile::new(
                     node.id,
                     label,
@@ -766,7 +793,6 @@ impl DeflateFs {
     /// what recovery leaves out is truncated away at once, so its size and content agree from
     /// the first stat on (the truncation dates the file in this boot: later opens are strict).
     fn open_container(&self, node: &Node) -> FsResult<Container> {
-        let label = Self::label(node);
         let access = if self.opts.read_only {
             libc::O_RDONLY
         } else {
@@ -778,8 +804,15 @@ impl DeflateFs {
             }
             other => other?,
         };
+        self.open_container_with(node, file)
+    }
+
+    /// [`Self::open_container`] through `file`, a descriptor of the node opened for reading
+    /// (and for writing unless the mount or the file forbids it).
+    fn open_container_with(&self, node: &Node, file: std::fs::File) -> FsResult<Container> {
+        let label = Self::label(node);
         let st = sys::fstat(file.as_raw_fd())?;
-        let mode = if st.st_mtime >= boot_time() {
+        let mode = if changed_this_boot(&st) {
             OpenMode::Strict
         } else {
             match self.recovered.lock().get(&node.id) {
@@ -816,7 +849,7 @@ impl DeflateFs {
                 node.id,
                 Recovered {
                     len: st.st_size,
-                    mtime: (st.st_mtime, st.st_mtime_nsec),
+                    ctime: (st.st_ctime, st.st_ctime_nsec),
                     size: c.size(),
                     rolled_back,
                 },
@@ -904,15 +937,13 @@ impl DeflateFs {
         ) {
             Ok(fd) => {
                 let file = std::fs::File::from(fd);
-                if let Err(e) = Container::create(file, self.opts.chunk_log2) {
-                    let _ = sys::unlinkat(dir.raw_fd(), &cname, 0);
-                    return Err(e.into());
+                match self.create_container(&dir, &cname, file, flags, caller) {
+                    Ok(created) => Ok(created),
+                    Err(e) => {
+                        let _ = sys::unlinkat(dir.raw_fd(), &cname, 0);
+                        Err(e)
+                    }
                 }
-                let (node, _) = self.finish_create(&dir, name, caller)?;
-                *node.format.lock() = Some(Format::Container);
-                let fh = self.open(node.id, flags & !libc::O_TRUNC)?;
-                let st = self.stat_node(&node)?;
-                Ok((node, st, fh))
             }
             Err(e) if e.errno == libc::EEXIST && flags & libc::O_EXCL == 0 => {
                 let (node, _) = self.lookup(parent, name)?;
@@ -922,6 +953,68 @@ impl DeflateFs {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Makes the file just created (O_EXCL) as `file` a container owned by the caller, and opens
+    /// it with the container state already in hand: creating a file costs no re-open, probe or
+    /// replay of what was just written (cp of a tree of small files is bound by this path).
+    fn create_container(
+        &self,
+        dir: &Arc<Node>,
+        cname: &std::ffi::CStr,
+        file: std::fs::File,
+        flags: i32,
+        caller: Caller,
+    ) -> FsResult<(Arc<Node>, libc::stat, u64)> {
+        let (uid, gid) = self.owner_for_new(dir, caller)?;
+        sys::fchown(file.as_raw_fd(), uid, gid)?;
+        let container = Container::create(file, self.opts.chunk_log2)?;
+        let path_fd = sys::openat(dir.raw_fd(), cname, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+        let st = sys::fstat(path_fd.as_raw_fd())?;
+        let created = sys::fstat(container.file().as_raw_fd())?;
+        if (st.st_dev, st.st_ino) != (created.st_dev, created.st_ino) {
+            // Renamed or replaced in the backing directory meanwhile: not ours to remove.
+            return errno(libc::EAGAIN);
+        }
+        let name = OsStr::from_bytes(cname.to_bytes());
+        let node = self.inodes.insert_lookup(path_fd, &st);
+        node.set_location(dir.id, name);
+        *node.format.lock() = Some(Format::Container);
+        let open = {
+            let mut slot = node.open.lock();
+            if slot.file.is_some() {
+                // Only an inode the table already knew could have a state: never a new file.
+                drop(slot);
+                self.inodes.forget(node.id, 1);
+                return errno(libc::EIO);
+            }
+            let open = Arc::new(OpenFile::Container(ContainerFile::new(
+                node.id,
+                Self::label(&node),
+                self.ctx.clone(),
+                container,
+            )?));
+            slot.file = Some(open.clone());
+            slot.users = 1;
+            open
+        };
+        let st = match self.stat_node(&node) {
+            Ok(st) => st,
+            Err(e) => {
+                node.open.lock().file = None;
+                self.inodes.forget(node.id, 1);
+                return Err(e);
+            }
+        };
+        let acc = flags & libc::O_ACCMODE;
+        let fh = self.new_handle(Handle {
+            node: node.clone(),
+            file: Some(open),
+            append: flags & libc::O_APPEND != 0,
+            writable: acc == libc::O_WRONLY || acc == libc::O_RDWR,
+            entries: Mutex::new(None),
+        });
+        Ok((node, st, fh))
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {

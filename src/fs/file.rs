@@ -216,6 +216,8 @@ struct WriteState {
     /// Bumped by every change of content or size (a digest computed without holding this
     /// state is only kept if the generation did not move meanwhile).
     generation: u64,
+    /// Whether a partial tail chunk was already handed to the engine early (see `write`).
+    early_tail_sent: bool,
 }
 
 enum Ready {
@@ -305,6 +307,7 @@ impl ContainerFile {
                 last_read_end: u64::MAX,
                 sha,
                 generation: 0,
+                early_tail_sent: false,
             }),
             store: Arc::new(Store {
                 inner: Mutex::new(StoreInner {
@@ -799,6 +802,22 @@ impl ContainerFile {
             }
         }
         st.size = st.size.max(end);
+        // A write that ends a new file's data short of a chunk boundary is, most often, the last
+        // one (a small file copied in one write, the tail of a large one): compress that chunk
+        // now, while the writer sets attributes and closes, instead of at the close. If more
+        // is appended it becomes a second piece of the chunk; this is done once per open state,
+        // so a writer appending in small pieces pays it at most once.
+        if !st.early_tail_sent && !data.is_empty() && end == st.size && end % cs as u64 != 0 {
+            let chunk = (end - 1) >> self.chunk_log2;
+            if st
+                .dirty
+                .get(&chunk)
+                .is_some_and(|d| d.persisted == 0 && d.dirty)
+            {
+                st.early_tail_sent = true;
+                self.submit_chunk(&mut st, chunk)?;
+            }
+        }
         Ok(data.len())
     }
 

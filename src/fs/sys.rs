@@ -167,6 +167,11 @@ pub fn chown_at(dir: RawFd, name: &CStr, uid: u32, gid: u32) -> FsResult<()> {
         .map(drop)
 }
 
+/// fchown of an open (not O_PATH) descriptor: no path walk.
+pub fn fchown(fd: RawFd, uid: u32, gid: u32) -> FsResult<()> {
+    check(unsafe { libc::fchown(fd, uid, gid) }).map(drop)
+}
+
 /// utimensat on the inode behind `fd`; each time is (sec, nsec) or UTIME_NOW/UTIME_OMIT in nsec.
 pub fn utimens_fd(fd: RawFd, is_symlink: bool, times: [libc::timespec; 2]) -> FsResult<()> {
     if is_symlink {
