@@ -253,3 +253,56 @@ fn head_and_tail_room_are_left_untouched() {
     let tail = c.output.len() - 50;
     assert!(c.output[tail..].iter().all(|&b| b == 0xAB));
 }
+
+/// `run_now` with the software reference runs the job on the caller's thread (no queue sees it,
+/// it is counted as inline) and gives the same bytes; a backend that does not run inline (here the
+/// fault-injecting wrapper, as a device would) still goes through its queues.
+#[test]
+fn run_now_decodes_on_the_callers_thread_only_for_the_software_reference() {
+    let pool = BufferPool::new(16 << 20);
+    let data = text_bytes(100_000);
+    let (fault, _control) =
+        deflatefs::engine::fault::FaultBackend::new(Arc::new(SoftwareBackend::new()));
+    let others: Arc<dyn deflatefs::engine::Backend> = Arc::new(fault);
+    for (backend, inline) in [
+        (
+            Arc::new(SoftwareBackend::new()) as Arc<dyn deflatefs::engine::Backend>,
+            true,
+        ),
+        (others, false),
+    ] {
+        let engine = Engine::new(EngineConfig {
+            queues: 2,
+            queue_depth: 8,
+            backend,
+        })
+        .unwrap();
+        let compressed = start_compress(&engine, &pool, &data, 1).wait();
+        let done = compressed.result.as_ref().unwrap();
+        let mut input = pool.take(done.len).unwrap();
+        input.copy_from_slice(&compressed.output[HEAD..HEAD + done.len]);
+        let before = engine.stats();
+        let out = engine.run_now(
+            Op::Decompress {
+                stream: 0..done.len,
+                expected_crc: done.crc32,
+                stored: done.stored,
+            },
+            input,
+            pool.take(data.len()).unwrap(),
+        );
+        assert_eq!(out.result.as_ref().unwrap().len, data.len());
+        assert_eq!(&out.output[..], &data[..]);
+        let after = engine.stats();
+        let queued: u64 = after.queues.iter().map(|q| q.jobs_completed).sum::<u64>()
+            - before.queues.iter().map(|q| q.jobs_completed).sum::<u64>();
+        let ran_inline = after.inline.jobs_completed - before.inline.jobs_completed;
+        assert_eq!(
+            (queued, ran_inline),
+            if inline { (0, 1) } else { (1, 0) },
+            "{}",
+            engine.backend_name()
+        );
+        assert_eq!(after.jobs_completed(), before.jobs_completed() + 1);
+    }
+}

@@ -41,6 +41,14 @@ pub trait Backend: Send + Sync {
     fn needs_verification(&self) -> bool {
         true
     }
+
+    /// Whether a job may run on the thread that needs its result instead of a queue worker: true
+    /// only for a plain CPU library (the software reference), where a queue buys parallelism but
+    /// costs two thread hand-offs that a caller about to wait for one small job gains nothing from.
+    /// A device, or anything that must be verified or fault-counted, goes through its queues.
+    fn runs_inline(&self) -> bool {
+        false
+    }
 }
 
 /// One compression stream. Calls are whole-buffer and synchronous; the engine provides the

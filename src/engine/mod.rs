@@ -166,24 +166,26 @@ pub struct EngineStats {
     pub backend_disabled: bool,
     /// One entry per queue, by queue index.
     pub queues: Vec<QueueStats>,
+    /// Jobs run on their callers' threads by [`Engine::run_now`] (occupancy stays 0).
+    pub inline: QueueStats,
 }
 
 impl EngineStats {
-    /// Jobs completed over all queues.
+    /// Jobs completed over all queues and on callers' threads.
     pub fn jobs_completed(&self) -> u64 {
-        self.queues.iter().map(|q| q.jobs_completed).sum()
+        self.queues.iter().map(|q| q.jobs_completed).sum::<u64>() + self.inline.jobs_completed
     }
-    /// Failed jobs over all queues.
+    /// Failed jobs over all queues and on callers' threads.
     pub fn jobs_failed(&self) -> u64 {
-        self.queues.iter().map(|q| q.jobs_failed).sum()
+        self.queues.iter().map(|q| q.jobs_failed).sum::<u64>() + self.inline.jobs_failed
     }
-    /// Bytes consumed over all queues.
+    /// Bytes consumed over all queues and on callers' threads.
     pub fn bytes_in(&self) -> u64 {
-        self.queues.iter().map(|q| q.bytes_in).sum()
+        self.queues.iter().map(|q| q.bytes_in).sum::<u64>() + self.inline.bytes_in
     }
-    /// Bytes produced over all queues.
+    /// Bytes produced over all queues and on callers' threads.
     pub fn bytes_out(&self) -> u64 {
-        self.queues.iter().map(|q| q.bytes_out).sum()
+        self.queues.iter().map(|q| q.bytes_out).sum::<u64>() + self.inline.bytes_out
     }
     /// Backend faults over all queues (see [`QueueStats::faults`]).
     pub fn faults(&self) -> u64 {
@@ -221,6 +223,17 @@ pub struct Engine {
     workers: Mutex<Vec<JoinHandle<()>>>,
     /// Rotates the starting queue of the least-loaded search so ties spread round-robin.
     next_queue: AtomicUsize,
+    /// Whether [`Engine::run_now`] may run jobs on the caller's thread (see
+    /// [`Backend::runs_inline`]).
+    inline: bool,
+    /// Counts the jobs run on callers' threads.
+    inline_counters: Arc<QueueCounters>,
+}
+
+thread_local! {
+    /// The codec [`Engine::run_now`] uses on this thread (software only; created on first use).
+    static INLINE_CODEC: std::cell::RefCell<Option<software::SoftwareCodec>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 impl Engine {
@@ -288,6 +301,8 @@ impl Engine {
             slots,
             workers: Mutex::new(workers),
             next_queue: AtomicUsize::new(0),
+            inline: cfg.backend.runs_inline(),
+            inline_counters: Arc::new(QueueCounters::default()),
         }))
     }
 
@@ -382,6 +397,37 @@ impl Engine {
         ticket
     }
 
+    /// Runs one job and returns its completion, for a caller that would only wait for it (a
+    /// foreground read decoding the chunk it needs). With a backend that [runs
+    /// inline](Backend::runs_inline) the job runs here, on this thread's own software codec,
+    /// with the same code a queue worker uses; otherwise it goes through the queues.
+    pub fn run_now(&self, op: Op, input: PoolBuf, mut output: PoolBuf) -> Completion {
+        if !self.inline || self.queues.read().is_empty() {
+            return self.submit_with_ticket(op, input, output).wait();
+        }
+        let mut report = queue::JobReport::default();
+        let result = INLINE_CODEC.with(|cell| {
+            let mut cell = cell.borrow_mut();
+            let codec = cell.get_or_insert_with(software::SoftwareCodec::new);
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                queue::execute(codec, None, None, &op, &input, &mut output, &mut report)
+            }))
+            .unwrap_or_else(|_| {
+                // The codec may be inconsistent after an unwind: the next job gets a new one.
+                *cell = None;
+                Err(EngineError::Codec(CodecError::Panicked(
+                    "software codec panicked on the caller's thread".into(),
+                )))
+            })
+        });
+        self.inline_counters.count(&op, input.len(), &result);
+        Completion {
+            result,
+            input,
+            output,
+        }
+    }
+
     fn submit_one(&self, mut job: Job) {
         loop {
             job = match self.offer_anywhere(job) {
@@ -467,21 +513,8 @@ impl Engine {
         EngineStats {
             backend: self.backend_name.clone(),
             backend_disabled: self.health.is_disabled(),
-            queues: self
-                .counters
-                .iter()
-                .map(|c| QueueStats {
-                    jobs_completed: c.jobs_completed.load(Ordering::Relaxed),
-                    jobs_failed: c.jobs_failed.load(Ordering::Relaxed),
-                    bytes_in: c.bytes_in.load(Ordering::Relaxed),
-                    bytes_out: c.bytes_out.load(Ordering::Relaxed),
-                    verify_failures: c.verify_failures.load(Ordering::Relaxed),
-                    faults: c.faults.load(Ordering::Relaxed),
-                    software_jobs: c.software_jobs.load(Ordering::Relaxed),
-                    occupancy: c.occupancy(),
-                    max_occupancy: c.max_occupancy.load(Ordering::Relaxed),
-                })
-                .collect(),
+            queues: self.counters.iter().map(|c| c.snapshot()).collect(),
+            inline: self.inline_counters.snapshot(),
         }
     }
 }

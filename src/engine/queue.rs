@@ -40,6 +40,39 @@ pub(super) struct QueueCounters {
 }
 
 impl QueueCounters {
+    /// Counts one completed job.
+    pub fn count(&self, op: &Op, input_len: usize, result: &Result<Done, EngineError>) {
+        match result {
+            Ok(done) => {
+                let (bytes_in, bytes_out) = match op {
+                    Op::Compress { .. } => (input_len, done.len),
+                    Op::Decompress { stream, .. } => (stream.len(), done.len),
+                };
+                self.bytes_in.fetch_add(bytes_in as u64, Ordering::Relaxed);
+                self.bytes_out
+                    .fetch_add(bytes_out as u64, Ordering::Relaxed);
+            }
+            Err(_) => {
+                self.jobs_failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.jobs_completed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> super::QueueStats {
+        super::QueueStats {
+            jobs_completed: self.jobs_completed.load(Ordering::Relaxed),
+            jobs_failed: self.jobs_failed.load(Ordering::Relaxed),
+            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_out: self.bytes_out.load(Ordering::Relaxed),
+            verify_failures: self.verify_failures.load(Ordering::Relaxed),
+            faults: self.faults.load(Ordering::Relaxed),
+            software_jobs: self.software_jobs.load(Ordering::Relaxed),
+            occupancy: self.occupancy(),
+            max_occupancy: self.max_occupancy.load(Ordering::Relaxed),
+        }
+    }
+
     pub fn occupancy(&self) -> usize {
         self.occupancy.load(Ordering::Relaxed).max(0) as usize
     }
@@ -318,20 +351,7 @@ impl Worker {
         if report.software {
             c.software_jobs.fetch_add(1, Ordering::Relaxed);
         }
-        match &result {
-            Ok(done) => {
-                let (bytes_in, bytes_out) = match &op {
-                    Op::Compress { .. } => (input.len(), done.len),
-                    Op::Decompress { stream, .. } => (stream.len(), done.len),
-                };
-                c.bytes_in.fetch_add(bytes_in as u64, Ordering::Relaxed);
-                c.bytes_out.fetch_add(bytes_out as u64, Ordering::Relaxed);
-            }
-            Err(_) => {
-                c.jobs_failed.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        c.jobs_completed.fetch_add(1, Ordering::Relaxed);
+        c.count(&op, input.len(), &result);
         c.occupancy.fetch_sub(1, Ordering::Relaxed);
 
         let completion = Completion {

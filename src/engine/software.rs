@@ -31,6 +31,10 @@ impl Backend for SoftwareBackend {
     fn needs_verification(&self) -> bool {
         false // this is the reference
     }
+
+    fn runs_inline(&self) -> bool {
+        true
+    }
 }
 
 /// One queue's libdeflate state. Compressors are created on first use of a level and kept: setting

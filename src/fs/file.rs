@@ -653,7 +653,7 @@ impl ContainerFile {
             expected_crc: p.crc32,
             stored: p.kind == PieceKind::Stored,
         };
-        let done = self.ctx.engine.submit_with_ticket(op, input, output).wait();
+        let done = self.ctx.engine.run_now(op, input, output);
         match done.result {
             Ok(_) => Ok(done.output),
             Err(e) => Err(FsError::with_context(
