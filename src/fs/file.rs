@@ -476,14 +476,15 @@ impl ContainerFile {
         let last = (end - 1) >> self.chunk_log2;
         let sequential = offset == st.last_read_end || offset == 0;
         if last > first || sequential {
-            // Decode every chunk of this request in parallel across the queues, and (for a
-            // sequential reader) the next ones too, while this thread copies out the first.
+            // Decode the other chunks of this request in parallel across the queues, and (for a
+            // sequential reader) the next ones too, while this thread decodes the first itself
+            // (a small file's only chunk never makes a round trip through a queue).
             let ahead = if sequential {
                 self.ctx.readahead_chunks as u64
             } else {
                 0
             };
-            self.start_readahead(st, first, last - first + 1 + ahead);
+            self.start_readahead(st, first + 1, last - first + ahead);
         }
         let mut pos = offset;
         while pos < end {
