@@ -261,6 +261,48 @@ impl BufferPool {
         })))
     }
 
+    /// Stops counting `class` bytes lent out by a buffer that left the pool
+    /// ([`PoolBuf::into_vec`]).
+    fn give_back_detached(&self, class: usize) {
+        let mut st = self.state.lock();
+        st.in_use -= class;
+        if class > 0 && !st.waiters.is_empty() {
+            self.cond.notify_all();
+        }
+    }
+
+    /// Takes a buffer that [`PoolBuf::into_vec`] took out back onto the free list of its size
+    /// class, if that fits within the capacity; otherwise frees it.
+    pub fn adopt(&self, mut buf: Vec<u8>) {
+        let class = buf.capacity();
+        if class == 0 || self.class_of(class) != class {
+            return;
+        }
+        {
+            let st = self.state.lock();
+            if st.in_use + st.free_bytes + class > self.capacity {
+                return;
+            }
+        }
+        // Free-list buffers hold `class` initialised bytes (no allocation: capacity == class).
+        buf.resize(class, 0);
+        let mut st = self.state.lock();
+        if st.in_use + st.free_bytes + class > self.capacity {
+            return;
+        }
+        st.free_bytes += class;
+        match st.free.iter_mut().find(|f| f.class == class) {
+            Some(list) => list.bufs.push(buf),
+            None => st.free.push(FreeList {
+                class,
+                bufs: vec![buf],
+            }),
+        }
+        if !st.waiters.is_empty() {
+            self.cond.notify_all();
+        }
+    }
+
     fn give_back(&self, buf: Vec<u8>) {
         let class = buf.len();
         let mut st = self.state.lock();
@@ -371,6 +413,17 @@ impl PoolBuf {
     pub fn pool(&self) -> &Arc<BufferPool> {
         &self.pool
     }
+
+    /// Takes the bytes out of the pool, without copying: the pool stops counting them (their room
+    /// is free for other requests at once) and the caller owns them, `len()` long. The chunk
+    /// cache keeps decoded chunks this way and hands them back with [`BufferPool::adopt`] when it
+    /// evicts them, so the pool does not allocate anew.
+    pub fn into_vec(mut self) -> Vec<u8> {
+        let mut buf = std::mem::take(&mut self.buf);
+        self.pool.give_back_detached(buf.len());
+        buf.truncate(self.len);
+        buf
+    }
 }
 
 impl Deref for PoolBuf {
@@ -465,6 +518,27 @@ mod tests {
         let big = pool.try_take(200 << 10).expect("free lists give way");
         assert_eq!(pool.in_use(), big.capacity());
         assert!(pool.in_use() + pool.free_bytes() <= pool.capacity());
+    }
+
+    #[test]
+    fn a_detached_buffer_frees_its_room_and_is_recycled_when_adopted() {
+        let pool = BufferPool::new(16384);
+        let mut a = pool.take(8192).unwrap();
+        a[..4].copy_from_slice(b"data");
+        a.set_len(5000);
+        let v = a.into_vec();
+        assert_eq!((v.len(), &v[..4]), (5000, &b"data"[..]));
+        assert_eq!(pool.in_use(), 0);
+        let b = pool.take(16384).unwrap();
+        // No room while the whole pool is lent: the adopted buffer is freed, not kept.
+        pool.adopt(v.clone());
+        assert_eq!(pool.free_bytes(), 0);
+        drop(b);
+        pool.trim();
+        pool.adopt(v);
+        assert_eq!(pool.free_bytes(), 8192);
+        let again = pool.take(8000).unwrap();
+        assert_eq!((again.capacity(), pool.free_bytes()), (8192, 0));
     }
 
     #[test]

@@ -11,6 +11,8 @@ use std::sync::Arc;
 use lru::LruCache;
 use parking_lot::Mutex;
 
+use crate::engine::BufferPool;
+
 /// Identifies one version of one chunk of one file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ChunkKey {
@@ -30,6 +32,8 @@ struct Inner {
 pub struct ChunkCache {
     inner: Mutex<Inner>,
     capacity: usize,
+    /// Where evicted chunks nobody else holds go back to (their buffers came out of it).
+    recycle: Option<Arc<BufferPool>>,
 }
 
 impl ChunkCache {
@@ -41,6 +45,25 @@ impl ChunkCache {
                 bytes: 0,
             }),
             capacity,
+            recycle: None,
+        }
+    }
+
+    /// [`ChunkCache::new`] whose evicted chunks are offered back to `pool` (see
+    /// [`crate::engine::PoolBuf::into_vec`]): decoded chunks move from the engine's output buffers
+    /// into the cache and back without being copied or reallocated.
+    pub fn recycling_into(capacity: usize, pool: Arc<BufferPool>) -> ChunkCache {
+        ChunkCache {
+            recycle: Some(pool),
+            ..ChunkCache::new(capacity)
+        }
+    }
+
+    fn evicted(&self, old: Arc<Vec<u8>>) {
+        if let Some(pool) = &self.recycle {
+            if let Ok(v) = Arc::try_unwrap(old) {
+                pool.adopt(v);
+            }
         }
     }
 
@@ -54,16 +77,26 @@ impl ChunkCache {
         if size > self.capacity {
             return;
         }
-        let mut inner = self.inner.lock();
-        if let Some(old) = inner.lru.put(key, data) {
-            inner.bytes -= old.capacity().max(1);
-        }
-        inner.bytes += size;
-        while inner.bytes > self.capacity {
-            match inner.lru.pop_lru() {
-                Some((_, old)) => inner.bytes -= old.capacity().max(1),
-                None => break,
+        let mut gone = Vec::new();
+        {
+            let mut inner = self.inner.lock();
+            if let Some(old) = inner.lru.put(key, data) {
+                inner.bytes -= old.capacity().max(1);
+                gone.push(old);
             }
+            inner.bytes += size;
+            while inner.bytes > self.capacity {
+                match inner.lru.pop_lru() {
+                    Some((_, old)) => {
+                        inner.bytes -= old.capacity().max(1);
+                        gone.push(old);
+                    }
+                    None => break,
+                }
+            }
+        }
+        for old in gone {
+            self.evicted(old);
         }
     }
 
@@ -76,10 +109,16 @@ impl ChunkCache {
             .filter(|(k, _)| k.node == node)
             .map(|(k, _)| *k)
             .collect();
+        let mut gone = Vec::new();
         for k in keys {
             if let Some(old) = inner.lru.pop(&k) {
                 inner.bytes -= old.capacity().max(1);
+                gone.push(old);
             }
+        }
+        drop(inner);
+        for old in gone {
+            self.evicted(old);
         }
     }
 

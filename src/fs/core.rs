@@ -193,11 +193,12 @@ impl DeflateFs {
         if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
             return errno(libc::ENOTDIR);
         }
+        let job_pool = BufferPool::new(opts.pool_bytes);
         let ctx = Arc::new(FileContext {
             engine: engine.clone(),
-            job_pool: BufferPool::new(opts.pool_bytes),
+            job_pool: job_pool.clone(),
             dirty_pool: BufferPool::new(opts.dirty_bytes),
-            cache: Arc::new(ChunkCache::new(opts.cache_bytes)),
+            cache: Arc::new(ChunkCache::recycling_into(opts.cache_bytes, job_pool)),
             level: opts.level,
             // Two 1 MiB read requests' worth ahead, and at least two jobs per queue.
             readahead_chunks: ((2usize << 20) >> opts.chunk_log2).max(engine.queue_count() * 2),

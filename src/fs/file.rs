@@ -588,6 +588,16 @@ impl ContainerFile {
             .max()
             .unwrap_or(0)
             .min(self.chunk_size());
+        if let [p] = pieces {
+            if p.kind != PieceKind::Hole
+                && p.logical_offset == chunk_start
+                && p.logical_len as usize <= self.chunk_size()
+            {
+                // The common case, one piece from the chunk's start: its decoded bytes are the
+                // chunk, taken out of the pool as they are.
+                return Ok(self.decode_piece(p)?.into_vec());
+            }
+        }
         let mut out = vec![0u8; extent];
         // A deflatefs writer stores a chunk as a RESET piece at its start followed by pieces that
         // each continue where the previous ended (docs/FORMAT.md); anything else (overlapping or
@@ -740,7 +750,7 @@ impl ContainerFile {
                 output,
                 on_complete: Box::new(move |c: Completion| {
                     if c.result.is_ok() {
-                        cache.insert(key, Arc::new(c.output.to_vec()));
+                        cache.insert(key, Arc::new(c.output.into_vec()));
                     }
                     ra.pending.lock().remove(&chunk);
                     ra.done.notify_all();
