@@ -592,7 +592,8 @@ fn serve_inner(
     fs.spawn_flusher();
     raise_readahead_later(mountpoint.to_path_buf());
     tracing::info!(
-        "mounted {} on {} (chunk={}k level={} queues={} backend={} cache={}m dirty={}m pool={}m)",
+        "mounted {} on {} (chunk={}k level={} queues={} backend={} cache={}m dirty={}m pool={}m \
+         digests={})",
         source.display(),
         mountpoint.display(),
         opts.chunk_size() >> 10,
@@ -601,7 +602,8 @@ fn serve_inner(
         engine.backend_name(),
         opts.cache_bytes >> 20,
         opts.dirty_bytes >> 20,
-        opts.pool_bytes >> 20
+        opts.pool_bytes >> 20,
+        if opts.digests { "on" } else { "off" }
     );
     tracing::info!(
         "engine: backend {} (accel={}), {} queues, verify={}, fallback={}, fault_limit={}{}",

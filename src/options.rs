@@ -52,6 +52,10 @@ pub struct MountOptions {
     pub log_file: Option<String>,
     /// Also serve `user.shatag.sha256` / `user.shatag.ts` (the cshatag bit-rot checker's).
     pub shatag: bool,
+    /// Compute the integrity digests' state on the write path (`digests=on|off`): the running
+    /// SHA-256 and each chunk's BLAKE3 chaining value. Off, `user.deflatefs.sha256` and
+    /// `user.deflatefs.blake3` are computed by reading the file when they are asked for.
+    pub digests: bool,
 }
 
 impl Default for MountOptions {
@@ -78,6 +82,7 @@ impl Default for MountOptions {
             log_level: "info".into(),
             log_file: None,
             shatag: false,
+            digests: true,
         }
     }
 }
@@ -105,6 +110,8 @@ Mount options (-o OPT[,OPT...]):
   allow_other          let other users access the mount
   default_permissions  let the kernel check permissions against file modes
   shatag               also serve user.shatag.sha256 and user.shatag.ts (cshatag's attributes)
+  digests=on|off       keep the digests' state while writing (default on); off saves write CPU,
+                       and the first read of user.deflatefs.sha256 / .blake3 reads the whole file
   log=FILE             log to FILE instead of syslog (daemon) or stderr (-f)
   log_level=LEVEL      error, warn, info (default), debug or trace
   noexec / exec        forbid / allow executing files on the mount (default exec)
@@ -235,6 +242,17 @@ impl MountOptions {
                     v => return Err(OptionError(format!("option verify={v}: must be on or off"))),
                 }
             }
+            "digests" => {
+                self.digests = match need(name, value)? {
+                    "on" => true,
+                    "off" => false,
+                    v => {
+                        return Err(OptionError(format!(
+                            "option digests={v}: must be on or off"
+                        )))
+                    }
+                }
+            }
             "fault_limit" => {
                 self.fault_limit = parse_count(name, need(name, value)?, 0, 1 << 30)? as u64
             }
@@ -356,6 +374,16 @@ mod tests {
             "affinity=1",
             "fault_limit=x",
         ] {
+            assert!(MountOptions::parse(&[bad]).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn digests_option_is_on_by_default_and_takes_on_or_off() {
+        assert!(MountOptions::default().digests);
+        assert!(MountOptions::parse(&["digests=on"]).unwrap().digests);
+        assert!(!MountOptions::parse(&["digests=off"]).unwrap().digests);
+        for bad in ["digests", "digests=", "digests=no", "digests=1"] {
             assert!(MountOptions::parse(&[bad]).is_err(), "{bad}");
         }
     }

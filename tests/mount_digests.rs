@@ -2,7 +2,8 @@
 //! `user.deflatefs.blake3` equals `b3sum`, `user.deflatefs.sha256` equals `sha256sum`, after
 //! every kind of write, around chunk boundaries, with holes, after remount, for every chunk size,
 //! on hard links and on plain files; the attributes are not listed, cannot be set, and `cp -a`
-//! does not copy them; `-o shatag` serves cshatag's pair; `deflatefs stat` matches `du`.
+//! does not copy them; `-o shatag` serves cshatag's pair; `-o digests=off` stores no digest
+//! state yet serves the same values; `deflatefs stat` matches `du`.
 //! Needs root and /dev/fuse (and the sha256sum, b3sum, getfattr and cp tools).
 
 mod common;
@@ -495,6 +496,97 @@ fn files_without_chaining_values_or_sha_state_are_computed_from_data() {
     m.mount();
     assert_digests(&m.path("old"), &data);
     assert!(sha_state_recorded(&m.backing("old")));
+}
+
+/// Every piece of every chunk of the backing container has the all-zero ("not computed")
+/// chaining value.
+#[track_caller]
+fn assert_no_chaining_values(backing: &Path) {
+    let c = backing_container(backing);
+    let chunks: Vec<u64> = c.index().data_chunks().collect();
+    assert!(chunks.len() > 1, "a multi-chunk file");
+    for chunk in chunks {
+        for p in c.index().pieces(chunk) {
+            assert_eq!(
+                p.chaining_value, [0; 32],
+                "chunk {chunk}, piece at {}: no chaining value with digests=off",
+                p.logical_offset
+            );
+        }
+    }
+}
+
+/// Appends `data` to `p` through an O_APPEND descriptor and closes it.
+fn append(p: &Path, data: &[u8]) {
+    let f = OpenOptions::new().append(true).open(p).unwrap();
+    io::Write::write_all(&mut &f, data).unwrap();
+}
+
+#[test]
+fn digests_off_stores_no_chaining_values_or_sha_state_yet_serves_digests_equal_to_the_tools() {
+    let m = Mount::with_opts(&["chunk=16k", "digests=off"]);
+    let p = m.path("f");
+    // Whole chunks, a partial tail, then (after an fsync) an appended piece and a new chunk.
+    let mut model = varied_text(5 * 16384 + 777, 21);
+    std::fs::write(&p, &model).unwrap();
+    let f = OpenOptions::new().append(true).open(&p).unwrap();
+    f.sync_all().unwrap();
+    let more = varied_text(16384, 22);
+    io::Write::write_all(&mut &f, &more).unwrap();
+    model.extend_from_slice(&more);
+    drop(f);
+    assert_no_chaining_values(&m.backing("f"));
+    assert!(
+        backing_container(&m.backing("f")).aux().is_none(),
+        "no commit records a SHA-256 state with digests=off"
+    );
+    // Computed by reading the file; the SHA-256 so computed is recorded.
+    assert_digests(&p, &model);
+    assert!(sha_state_recorded(&m.backing("f")));
+    // The write path does not continue that state either: an append makes it stale again.
+    append(&p, b"appended after the digests were read\n");
+    model.extend_from_slice(b"appended after the digests were read\n");
+    assert!(!sha_state_recorded(&m.backing("f")));
+    assert_no_chaining_values(&m.backing("f"));
+    assert_digests(&p, &model);
+}
+
+#[test]
+fn file_written_with_digests_off_has_right_digests_after_remount_with_digests_on_and_append() {
+    let mut m = Mount::with_opts(&["chunk=16k", "digests=off"]);
+    let p = m.path("f");
+    let mut model = varied_text(7 * 16384 + 5000, 23);
+    std::fs::write(&p, &model).unwrap();
+    m.unmount();
+    assert_no_chaining_values(&m.backing("f"));
+    assert!(!sha_state_recorded(&m.backing("f")));
+    m.opts = vec!["chunk=16k".into(), "digests=on".into()];
+    m.mount();
+    assert_digests(&p, &model);
+    // An append that fills the partial last chunk and starts another: the new pieces carry
+    // the chunk's chaining value again (the old chunks still have none and are read).
+    let more = varied_text(20_000, 24);
+    append(&p, &more);
+    model.extend_from_slice(&more);
+    let c = backing_container(&m.backing("f"));
+    for chunk in [7u64, 8] {
+        let last = c.index().pieces(chunk).last().unwrap().clone();
+        let start = (chunk * 16384) as usize;
+        let end = (start + 16384).min(model.len());
+        assert_eq!(
+            last.chaining_value,
+            chunk_cv(start as u64, &model[start..end]),
+            "chunk {chunk} written with digests=on"
+        );
+    }
+    assert_eq!(
+        c.index().pieces(0).last().unwrap().chaining_value,
+        [0; 32],
+        "chunk 0, written with digests=off, is unchanged"
+    );
+    assert_digests(&p, &model);
+    m.remount();
+    assert_digests(&p, &model);
 }
 
 #[test]

@@ -200,6 +200,7 @@ impl DeflateFs {
             dirty_pool: BufferPool::new(opts.dirty_bytes),
             cache: Arc::new(ChunkCache::recycling_into(opts.cache_bytes, job_pool)),
             level: opts.level,
+            digests: opts.digests,
             // Two 1 MiB read requests' worth ahead, and at least two jobs per queue.
             readahead_chunks: ((2usize << 20) >> opts.chunk_log2).max(engine.queue_count() * 2),
             epochs: AtomicU64::new(0),

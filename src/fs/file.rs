@@ -45,6 +45,11 @@ pub struct FileContext {
     pub dirty_pool: Arc<BufferPool>,
     pub cache: Arc<ChunkCache>,
     pub level: u32,
+    /// Whether the write path keeps the digests' state (`digests=on|off`): the running SHA-256
+    /// and each index entry's BLAKE3 chaining value. Off, entries get the all-zero ("not
+    /// computed") value and no commit records a SHA-256 state, so the digests are computed from
+    /// the data when they are read (see `digests.rs`).
+    pub digests: bool,
     /// Chunks decompressed ahead of a sequential reader.
     pub readahead_chunks: usize,
     /// Source of cache epochs, unique across every container state of the mount: a container
@@ -431,7 +436,11 @@ impl ContainerFile {
         let done = c.result.map_err(|e| {
             FsError::with_context(libc::EIO, format!("compacting chunk {chunk}: {e}"))
         })?;
-        let cv = chunk_cv(chunk_start, &data);
+        let cv = if self.ctx.digests {
+            chunk_cv(chunk_start, &data)
+        } else {
+            [0; 32]
+        };
         let (bytes, entry) = frame_member(c.output, done, chunk_start, true, len, cv);
         Ok(Some((bytes[..entry.stored_len as usize].to_vec(), entry)))
     }
@@ -778,8 +787,9 @@ impl ContainerFile {
         if !data.is_empty() {
             st.generation += 1;
             // Front-to-back writers keep the SHA-256 running; any other write makes it stale. A
-            // write that fails half way leaves the state ahead of the size: stale as well.
-            if st.sha.continues_at(offset, st.size) {
+            // write that fails half way leaves the state ahead of the size: stale as well. With
+            // `digests=off` every write makes it stale (no commit records a state then).
+            if self.ctx.digests && st.sha.continues_at(offset, st.size) {
                 st.sha.update(data);
             } else {
                 st.sha.invalidate();
@@ -916,7 +926,8 @@ impl ContainerFile {
         let lost = self.store.inner.lock().lost.contains_key(&chunk);
         let append_only = !d.rewrite && d.persisted > 0 && !lost;
         // The entry's BLAKE3 chaining value covers the whole chunk: for an appended piece it is
-        // computed here from the chunk so far; for a whole-chunk piece, on the engine worker.
+        // computed here from the chunk so far; for a whole-chunk piece, on the engine worker
+        // (`None`). With `digests=off` it is all zero: "not computed".
         let (input, offset_in_chunk, reset, cv) = if append_only {
             if d.valid == d.persisted {
                 d.dirty = false;
@@ -925,7 +936,11 @@ impl ContainerFile {
             let n = d.valid - d.persisted;
             let mut input = self.take_job_buffer(n)?;
             input.copy_from_slice(&d.buf[d.persisted..d.valid]);
-            let cv = chunk_cv(chunk_start, &d.buf[..d.valid]);
+            let cv = if self.ctx.digests {
+                chunk_cv(chunk_start, &d.buf[..d.valid])
+            } else {
+                [0; 32]
+            };
             (input, d.persisted, false, Some(cv))
         } else if d.valid == cs && !lost {
             let d = st.dirty.remove(&chunk).expect("present");
@@ -935,6 +950,7 @@ impl ContainerFile {
             input.copy_from_slice(&d.buf[..d.valid]);
             (input, 0, true, None)
         };
+        let cv = if self.ctx.digests { cv } else { Some([0; 32]) };
         if let Some(d) = st.dirty.get_mut(&chunk) {
             d.persisted = d.valid;
             d.dirty = false;
