@@ -27,7 +27,7 @@ from util import drop_caches, loadavg, log, mounts_under, output, run  # noqa: E
 HERE = os.path.dirname(os.path.abspath(__file__))
 FULL_SYSTEMS = ["libdeflate-gzip-1", "libdeflate-gzip-6", "pigz-1", "plain", "bindfs",
                 "btrfs-zlib3", "btrfs-force-zlib1", "zfs-gzip", "deflatefs", "deflatefs-chunk4k",
-                "deflatefs-level6"]
+                "deflatefs-level6", "deflatefs-digestsoff"]
 QUICK_SYSTEMS = ["libdeflate-gzip-1", "plain", "bindfs", "btrfs-zlib3", "deflatefs",
                  "deflatefs-chunk4k"]
 FULL_TREE = ["include", "fs", "kernel", "lib", "mm", "block"]

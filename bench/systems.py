@@ -6,7 +6,8 @@ the machine, and nothing is left behind.
 
 - plain: ext4, the uncompressed disk.
 - bindfs: bindfs --multithreaded over an ext4 directory: the FUSE cost without compression.
-- deflatefs*: deflatefs over an ext4 directory, with mount options.
+- deflatefs*: deflatefs over an ext4 directory, with mount options (deflatefs-digestsoff:
+  digests=off, to show what the write path's digests cost).
 - btrfs-*: kernel btrfs with compress=... on a loop device.
 - zfs-gzip: zfs-fuse with compression=gzip (gzip-6), pool on a file vdev, if zfs-fuse is installed.
 """
@@ -394,6 +395,9 @@ def make_systems(cfg, work, binary):
                                                binary, "chunk=1m"),
         "deflatefs-level6": lambda: Deflatefs("deflatefs-level6", "deflatefs level=6", work,
                                               binary, "level=6"),
+        "deflatefs-digestsoff": lambda: Deflatefs("deflatefs-digestsoff",
+                                                  "deflatefs digests=off", work, binary,
+                                                  "digests=off"),
         "libdeflate-gzip-1": lambda: GzipTool("libdeflate-gzip-1", "libdeflate-gzip -1", work,
                                               ["libdeflate-gzip", "-1", "-c"],
                                               ["libdeflate-gunzip", "-c"]),
