@@ -52,6 +52,8 @@ fn fail<T>(msg: impl Into<String>) -> Result<T, MountError> {
 #[derive(Debug, Clone)]
 pub struct MountInfo {
     pub id: u64,
+    /// The device number (`major:minor`) of the mounted filesystem, as `stat` would report it.
+    pub dev: (u32, u32),
     pub mount_point: PathBuf,
     pub fs_type: String,
 }
@@ -83,6 +85,11 @@ pub fn read_mountinfo() -> Vec<MountInfo> {
             let sep = fields.iter().position(|f| *f == "-")?;
             Some(MountInfo {
                 id: fields.first()?.parse().ok()?,
+                dev: fields
+                    .get(2)
+                    .and_then(|d| d.split_once(':'))
+                    .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+                    .unwrap_or((0, 0)),
                 mount_point: PathBuf::from(unescape_mountinfo(fields.get(4)?)),
                 fs_type: fields.get(sep + 1)?.to_string(),
             })
@@ -368,25 +375,34 @@ pub fn unmount_if_ours(mountpoint: &Path, mount_id: u64) {
 /// go through a whole chunk batch per request (../shared/notes/fuse.md).
 const READ_AHEAD_KB: u32 = 1024;
 
-/// Raises the mount's bdi read_ahead_kb once the session answers requests (stat of the mount
-/// point is served by this very daemon, so it must not run before the session loop).
-fn raise_readahead_later(mountpoint: PathBuf) {
+/// Raises the bdi read_ahead_kb of the mount with id `mount_id` once the session answers
+/// requests. The device number comes from /proc/self/mountinfo, never from a stat of the mount
+/// point: that request would be served by this very daemon, and a SIGKILL arriving while one of
+/// its own workers held it left the process a zombie with this thread stuck in the kernel,
+/// holding /dev/fuse open, so the mount hung instead of failing with ENOTCONN.
+fn raise_readahead_later(mount_id: u64) {
     let _ = std::thread::Builder::new()
         .name("dfs-readahead".into())
         .spawn(move || {
             std::thread::sleep(std::time::Duration::from_millis(200));
-            let Ok(meta) = std::fs::metadata(&mountpoint) else {
+            let Some((major, minor)) = mount_dev(mount_id) else {
                 return;
             };
-            use std::os::unix::fs::MetadataExt;
-            let dev = meta.dev();
-            let (major, minor) = (libc::major(dev), libc::minor(dev));
             let path = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
             match std::fs::write(&path, READ_AHEAD_KB.to_string()) {
                 Ok(()) => tracing::debug!("{path} = {READ_AHEAD_KB}"),
                 Err(e) => tracing::debug!("cannot raise {path}: {e}"),
             }
         });
+}
+
+/// The device number of the mount with id `mount_id`, from /proc/self/mountinfo (no request to
+/// any filesystem).
+fn mount_dev(mount_id: u64) -> Option<(u32, u32)> {
+    read_mountinfo()
+        .into_iter()
+        .find(|m| m.id == mount_id)
+        .map(|m| m.dev)
 }
 
 /// Blocks SIGTERM/SIGINT/SIGHUP in this thread and every thread started after it, so one
@@ -590,7 +606,7 @@ fn serve_inner(
         }
     };
     fs.spawn_flusher();
-    raise_readahead_later(mountpoint.to_path_buf());
+    raise_readahead_later(mount_id);
     tracing::info!(
         "mounted {} on {} (chunk={}k level={} queues={} backend={} cache={}m dirty={}m pool={}m \
          digests={})",
@@ -659,6 +675,16 @@ mod tests {
         assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
         assert_eq!(unescape_mountinfo("/plain"), "/plain");
         assert_eq!(unescape_mountinfo("/x\\134y"), "/x\\y");
+    }
+
+    #[test]
+    fn mountinfo_device_numbers_are_those_stat_reports() {
+        use std::os::unix::fs::MetadataExt;
+        let root = top_mount_at(Path::new("/")).expect("/ is a mount point");
+        let dev = std::fs::metadata("/").unwrap().dev();
+        assert_eq!(root.dev, (libc::major(dev), libc::minor(dev)));
+        assert_eq!(mount_dev(root.id), Some(root.dev));
+        assert_eq!(mount_dev(u64::MAX), None);
     }
 
     #[test]
