@@ -6,7 +6,9 @@
 //! data member (framing, crc32 of the payload, the deflate stream or stored blocks, the crc32 of
 //! the content), that the pieces of each chunk continue each other, and the BLAKE3 chaining
 //! values recorded in the index. Plain files are counted and left alone, except files that start
-//! like a container header but are not a valid one (reported: a damaged header).
+//! like a container header but are not a valid one, and containers whose header is lost (zeroed,
+//! overwritten, or lost with the first blocks in a power cut: see [`lost_header`]); both are
+//! reported and rebuilt by `--repair`.
 //!
 //! `--repair`:
 //! - drops a torn tail (truncates the file to its last complete commit);
@@ -304,6 +306,88 @@ fn looks_like_our_header(b: &[u8]) -> bool {
         && &b[16..24] == MAGIC
 }
 
+/// How far into a file that does not begin with a header [`lost_header`] looks for the end of a
+/// zero-filled prefix.
+const LOST_HEADER_SCAN: usize = 4 << 20;
+
+/// Whether `b`, the bytes of a file that does not begin with a valid header member, is a
+/// deflatefs container whose header was lost: overwritten or zeroed in place, or (after a power
+/// cut, for a file never fsync'd) the first blocks lost and read back as zeros while later ones
+/// survived. Any of:
+/// - a deflatefs member (framing and crc32 checked) starts where a header member ends;
+/// - the file begins with zeros and a deflatefs member starts right after them;
+/// - the file ends with a commit member that records its own offset as exactly that position.
+///
+/// A plain file matches only if it embeds valid deflatefs members at exactly those places. A
+/// file of zeros alone (a creation cut short) does not match.
+pub fn lost_header(b: &[u8]) -> bool {
+    lost_header_in(b.len() as u64, |at, n| {
+        let at = (at as usize).min(b.len());
+        b[at..b.len().min(at + n)].to_vec()
+    })
+}
+
+/// [`lost_header`] for a file, reading only the parts it needs.
+fn file_lost_header(file: &File) -> bool {
+    let Ok(md) = file.metadata() else {
+        return false;
+    };
+    lost_header_in(md.len(), |at, n| {
+        let mut buf = vec![0u8; n];
+        let mut got = 0;
+        while got < n {
+            match file.read_at(&mut buf[got..], at + got as u64) {
+                Ok(0) | Err(_) => break,
+                Ok(k) => got += k,
+            }
+        }
+        buf.truncate(got);
+        buf
+    })
+}
+
+/// The test of [`lost_header`] over a file of `len` bytes read through `read(offset, len)`.
+fn lost_header_in(len: u64, read: impl Fn(u64, usize) -> Vec<u8>) -> bool {
+    // Enough for any member but a data member's stream: an index member's payload length is a
+    // u16; a data member is recognised by its header alone.
+    const WINDOW: usize = FRAMING_LEN + (u16::MAX as usize) + 10;
+    if len < (HEADER_MEMBER_LEN + FRAMING_LEN) as u64 {
+        return false;
+    }
+    let head = read(0, HEADER_MEMBER_LEN + WINDOW);
+    if member_starts_at(&head, HEADER_MEMBER_LEN) {
+        return true;
+    }
+    // The end of a zero-filled prefix, if there is one.
+    let mut z = None;
+    let mut at = 0u64;
+    while at < len.min(LOST_HEADER_SCAN as u64) {
+        let block = read(at, 1 << 20);
+        if block.is_empty() {
+            break;
+        }
+        if let Some(i) = block.iter().position(|&x| x != 0) {
+            z = Some(at + i as u64);
+            break;
+        }
+        at += block.len() as u64;
+    }
+    if let Some(z) = z.filter(|z| *z > 0) {
+        if member_starts_at(&read(z, WINDOW), 0) {
+            return true;
+        }
+    }
+    let Some(pos) = len.checked_sub(COMMIT_MEMBER_LEN as u64) else {
+        return false;
+    };
+    let tail = read(pos, COMMIT_MEMBER_LEN);
+    pos >= HEADER_MEMBER_LEN as u64
+        && tail.len() == COMMIT_MEMBER_LEN
+        && tail[..10] == GZIP_ID
+        && tail[13] == RECORD_COMMIT
+        && CommitRecord::decode(&tail, pos).is_ok_and(|c| c.offset == pos)
+}
+
 fn check_file(path: &Path, repair: bool, summary: &mut Summary) -> Findings {
     let mut f = Findings::default();
     let file = match open_for(path, repair) {
@@ -319,13 +403,23 @@ fn check_file(path: &Path, repair: bool, summary: &mut Summary) -> Findings {
     let n = read_prefix(&file, &mut head);
     match Container::probe(&file) {
         Ok(false) => {
-            if looks_like_our_header(&head[..n]) {
-                summary.containers += 1;
-                f.problems.push(
+            let problem = if looks_like_our_header(&head[..n]) {
+                Some(
                     "starts like a deflatefs container but its header member is damaged \
-                     (served as a plain file until repaired)"
-                        .into(),
-                );
+                     (served as a plain file until repaired)",
+                )
+            } else if file_lost_header(&file) {
+                Some(
+                    "a deflatefs container whose header member is lost (overwritten or zeroed, \
+                     or its first blocks lost in a power cut; served as a plain file until \
+                     repaired)",
+                )
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                summary.containers += 1;
+                f.problems.push(problem.into());
                 if repair {
                     rebuild_by_scan(path, &file, &mut f);
                 }
@@ -632,7 +726,7 @@ impl Drop for Mapped {
 /// Whether a member of a known kind starts at `pos` (framing, and for data members a payload
 /// with a valid crc32; for the others, the whole member).
 fn member_starts_at(b: &[u8], pos: usize) -> bool {
-    if b.len() - pos < FRAMING_LEN || b[pos..pos + 10] != GZIP_ID {
+    if b.len() < pos + FRAMING_LEN || b[pos..pos + 10] != GZIP_ID {
         return false;
     }
     let kind = b[pos + 13];

@@ -91,6 +91,11 @@ fn fsck_finds_every_damaged_container_and_repair_fixes_what_can_be_fixed() {
     append(&m.path("oldindex"), &text(60_000, 10));
     // Damaged header: served as a plain file until repaired.
     write_file(&m.path("header"), &text(70_000, 11));
+    // Header zeroed: no longer starts like a container (served as a plain file) until repaired.
+    write_file(&m.path("zeroed"), &text(70_000, 15));
+    // First 8 KiB zeroed (blocks lost in a power cut): found by its final commit, rebuilt; the
+    // chunks whose members were there read EIO.
+    write_file(&m.path("lostfirst"), &text(100_000, 16));
     // Index and one data member damaged: rebuilt, that chunk unrecoverable.
     write_file(&m.path("both"), &text(120_000, 12));
     append(&m.path("both"), &text(40_000, 13));
@@ -131,6 +136,18 @@ fn fsck_finds_every_damaged_container_and_repair_fixes_what_can_be_fixed() {
     );
     flip(&b("oldindex"), member_middle(&b("oldindex"), b'i', 0));
     flip(&b("header"), 30); // the header's payload: its crc32 no longer matches
+    fs::OpenOptions::new()
+        .write(true)
+        .open(b("zeroed"))
+        .unwrap()
+        .write_all_at(&[0u8; deflatefs::container::HEADER_MEMBER_LEN], 0)
+        .unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(b("lostfirst"))
+        .unwrap()
+        .write_all_at(&[0u8; 8192], 0)
+        .unwrap();
     let both_bytes = fs::read(b("both")).unwrap();
     let both_d = scan_members(&both_bytes)
         .iter()
@@ -140,7 +157,15 @@ fn fsck_finds_every_damaged_container_and_repair_fixes_what_can_be_fixed() {
     flip(&b("both"), member_middle(&b("both"), b'd', both_d - 1));
 
     let damaged = [
-        "torn", "cut", "bitflip", "index", "oldindex", "header", "both",
+        "torn",
+        "cut",
+        "bitflip",
+        "index",
+        "oldindex",
+        "header",
+        "zeroed",
+        "lostfirst",
+        "both",
     ];
     let (code, report) = fsck(&src, false);
     assert_eq!(code, 1, "fsck must report problems:\n{report}");
@@ -168,7 +193,15 @@ fn fsck_finds_every_damaged_container_and_repair_fixes_what_can_be_fixed() {
 
     let (code, report) = fsck(&src, true);
     assert_eq!(code, 1, "problems were found:\n{report}");
-    for name in ["torn", "index", "oldindex", "header", "both"] {
+    for name in [
+        "torn",
+        "index",
+        "oldindex",
+        "header",
+        "zeroed",
+        "lostfirst",
+        "both",
+    ] {
         assert!(
             lines_about(&report, name)
                 .iter()
@@ -188,7 +221,7 @@ fn fsck_finds_every_damaged_container_and_repair_fixes_what_can_be_fixed() {
         .collect();
     for l in &left {
         assert!(
-            l.starts_with("bitflip:") || l.starts_with("both:"),
+            l.starts_with("bitflip:") || l.starts_with("both:") || l.starts_with("lostfirst:"),
             "after the repair, still: {l}\n{report}"
         );
     }
@@ -206,6 +239,24 @@ fn fsck_finds_every_damaged_container_and_repair_fixes_what_can_be_fixed() {
     full.extend_from_slice(&text(60_000, 10));
     assert_eq!(fs::read(m.path("oldindex")).unwrap(), full);
     assert_eq!(fs::read(m.path("header")).unwrap(), text(70_000, 11));
+    assert_eq!(fs::read(m.path("zeroed")).unwrap(), text(70_000, 15));
+    let want = text(100_000, 16);
+    let f = File::open(m.path("lostfirst")).unwrap();
+    let mut eio = Vec::new();
+    for c in 0..want.len().div_ceil(CHUNK) {
+        let mut buf = vec![0u8; CHUNK.min(want.len() - c * CHUNK)];
+        match f.read_exact_at(&mut buf, (c * CHUNK) as u64) {
+            Ok(()) => assert!(buf == want[c * CHUNK..c * CHUNK + buf.len()], "chunk {c}"),
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc::EIO));
+                eio.push(c);
+            }
+        }
+    }
+    assert!(
+        !eio.is_empty() && eio.iter().all(|c| *c < 2),
+        "lostfirst: chunks reading EIO: {eio:?} (the members in its first 8 KiB)"
+    );
     let want = text(300_000, 5);
     let f = File::open(m.path("bitflip")).unwrap();
     for c in 0..300_000usize.div_ceil(CHUNK) {
