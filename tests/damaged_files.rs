@@ -170,12 +170,27 @@ fn damage_gives_eio_for_the_affected_range_and_one_log_line_per_file() {
         // Still listed, stat-able and removable.
         fs::metadata(m.path(name)).unwrap();
     }
-    // Read the damaged chunk many times: one log line for the file.
+    // Read the damaged chunk (and open the damaged index) many times: one log line for the
+    // file, already written by the reads above, and no line per request.
+    let lines_before = m.log_text().lines().count();
     for _ in 0..50 {
         let f = File::open(m.path("deflate")).unwrap();
         let mut b = vec![0u8; 100];
         assert!(f.read_exact_at(&mut b, (5 * CHUNK) as u64).is_err());
+        assert!(File::open(m.path("index")).is_err());
     }
+    let log = m.log_text();
+    let repeated: Vec<&str> = log
+        .lines()
+        .skip(lines_before)
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .collect();
+    assert!(
+        repeated.is_empty(),
+        "50 reads of a damaged chunk and 50 opens of a damaged file logged {} line(s):\n{}",
+        repeated.len(),
+        repeated.join("\n")
+    );
     assert!(
         !deflatefs_mounts_at(&m.mnt).is_empty(),
         "the mount went away"

@@ -827,7 +827,7 @@ impl DeflateFs {
             self.ctx.log_damage(node.id, || {
                 format!("{label}: cannot open container (run deflatefs fsck): {e}")
             });
-            e
+            e.logged()
         };
         let mut c = Container::open_with(file, mode).map_err(damaged)?;
         if mode == OpenMode::Recover {

@@ -8,6 +8,9 @@ use std::fmt;
 pub struct FsError {
     pub errno: i32,
     pub context: Option<String>,
+    /// Already logged where it was found (damage, rate-limited per file): the FUSE adapter
+    /// does not log it again for every request that returns it.
+    pub logged: bool,
 }
 
 /// Result of every core operation.
@@ -19,6 +22,7 @@ impl FsError {
         FsError {
             errno,
             context: None,
+            logged: false,
         }
     }
 
@@ -27,6 +31,7 @@ impl FsError {
         FsError {
             errno,
             context: Some(context.into()),
+            logged: false,
         }
     }
 
@@ -36,6 +41,12 @@ impl FsError {
             Some(inner) => format!("{what}: {inner}"),
             None => what.to_string(),
         });
+        self
+    }
+
+    /// Marks the error as logged where it was found (see [`FsError::logged`]).
+    pub fn logged(mut self) -> Self {
+        self.logged = true;
         self
     }
 

@@ -585,6 +585,7 @@ impl ContainerFile {
                     e
                 )
             });
+            return e.logged();
         }
         e
     }

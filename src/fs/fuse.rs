@@ -37,7 +37,9 @@ fn guarded<T>(what: &str, f: impl FnOnce() -> FsResult<T>) -> Result<T, Errno> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => {
-            if e.is_noteworthy() {
+            // Damage is logged where it is found, once a minute per file at most: a damaged
+            // file read in a loop must not flood the log through here.
+            if e.is_noteworthy() && !e.logged {
                 tracing::warn!("{what}: {e}");
             } else {
                 tracing::debug!("{what}: {e}");
