@@ -511,3 +511,71 @@ fn external_backend_plugs_in_and_its_panics_are_contained() {
     }
     assert_eq!(engine.stats().jobs_failed(), 3);
 }
+
+/// A backend that counts the input bytes its codecs are asked to deflate.
+struct CountingBackend(Arc<AtomicUsize>);
+
+struct CountingCodec(Box<dyn Codec>, Arc<AtomicUsize>);
+
+impl Backend for CountingBackend {
+    fn name(&self) -> String {
+        "counting".into()
+    }
+    fn open_queue(&self) -> Result<Box<dyn Codec>, CodecError> {
+        Ok(Box::new(CountingCodec(
+            SoftwareBackend::new().open_queue()?,
+            self.0.clone(),
+        )))
+    }
+    fn needs_verification(&self) -> bool {
+        false
+    }
+}
+
+impl Codec for CountingCodec {
+    fn deflate(&mut self, level: u32, input: &[u8], out: &mut [u8]) -> Result<usize, CodecError> {
+        self.1.fetch_add(input.len(), Ordering::SeqCst);
+        self.0.deflate(level, input, out)
+    }
+    fn inflate(&mut self, input: &[u8], out: &mut [u8]) -> Result<usize, CodecError> {
+        self.0.inflate(input, out)
+    }
+}
+
+/// Early abort: a 128 KiB chunk of random bytes is stored after compressing two 8 KiB samples
+/// (1/8 of the work), while compressible data, or data whose second half compresses, is
+/// compressed whole.
+#[test]
+fn incompressible_input_is_stored_after_probing_an_eighth_of_it() {
+    let pool = BufferPool::new(4 << 20);
+    let counted = Arc::new(AtomicUsize::new(0));
+    let engine = engine_with(Arc::new(CountingBackend(counted.clone())), 1);
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let random: Vec<u8> = (0..128 << 10)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    let c = compress(&engine, &pool, &random, 1);
+    let done = c.result.as_ref().unwrap();
+    assert!(done.stored);
+    assert_eq!(counted.swap(0, Ordering::SeqCst), 16 << 10);
+    assert_engine_works(&engine, &pool, &random);
+
+    let mut half = random.clone();
+    half[64 << 10..].copy_from_slice(&text(64 << 10));
+    for (what, data) in [("text", text(128 << 10)), ("half text", half)] {
+        counted.store(0, Ordering::SeqCst);
+        let c = compress(&engine, &pool, &data, 1);
+        let done = c.result.as_ref().unwrap();
+        assert!(!done.stored, "{what}");
+        assert!(
+            counted.load(Ordering::SeqCst) >= data.len(),
+            "{what}: compressed whole"
+        );
+        assert!(done.len < data.len() * 3 / 4, "{what}: {} bytes", done.len);
+    }
+}
