@@ -35,9 +35,8 @@ use std::time::{Duration, Instant};
 
 use crate::container::member::{DATA_FLAG_RESET, DATA_FLAG_STORED};
 use crate::container::record::{
-    check_framing, parse_index_member_rest, u32_at, u64_at, AuxRecord, CommitRecord,
-    DATA_PAYLOAD_LEN, FRAMING_LEN, GZIP_ID, MAGIC, RECORD_AUX, RECORD_COMMIT, RECORD_DATA,
-    RECORD_HEADER, RECORD_INDEX,
+    member_starts_at, parse_index_member_rest, u32_at, u64_at, AuxRecord, CommitRecord,
+    FRAMING_LEN, GZIP_ID, MAGIC, RECORD_COMMIT, RECORD_DATA, RECORD_HEADER, RECORD_INDEX,
 };
 use crate::container::{
     build_stored_member, decode_piece, decode_stored_blocks, member_trailer, parse_data_member,
@@ -720,39 +719,6 @@ impl Drop for Mapped {
         if self.len > 0 {
             unsafe { libc::munmap(self.ptr, self.len) };
         }
-    }
-}
-
-/// Whether a member of a known kind starts at `pos` (framing, and for data members a payload
-/// with a valid crc32; for the others, the whole member).
-fn member_starts_at(b: &[u8], pos: usize) -> bool {
-    if b.len() < pos + FRAMING_LEN || b[pos..pos + 10] != GZIP_ID {
-        return false;
-    }
-    let kind = b[pos + 13];
-    let Ok(plen) = check_framing(&b[pos..], kind, pos as u64) else {
-        return false;
-    };
-    match kind {
-        RECORD_DATA => {
-            plen == DATA_PAYLOAD_LEN
-                && b.len() - pos >= DATA_HEADER_LEN
-                && libdeflater::crc32(&b[pos + 16..pos + 28]) == u32_at(b, pos + 28)
-        }
-        RECORD_COMMIT => {
-            b.len() - pos >= COMMIT_MEMBER_LEN
-                && CommitRecord::decode(&b[pos..pos + COMMIT_MEMBER_LEN], pos as u64).is_ok()
-        }
-        RECORD_INDEX => {
-            let end = pos + FRAMING_LEN + plen + 10;
-            end <= b.len()
-                && parse_index_member_rest(&b[pos + FRAMING_LEN..end], pos as u64).is_ok()
-        }
-        RECORD_AUX => {
-            b.len() - pos >= AUX_MEMBER_LEN
-                && AuxRecord::decode(&b[pos..pos + AUX_MEMBER_LEN], pos as u64).is_ok()
-        }
-        _ => false,
     }
 }
 

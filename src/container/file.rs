@@ -195,6 +195,10 @@ fn interrupted_creation(file: &File) -> Result<Option<u8>> {
     let n = pread_prefix(file, &mut b)?;
     let len = file.metadata()?.len();
     let nz = b[..n].iter().rposition(|&x| x != 0).map_or(0, |i| i + 1);
+    if nz == 0 && n == full && len <= INTERRUPTED_CREATION_MAX && lost_first_pages(file, len)? {
+        // Its chunk size went with the header: the next write starts it anew at the default.
+        return Ok(Some(DEFAULT_CHUNK_LOG2));
+    }
     if !(27..full).contains(&nz) || len > INTERRUPTED_CREATION_MAX {
         return Ok(None);
     }
@@ -214,6 +218,51 @@ fn interrupted_creation(file: &File) -> Result<Option<u8>> {
         pos += k as u64;
     }
     Ok(Some(log2))
+}
+
+/// The chunk size a container whose header was lost is started anew with (128 KiB, the mount
+/// default).
+const DEFAULT_CHUNK_LOG2: u8 = 17;
+/// Page size of the page cache: what a power cut loses or keeps of an unsynced file.
+const PAGE: u64 = 4096;
+/// How far a lost prefix is looked for.
+const LOST_PREFIX_MAX: u64 = 4 << 20;
+
+/// A creation whose first pages a power cut lost while later ones were kept: the file is zeros
+/// up to a page boundary, and a deflatefs member starts within the reach of one member after
+/// that (a data member's header, with its own crc32, or a whole index, commit or auxiliary
+/// member). Such a file was never fsync'd (an fsync makes the header durable, and the writer
+/// fdatasyncs before its first checkpoint), so it holds nothing it must keep: it reads as the
+/// empty file it was when created, rather than as zeros followed by raw members. A foreign file
+/// would need a page of zeros followed at once by a valid deflatefs member to be taken for one.
+fn lost_first_pages(file: &File, len: u64) -> Result<bool> {
+    let mut buf = vec![0u8; 64 << 10];
+    let mut pos = 0u64;
+    let first_nonzero = loop {
+        if pos >= len.min(LOST_PREFIX_MAX) {
+            return Ok(false);
+        }
+        let k = ((len - pos) as usize).min(buf.len());
+        pread(file, &mut buf[..k], pos, "lost first pages")?;
+        if let Some(i) = buf[..k].iter().position(|&x| x != 0) {
+            break pos + i as u64;
+        }
+        pos += k as u64;
+    };
+    if first_nonzero % PAGE != 0 {
+        return Ok(false);
+    }
+    let reach = (len - first_nonzero).min((1u64 << MAX_CHUNK_LOG2) + (64 << 10)) as usize;
+    let mut window = vec![0u8; reach];
+    pread(file, &mut window, first_nonzero, "lost first pages")?;
+    let mut at = 0;
+    while let Some(k) = window[at..].iter().position(|&x| x == 0x1f) {
+        if super::record::member_starts_at(&window, at + k) {
+            return Ok(true);
+        }
+        at += k + 1;
+    }
+    Ok(false)
 }
 
 /// The auxiliary member of commit `c`, if it has a valid one. A damaged or unknown auxiliary

@@ -1,8 +1,9 @@
 //! Fixed records of the format: member framing, header, index entries, index members, commits.
 
 use super::{
-    corrupt, ContainerError, Result, AUX_MEMBER_LEN, COMMIT_MEMBER_LEN, HEADER_MEMBER_LEN,
-    INDEX_ENTRY_LEN, MAX_CHUNK_LOG2, MAX_INDEX_ENTRIES_PER_MEMBER, MIN_CHUNK_LOG2,
+    corrupt, ContainerError, Result, AUX_MEMBER_LEN, COMMIT_MEMBER_LEN, DATA_HEADER_LEN,
+    HEADER_MEMBER_LEN, INDEX_ENTRY_LEN, MAX_CHUNK_LOG2, MAX_INDEX_ENTRIES_PER_MEMBER,
+    MIN_CHUNK_LOG2,
 };
 
 /// Magic at the start of the header payload.
@@ -609,6 +610,39 @@ impl AuxRecord {
             sha256_state,
             sha256_tail,
         })
+    }
+}
+
+/// Whether a member of a known kind starts at `pos` (framing, and for data members a payload
+/// with a valid crc32; for the others, the whole member).
+pub(crate) fn member_starts_at(b: &[u8], pos: usize) -> bool {
+    if b.len() < pos + FRAMING_LEN || b[pos..pos + 10] != GZIP_ID {
+        return false;
+    }
+    let kind = b[pos + 13];
+    let Ok(plen) = check_framing(&b[pos..], kind, pos as u64) else {
+        return false;
+    };
+    match kind {
+        RECORD_DATA => {
+            plen == DATA_PAYLOAD_LEN
+                && b.len() - pos >= DATA_HEADER_LEN
+                && libdeflater::crc32(&b[pos + 16..pos + 28]) == u32_at(b, pos + 28)
+        }
+        RECORD_COMMIT => {
+            b.len() - pos >= COMMIT_MEMBER_LEN
+                && CommitRecord::decode(&b[pos..pos + COMMIT_MEMBER_LEN], pos as u64).is_ok()
+        }
+        RECORD_INDEX => {
+            let end = pos + FRAMING_LEN + plen + 10;
+            end <= b.len()
+                && parse_index_member_rest(&b[pos + FRAMING_LEN..end], pos as u64).is_ok()
+        }
+        RECORD_AUX => {
+            b.len() - pos >= AUX_MEMBER_LEN
+                && AuxRecord::decode(&b[pos..pos + AUX_MEMBER_LEN], pos as u64).is_ok()
+        }
+        _ => false,
     }
 }
 
