@@ -374,7 +374,7 @@ fn probe_tells_containers_from_other_files() {
     assert!(Container::probe(&rw(&s.path("c"))).unwrap());
     std::fs::write(s.path("empty"), b"").unwrap();
     assert!(!Container::probe(&rw(&s.path("empty"))).unwrap());
-    std::fs::write(s.path("short"), &header_member(12)[..26]).unwrap();
+    std::fs::write(s.path("short"), &header_member(12)[..14]).unwrap();
     assert!(!Container::probe(&rw(&s.path("short"))).unwrap());
     // A longer prefix of a new container's first bytes is an interrupted creation (FORMAT.md).
     std::fs::write(s.path("short"), &header_member(12)[..45]).unwrap();
@@ -414,18 +414,23 @@ fn header_without_commit_is_damaged() {
 
 #[test]
 fn an_interrupted_creation_is_an_empty_container() {
-    // Any prefix of a new container's header and first checkpoint that names the chunk size
-    // (27 bytes or more) is what a crash during creation leaves: an empty container.
+    // Any prefix of a new container's header and first checkpoint from 16 bytes on (through the
+    // header's subfield id and length; 15 ending in a non-zero byte) is what a crash during creation leaves: an empty
+    // container, with its chunk size when the prefix reaches it (27 bytes), else 128 KiB.
     let s = Scratch::new();
     let _ = s.create("full", 13);
     let whole = std::fs::read(s.path("full")).unwrap();
     assert_eq!(whole.len(), 140);
-    for cut in [27, 45, 46, 100, 139] {
+    for cut in [16, 22, 26, 27, 45, 46, 100, 139] {
         std::fs::write(s.path("h"), &whole[..cut]).unwrap();
         assert!(Container::probe(&rw(&s.path("h"))).unwrap(), "cut {cut}");
         assert_eq!(Container::read_logical_size(&rw(&s.path("h"))).unwrap(), 0);
         let mut c = Container::open(rw(&s.path("h"))).unwrap();
-        assert_eq!((c.size(), c.chunk_log2()), (0, 13));
+        assert_eq!(
+            (c.size(), c.chunk_log2()),
+            (0, if cut >= 27 { 13 } else { 17 }),
+            "cut {cut}"
+        );
         let (m, e) = build_stored_member(0, true, b"again");
         c.append_member(&m, e).unwrap();
         c.set_size(5);

@@ -316,3 +316,45 @@ fn a_file_dated_in_the_past_is_not_rolled_back_by_recovery() {
     );
     assert_eq!(eio_chunks(&m.path("old"), &data), vec![6]);
 }
+
+/// Reading never writes: a container whose last commit has no auxiliary member (written before
+/// there was one, or with digests=off), dated 2001, and one with a torn tail, are read through a
+/// mount; their backing files keep their bytes and their mtimes. (A flush after reads used to
+/// commit the SHA-256 state of the empty file: a new commit, the torn tail cut, the mtime now.)
+#[test]
+fn reading_a_file_leaves_its_backing_file_untouched() {
+    let mut m = Mount::with_opts(&["chunk=16k"]);
+    write_file(&m.path("seed"), b"x");
+    m.unmount();
+    let bytes = fs::read(m.backing("seed")).unwrap();
+    // Header and creation checkpoint only (140 bytes): an empty container without aux record.
+    fs::write(m.backing("bare"), &bytes[..140]).unwrap();
+    let mut torn = bytes[..140].to_vec();
+    torn.extend_from_slice(&[0x5a; 300]);
+    fs::write(m.backing("torn"), &torn).unwrap();
+    let t = libc::timeval {
+        tv_sec: 978_307_200,
+        tv_usec: 0,
+    };
+    for name in ["bare", "torn"] {
+        let p = common::cpath(&m.backing(name));
+        assert_eq!(unsafe { libc::utimes(p.as_ptr(), [t, t].as_ptr()) }, 0);
+    }
+    let before: Vec<_> = ["bare", "torn"]
+        .iter()
+        .map(|n| {
+            let md = fs::metadata(m.backing(n)).unwrap();
+            (fs::read(m.backing(n)).unwrap(), md.modified().unwrap())
+        })
+        .collect();
+    m.mount();
+    for name in ["bare", "torn"] {
+        assert_eq!(fs::read(m.path(name)).unwrap(), b"", "{name}");
+    }
+    m.unmount();
+    for (name, (data, mtime)) in ["bare", "torn"].iter().zip(before) {
+        let md = fs::metadata(m.backing(name)).unwrap();
+        assert_eq!(fs::read(m.backing(name)).unwrap(), data, "{name}: bytes");
+        assert_eq!(md.modified().unwrap(), mtime, "{name}: mtime");
+    }
+}

@@ -199,10 +199,12 @@ fn interrupted_creation(file: &File) -> Result<Option<u8>> {
         // Its chunk size went with the header: the next write starts it anew at the default.
         return Ok(Some(DEFAULT_CHUNK_LOG2));
     }
-    if !(27..full).contains(&nz) || len > INTERRUPTED_CREATION_MAX {
+    if !(15..full).contains(&nz) || len > INTERRUPTED_CREATION_MAX {
         return Ok(None);
     }
-    let log2 = b[26];
+    // Up to the low byte of the header member's subfield length (after "DH"), 15 bytes: no
+    // other file starts so. The chunk size is byte 26; a shorter prefix lost it with the rest.
+    let log2 = if nz > 26 { b[26] } else { DEFAULT_CHUNK_LOG2 };
     if !(MIN_CHUNK_LOG2..=MAX_CHUNK_LOG2).contains(&log2) || initial_bytes(log2)[..nz] != b[..nz] {
         return Ok(None);
     }
@@ -821,10 +823,15 @@ impl Container {
 
     /// Anything (entries, a size change or new auxiliary state) since the last commit.
     pub fn has_pending(&self) -> bool {
+        self.has_content_pending() || self.aux != self.committed_aux
+    }
+
+    /// Whether the next commit would record a change of content or size (pieces, truncations),
+    /// leaving the auxiliary state aside.
+    pub fn has_content_pending(&self) -> bool {
         !self.pending.is_empty()
             || !self.segments.is_empty()
             || self.index.size() != self.committed_size
-            || self.aux != self.committed_aux
     }
 
     /// The auxiliary state the next commit records (after a commit or an open: the state the

@@ -1071,7 +1071,9 @@ impl ContainerFile {
         if s.container.size() != st.size {
             s.container.set_size(st.size);
         }
-        if self.digests.writable() {
+        // The SHA-256 state rides along with a commit of new content, never makes one: a flush
+        // after reads alone must leave the backing file (and so the file's mtime) untouched.
+        if self.digests.writable() && s.container.has_content_pending() {
             s.container.set_aux(st.sha.aux_record(st.size));
         }
         s.container
