@@ -543,3 +543,46 @@ fn a_creation_whose_first_pages_were_lost_is_an_empty_container() {
     std::fs::write(s.path("iso"), &iso).unwrap();
     assert!(!Container::probe(&rw(&s.path("iso"))).unwrap());
 }
+
+/// A new container's backing file carries the user.deflatefs.container mark, metadata a
+/// journaling filesystem keeps with the file's creation. After a power cut that lost the first
+/// page and kept only the middle of a compressed stream (nothing left to recognise), the mark
+/// still makes it an interrupted creation, an empty container; without the mark the same bytes
+/// are a plain file.
+#[test]
+fn the_creation_mark_identifies_a_container_whose_first_page_was_lost() {
+    let s = Scratch::new();
+    let mut c = s.create("c", 15);
+    let (m, e) = build_stored_member(0, true, &pattern(20_000, 5));
+    c.append_member(&m, e).unwrap();
+    c.commit().unwrap();
+    drop(c);
+    let mut bytes = std::fs::read(s.path("c")).unwrap();
+    // Page 0 lost, page 1 (the middle of the data member) kept, the rest (commit) lost.
+    bytes[..4096].fill(0);
+    bytes[8192..].fill(0);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(s.path("c"))
+        .unwrap()
+        .write_all_at(&bytes, 0)
+        .unwrap();
+    let mut v = [0u8; 8];
+    let p = std::ffi::CString::new(s.path("c").into_os_string().into_encoded_bytes()).unwrap();
+    let n = unsafe {
+        libc::getxattr(
+            p.as_ptr(),
+            c"user.deflatefs.container".as_ptr(),
+            v.as_mut_ptr().cast(),
+            8,
+        )
+    };
+    assert_eq!((n, v[0]), (1, b'1'), "the mark");
+    assert!(Container::probe(&rw(&s.path("c"))).unwrap());
+    assert_eq!(Container::open(rw(&s.path("c"))).unwrap().size(), 0);
+    assert_eq!(
+        unsafe { libc::removexattr(p.as_ptr(), c"user.deflatefs.container".as_ptr()) },
+        0
+    );
+    assert!(!Container::probe(&rw(&s.path("c"))).unwrap());
+}

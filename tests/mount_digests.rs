@@ -186,8 +186,10 @@ fn digests_equal_the_tools_around_chunk_boundaries_for_every_chunk_size_and_afte
         }
         m.remount();
         for (name, data) in &files {
+            // An empty file needs no state (its digest is a constant), and a flush with no new
+            // content commits nothing.
             assert!(
-                sha_state_recorded(&m.backing(name)),
+                data.is_empty() || sha_state_recorded(&m.backing(name)),
                 "{chunk_opt} {name}: a sequentially written file records its SHA-256 state"
             );
             assert_digests(&m.path(name), data);

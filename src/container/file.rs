@@ -2,6 +2,7 @@
 
 use std::fs::File;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -195,11 +196,22 @@ fn interrupted_creation(file: &File) -> Result<Option<u8>> {
     let n = pread_prefix(file, &mut b)?;
     let len = file.metadata()?.len();
     let nz = b[..n].iter().rposition(|&x| x != 0).map_or(0, |i| i + 1);
-    if nz == 0 && n == full && len <= INTERRUPTED_CREATION_MAX && lost_first_pages(file, len)? {
+    if nz == 0
+        && n == full
+        && len <= INTERRUPTED_CREATION_MAX
+        && (marked_as_container(file) || lost_first_pages(file, len)?)
+    {
         // Its chunk size went with the header: the next write starts it anew at the default.
         return Ok(Some(DEFAULT_CHUNK_LOG2));
     }
-    if !(15..full).contains(&nz) || len > INTERRUPTED_CREATION_MAX {
+    // A file marked at its creation needs no length to be recognised (the power-cut layer keeps
+    // arbitrary lengths: 4 bytes of a header are as good as 139).
+    let min_prefix = if nz > 0 && nz < 15 && marked_as_container(file) {
+        1
+    } else {
+        15
+    };
+    if !(min_prefix..full).contains(&nz) || len > INTERRUPTED_CREATION_MAX {
         return Ok(None);
     }
     // Up to the low byte of the header member's subfield length (after "DH"), 15 bytes: no
@@ -220,6 +232,41 @@ fn interrupted_creation(file: &File) -> Result<Option<u8>> {
         pos += k as u64;
     }
     Ok(Some(log2))
+}
+
+/// The extended attribute a new container's backing file gets at its creation (docs/FORMAT.md,
+/// "Interrupted creation"). It is metadata of the inode, which a journaling filesystem makes
+/// durable with the file's creation, before any of its data: after a power cut it tells a
+/// container whose first page was lost from a plain file that starts with zeros.
+pub const CONTAINER_MARK_XATTR: &std::ffi::CStr = c"user.deflatefs.container";
+
+/// Sets [`CONTAINER_MARK_XATTR`]; a backing filesystem without user xattrs just goes without.
+fn mark_as_container(file: &File) {
+    // SAFETY: a valid descriptor, a NUL-terminated name and a 1-byte value.
+    unsafe {
+        libc::fsetxattr(
+            file.as_raw_fd(),
+            CONTAINER_MARK_XATTR.as_ptr(),
+            b"1".as_ptr().cast(),
+            1,
+            0,
+        );
+    }
+}
+
+/// Whether the file carries [`CONTAINER_MARK_XATTR`].
+fn marked_as_container(file: &File) -> bool {
+    let mut v = [0u8; 1];
+    // SAFETY: a valid descriptor, a NUL-terminated name and a 1-byte buffer.
+    let n = unsafe {
+        libc::fgetxattr(
+            file.as_raw_fd(),
+            CONTAINER_MARK_XATTR.as_ptr(),
+            v.as_mut_ptr().cast(),
+            1,
+        )
+    };
+    n == 1 && v[0] == b'1'
 }
 
 /// The chunk size a container whose header was lost is started anew with (128 KiB, the mount
@@ -493,6 +540,7 @@ impl Container {
         // the inode for a data flush at every close (auto_da_alloc), which made each file
         // created through a mount start disk writes at its release.
         c.write_initial_bytes()?;
+        mark_as_container(c.file());
         Ok(c)
     }
 

@@ -210,6 +210,9 @@ pub struct Image {
     pub meta_pending: usize,
     /// The operations each file went through since the layer was mounted.
     pub logs: BTreeMap<PathBuf, Vec<String>>,
+    /// Extended attributes of the files: inode metadata, which a journaling filesystem commits
+    /// no later than any data written after them, so they are kept with the file.
+    pub xattrs: BTreeMap<PathBuf, BTreeMap<OsString, Vec<u8>>>,
 }
 
 fn now() -> (i64, u32) {
@@ -252,6 +255,9 @@ impl State {
         for (p, bytes) in &img.files {
             let parent = dir_ino[p.parent().unwrap_or(Path::new(""))];
             let ino = s.alloc(false, 0o644, old, bytes.clone());
+            if let Some(x) = img.xattrs.get(p) {
+                s.nodes.get_mut(&ino).unwrap().xattrs = x.clone();
+            }
             s.tree
                 .get_mut(&parent)
                 .unwrap()
@@ -355,6 +361,7 @@ impl State {
                     stack.push((ino, p));
                 } else {
                     img.logs.insert(p.clone(), n.log.clone());
+                    img.xattrs.insert(p.clone(), n.xattrs.clone());
                     img.files.insert(p, n.data.cut(rng));
                 }
             }
