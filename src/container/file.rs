@@ -196,10 +196,12 @@ fn interrupted_creation(file: &File) -> Result<Option<u8>> {
     let n = pread_prefix(file, &mut b)?;
     let len = file.metadata()?.len();
     let nz = b[..n].iter().rposition(|&x| x != 0).map_or(0, |i| i + 1);
+    // A marked file that is empty or starts with zeros is always a container (the same answer
+    // at every length and every later mount: a marked file judged plain while short and then
+    // written as a plain file with a hole at its start would turn into a container later).
     if nz == 0
-        && n == full
         && len <= INTERRUPTED_CREATION_MAX
-        && (marked_as_container(file) || lost_first_pages(file, len)?)
+        && (marked_as_container(file) || (n == full && lost_first_pages(file, len)?))
     {
         // Its chunk size went with the header: the next write starts it anew at the default.
         return Ok(Some(DEFAULT_CHUNK_LOG2));
