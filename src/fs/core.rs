@@ -302,11 +302,24 @@ impl DeflateFs {
                     st.st_size = size as i64;
                     return Ok(st);
                 }
+                // Under the open slot's lock, as `open_state` opens: recovery truncates what it
+                // leaves out, which must never race a writer that opened the file meanwhile and
+                // already appended after the last commit (its members would be cut away).
+                let slot = node.open.lock();
+                if let Some(size) = slot.file.as_ref().and_then(|f| f.logical_size()) {
+                    st.st_size = size as i64;
+                    return Ok(st);
+                }
+                if let Some(size) = self.recovered_size(node, &sys::fstat(node.raw_fd())?) {
+                    st.st_size = size as i64;
+                    return Ok(st);
+                }
                 st.st_size = match self.open_container(node) {
                     Ok(c) => c.size() as i64,
                     Err(e) if e.errno != libc::EIO => return Err(e),
                     Err(_) => 0,
                 };
+                drop(slot);
                 return Ok(st);
             }
             let file = match probe_file {
