@@ -624,3 +624,31 @@ fn a_marked_file_that_starts_with_zeros_is_a_container_at_every_length() {
         assert_eq!(Container::open(rw(&s.path("m"))).unwrap().size(), 0);
     }
 }
+
+/// What seed 5 of the power-cut test left: a marked file re-created in place (truncated, header,
+/// then data appended) whose first page the cut kept at its earlier version, a 112-byte prefix of
+/// the first bytes, while later pages of new data were kept. No commit is complete anywhere, so
+/// nothing in it was durable: an interrupted creation, not a damaged container (EIO). Unmarked,
+/// the same bytes stay damage for fsck.
+#[test]
+fn a_marked_file_without_any_complete_commit_is_an_interrupted_creation() {
+    let s = Scratch::new();
+    let mut c = s.create("m", 14);
+    let (m, e) = build_stored_member(0, true, &pattern(9000, 2));
+    c.append_member(&m, e).unwrap();
+    c.commit().unwrap();
+    drop(c);
+    let mut b = std::fs::read(s.path("m")).unwrap();
+    b[112..140].fill(0);
+    let n = b.len();
+    b.truncate(n - 94); // no commit after the data either
+    std::fs::write(s.path("m"), &b).unwrap();
+    assert!(Container::probe(&rw(&s.path("m"))).unwrap());
+    assert_eq!(Container::open(rw(&s.path("m"))).unwrap().size(), 0);
+    let p = std::ffi::CString::new(s.path("m").into_os_string().into_encoded_bytes()).unwrap();
+    assert_eq!(
+        unsafe { libc::removexattr(p.as_ptr(), c"user.deflatefs.container".as_ptr()) },
+        0
+    );
+    assert!(Container::open(rw(&s.path("m"))).is_err());
+}

@@ -222,7 +222,13 @@ fn interrupted_creation(file: &File) -> Result<Option<u8>> {
     if !(MIN_CHUNK_LOG2..=MAX_CHUNK_LOG2).contains(&log2) || initial_bytes(log2)[..nz] != b[..nz] {
         return Ok(None);
     }
-    // Everything after the first bytes must be zeros (pages that never reached the disk).
+    // A marked file is ours whatever follows: with no complete commit anywhere, nothing in it was
+    // ever made durable (an fsync writes the first checkpoint durably), so whatever pages of later
+    // appends a power cut kept are not a version of it. Unmarked, everything after the first
+    // bytes must be zeros (pages that never reached the disk), or it may be damage for fsck.
+    if marked_as_container(file) {
+        return Ok(Some(log2));
+    }
     let mut pos = n as u64;
     let mut buf = vec![0u8; 1 << 16];
     while pos < len {
