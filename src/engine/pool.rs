@@ -290,14 +290,7 @@ impl BufferPool {
         if st.in_use + st.free_bytes + class > self.capacity {
             return;
         }
-        st.free_bytes += class;
-        match st.free.iter_mut().find(|f| f.class == class) {
-            Some(list) => list.bufs.push(buf),
-            None => st.free.push(FreeList {
-                class,
-                bufs: vec![buf],
-            }),
-        }
+        st.shelve(buf, class);
         if !st.waiters.is_empty() {
             self.cond.notify_all();
         }
@@ -310,14 +303,7 @@ impl BufferPool {
         if class == 0 {
             return;
         }
-        st.free_bytes += class;
-        match st.free.iter_mut().find(|f| f.class == class) {
-            Some(list) => list.bufs.push(buf),
-            None => st.free.push(FreeList {
-                class,
-                bufs: vec![buf],
-            }),
-        }
+        st.shelve(buf, class);
         if !st.waiters.is_empty() {
             self.cond.notify_all();
         }
@@ -325,6 +311,18 @@ impl BufferPool {
 }
 
 impl PoolState {
+    /// Puts a returned buffer of size class `class` on its free list.
+    fn shelve(&mut self, buf: Vec<u8>, class: usize) {
+        self.free_bytes += class;
+        match self.free.iter_mut().find(|f| f.class == class) {
+            Some(list) => list.bufs.push(buf),
+            None => self.free.push(FreeList {
+                class,
+                bufs: vec![buf],
+            }),
+        }
+    }
+
     /// Charges `class` bytes and says which buffer satisfies them. The caller has checked that
     /// `in_use + class <= capacity`; free buffers of other classes are released as needed to keep
     /// `in_use + free_bytes <= capacity`.

@@ -298,10 +298,6 @@ impl DeflateFs {
         if format == Format::Container {
             if !changed_this_boot(&st) {
                 // Its size is that of the commit recovery opens it at (see `open_container`).
-                if let Some(size) = self.recovered_size(node, &st) {
-                    st.st_size = size as i64;
-                    return Ok(st);
-                }
                 // Under the open slot's lock, as `open_state` opens: recovery truncates what it
                 // leaves out, which must never race a writer that opened the file meanwhile and
                 // already appended after the last commit (its members would be cut away).
@@ -310,7 +306,7 @@ impl DeflateFs {
                     st.st_size = size as i64;
                     return Ok(st);
                 }
-                if let Some(size) = self.recovered_size(node, &sys::fstat(node.raw_fd())?) {
+                if let Some(size) = self.recovered_size(node, &st) {
                     st.st_size = size as i64;
                     return Ok(st);
                 }
