@@ -530,6 +530,20 @@ impl ReadyPipe {
 }
 
 /// Mounts and serves until unmounted.
+/// glibc arenas the daemon's allocations may spread over. By default glibc gives each new
+/// thread its own arena (up to 8 per core); memory a FUSE worker frees after another thread
+/// allocated it then stays in that arena, and the daemon's RSS grew well past its buffers: with
+/// `chunk=4k`, reading and overwriting a 1 GiB file peaked at 217 MiB with the default and at
+/// 142-192 MiB with two arenas. Throughput was unchanged (1 GiB write and cold read, A/B).
+const MALLOC_ARENAS: libc::c_int = 2;
+
+fn limit_malloc_arenas() {
+    // SAFETY: mallopt only changes allocator parameters; called before the daemon's threads start.
+    if unsafe { libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS) } != 1 {
+        tracing::debug!("mallopt(M_ARENA_MAX) refused");
+    }
+}
+
 fn serve(
     root: OwnedFd,
     source: &Path,
@@ -537,6 +551,7 @@ fn serve(
     opts: &MountOptions,
     mut ready: Option<ReadyPipe>,
 ) -> Result<(), MountError> {
+    limit_malloc_arenas();
     let result = serve_inner(root, source, mountpoint, opts, &mut ready);
     if let (Err(e), Some(r)) = (&result, ready.as_mut()) {
         r.send(&format!("ERR {e}"));

@@ -225,6 +225,30 @@ fn checkpoint_after_entries_exceed_live_entries() {
 }
 
 #[test]
+fn a_checkpoint_of_more_than_a_mebibyte_of_index_is_written_in_pieces_and_replays() {
+    let s = Scratch::new();
+    let mut w = Writer::new(s.create("f", 12));
+    // 20,000 one-entry chunks: a checkpoint of 20 index members, about 1.3 MB, more than the
+    // 1 MiB the writer holds before writing.
+    w.write_at(0, &pattern(20_000 * 4096, 1));
+    w.c.commit().unwrap();
+    w.write_at(0, &pattern(20_000 * 4096, 2));
+    w.c.commit().unwrap();
+    assert_eq!(
+        w.c.deltas_since_checkpoint(),
+        0,
+        "the second commit is a checkpoint"
+    );
+    let bytes = std::fs::read(s.path("f")).unwrap();
+    let last = commits_in(&bytes).pop().unwrap();
+    assert!(last.checkpoint && last.entry_count == 20_000);
+    assert!(last.offset - last.first_index > 1 << 20, "{last:?}");
+    let c = s.open("f");
+    assert_eq!(c.index().live_entry_count(), 20_000);
+    assert!(read_all(&c) == w.model);
+}
+
+#[test]
 fn reset_empties_the_container_in_place() {
     let s = Scratch::new();
     let mut w = Writer::new(s.create("f", 13));

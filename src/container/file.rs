@@ -943,62 +943,61 @@ impl Container {
             self.sync_data()?;
         }
 
-        let mut buf = Vec::new();
+        if checkpoint && live > u32::MAX as u64 {
+            return Err(invalid("too many live index entries for one checkpoint"));
+        }
+        let mut out = CommitWriter::new(&self.file, self.container_len);
         let mut seq = self.last_seq;
         let mut prev = self.last_commit;
-        let base = self.container_len;
         let aux = self.aux.clone().filter(|a| a.sha256_len == final_size);
-        if checkpoint {
-            if live > u32::MAX as u64 {
-                return Err(invalid("too many live index entries for one checkpoint"));
-            }
-            let iter = self.index.live_entries();
-            prev = emit_commit(
-                &mut buf,
-                base,
-                &mut seq,
-                prev,
-                final_size,
-                true,
-                aux.as_ref(),
-                live,
-                iter,
-            );
-        } else {
-            for s in &self.segments {
-                let n = s.entries.len() as u64;
+        let written = (|| -> std::io::Result<()> {
+            if checkpoint {
+                let iter = self.index.live_entries();
                 prev = emit_commit(
-                    &mut buf,
-                    base,
-                    &mut seq,
-                    prev,
-                    s.size,
-                    false,
-                    None,
-                    n,
-                    s.entries.iter(),
-                );
-            }
-            if final_needed {
-                let n = self.pending.len() as u64;
-                prev = emit_commit(
-                    &mut buf,
-                    base,
+                    &mut out,
                     &mut seq,
                     prev,
                     final_size,
-                    false,
+                    true,
                     aux.as_ref(),
-                    n,
-                    self.pending.iter(),
-                );
+                    live,
+                    iter,
+                )?;
+            } else {
+                for s in &self.segments {
+                    let n = s.entries.len() as u64;
+                    prev = emit_commit(
+                        &mut out,
+                        &mut seq,
+                        prev,
+                        s.size,
+                        false,
+                        None,
+                        n,
+                        s.entries.iter(),
+                    )?;
+                }
+                if final_needed {
+                    let n = self.pending.len() as u64;
+                    prev = emit_commit(
+                        &mut out,
+                        &mut seq,
+                        prev,
+                        final_size,
+                        false,
+                        aux.as_ref(),
+                        n,
+                        self.pending.iter(),
+                    )?;
+                }
             }
-        }
-        if let Err(e) = self.file.write_all_at(&buf, base) {
+            out.finish()
+        })();
+        if let Err(e) = written {
             self.tail_dirty = true;
             return Err(e.into());
         }
-        self.container_len = base + buf.len() as u64;
+        self.container_len = out.position();
         self.last_seq = seq;
         self.last_commit = prev;
         self.committed_size = final_size;
@@ -1145,13 +1144,57 @@ impl Container {
     }
 }
 
+/// Writes a commit's members to the container in pieces of at most [`CommitWriter::FLUSH_AT`]
+/// bytes, so a checkpoint of a file with millions of chunks never holds its whole encoded index
+/// in memory. Nothing it wrote counts until the commit member at its end is on disk: a commit
+/// cut short is a torn tail like any other.
+struct CommitWriter<'f> {
+    file: &'f std::fs::File,
+    /// Container offset of `buf[0]`.
+    flushed_to: u64,
+    buf: Vec<u8>,
+}
+
+impl<'f> CommitWriter<'f> {
+    const FLUSH_AT: usize = 1 << 20;
+
+    fn new(file: &'f std::fs::File, at: u64) -> Self {
+        CommitWriter {
+            file,
+            flushed_to: at,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Container offset of the next byte appended.
+    fn position(&self) -> u64 {
+        self.flushed_to + self.buf.len() as u64
+    }
+
+    fn buf(&mut self) -> &mut Vec<u8> {
+        &mut self.buf
+    }
+
+    fn maybe_flush(&mut self) -> std::io::Result<()> {
+        if self.buf.len() >= Self::FLUSH_AT {
+            self.finish()?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> std::io::Result<()> {
+        self.file.write_all_at(&self.buf, self.flushed_to)?;
+        self.flushed_to += self.buf.len() as u64;
+        self.buf.clear();
+        Ok(())
+    }
+}
+
 /// Appends the auxiliary member `aux` (if any), the index members for `entries` (1000 per
-/// member) and a commit member to `buf`, which will be written at container offset `base`.
-/// Returns the commit's offset.
+/// member) and a commit member to `out`. Returns the commit's offset.
 #[allow(clippy::too_many_arguments)]
 fn emit_commit<'a>(
-    buf: &mut Vec<u8>,
-    base: u64,
+    out: &mut CommitWriter<'_>,
     seq: &mut u64,
     prev: u64,
     size: u64,
@@ -1159,16 +1202,16 @@ fn emit_commit<'a>(
     aux: Option<&AuxRecord>,
     count: u64,
     mut entries: impl Iterator<Item = &'a IndexEntry>,
-) -> u64 {
+) -> std::io::Result<u64> {
     let aux_offset = match aux {
         Some(a) => {
-            let at = base + buf.len() as u64;
-            buf.extend_from_slice(&a.encode());
+            let at = out.position();
+            out.buf().extend_from_slice(&a.encode());
             at
         }
         None => u64::MAX,
     };
-    let first_index = base + buf.len() as u64;
+    let first_index = out.position();
     let mut members = 0u32;
     let mut left = count;
     let mut chunk: Vec<&IndexEntry> = Vec::with_capacity(MAX_INDEX_ENTRIES_PER_MEMBER);
@@ -1178,13 +1221,14 @@ fn emit_commit<'a>(
         for _ in 0..take {
             chunk.push(entries.next().expect("entry count matches the iterator"));
         }
-        encode_index_member(chunk.iter().copied(), buf);
+        encode_index_member(chunk.iter().copied(), out.buf());
+        out.maybe_flush()?;
         members += 1;
         left -= take;
     }
     debug_assert!(entries.next().is_none());
     *seq += 1;
-    let offset = base + buf.len() as u64;
+    let offset = out.position();
     let c = CommitRecord {
         seq: *seq,
         offset,
@@ -1196,6 +1240,6 @@ fn emit_commit<'a>(
         index_members: members,
         aux: aux_offset,
     };
-    buf.extend_from_slice(&c.encode());
-    offset
+    out.buf().extend_from_slice(&c.encode());
+    Ok(offset)
 }
