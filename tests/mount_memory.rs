@@ -43,7 +43,7 @@ fn a_small_chunk_file_read_overwritten_and_digested_stays_within_the_buffers() {
         .map(|skip| {
             let path = m.path("f");
             std::thread::spawn(move || {
-                let mut f = std::fs::File::open(path).unwrap();
+                let f = std::fs::File::open(path).unwrap();
                 let mut buf = vec![0u8; 1 << 20];
                 let mut total = 0u64;
                 let mut at = skip;
