@@ -358,3 +358,67 @@ fn reading_a_file_leaves_its_backing_file_untouched() {
         assert_eq!(md.modified().unwrap(), mtime, "{name}: mtime");
     }
 }
+
+/// `user.deflatefs.engine`'s `stored_reads_in_place` counter.
+fn stored_reads_in_place(m: &Mount) -> u64 {
+    let report = xattr_text(&m.mnt, "user.deflatefs.engine");
+    report
+        .lines()
+        .find_map(|l| l.strip_prefix("stored_reads_in_place="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no stored_reads_in_place in {report}"))
+}
+
+fn xattr_text(p: &Path, name: &str) -> String {
+    let (ok, out, err) = common::run_tool(
+        "getfattr",
+        &[
+            "-n".as_ref(),
+            name.as_ref(),
+            "--only-values".as_ref(),
+            p.as_os_str(),
+        ],
+    );
+    assert!(ok, "getfattr {name}: {err}");
+    String::from_utf8(out).unwrap()
+}
+
+/// Stored (incompressible) chunks are read straight into place, their framing and CRC checked
+/// apart from the payload: damage to the payload, to a stored block's header or to the trailer
+/// still gives EIO for that chunk only, and every other chunk reads back exactly.
+#[test]
+fn damaged_stored_chunks_read_in_place_give_eio_for_their_range_only() {
+    const CHUNK128: usize = 128 << 10;
+    let mut m = Mount::new();
+    let data = common::random_bytes(8 * CHUNK128 + 1000, 7);
+    write_file(&m.path("f"), &data);
+    m.unmount();
+    let back = m.backing("f");
+    // Chunk 1: a payload byte in its second stored block.
+    let (start, _) = data_member(&back, 1);
+    flip(&back, start + 32 + 70_000);
+    // Chunk 3: the LEN field of its second stored block's header.
+    let (start, _) = data_member(&back, 3);
+    flip(&back, start + 32 + 5 + 65_535 + 1);
+    // Chunk 5: its trailer's CRC32.
+    let (_, end) = data_member(&back, 5);
+    flip(&back, end - 8);
+    m.mount();
+    let before = stored_reads_in_place(&m);
+    let f = File::open(m.path("f")).unwrap();
+    let mut bad = Vec::new();
+    for c in 0..data.len().div_ceil(CHUNK128) {
+        let want = &data[c * CHUNK128..((c + 1) * CHUNK128).min(data.len())];
+        let mut buf = vec![0u8; want.len()];
+        match f.read_exact_at(&mut buf, (c * CHUNK128) as u64) {
+            Ok(()) => assert!(buf == want, "chunk {c} has wrong bytes"),
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc::EIO), "chunk {c}: {e}");
+                bad.push(c);
+            }
+        }
+    }
+    assert_eq!(bad, vec![1, 3, 5]);
+    let in_place = stored_reads_in_place(&m) - before;
+    assert!(in_place >= 6, "only {in_place} chunks were read in place");
+}

@@ -139,12 +139,7 @@ pub fn decode_stored_blocks(stream: &[u8], out: &mut [u8]) -> Result<usize> {
 /// ISIZE == `entry.logical_len`. Returns the byte range of the deflate stream within `bytes`.
 /// Error offsets are container offsets (`entry.member_offset` + position).
 pub fn parse_data_member(bytes: &[u8], entry: &IndexEntry) -> Result<Range<usize>> {
-    let base = if entry.member_offset == u64::MAX {
-        0
-    } else {
-        entry.member_offset
-    };
-    let at = |rel: usize| base.saturating_add(rel as u64);
+    let at = member_offset_fn(entry);
     if entry.kind == PieceKind::Hole {
         return Err(corrupt("a hole entry has no data member", at(0)));
     }
@@ -164,14 +159,34 @@ pub fn parse_data_member(bytes: &[u8], entry: &IndexEntry) -> Result<Range<usize
             at(0),
         ));
     }
-    let len = check_framing(bytes, RECORD_DATA, at(0))?;
+    check_data_header(&bytes[..DATA_HEADER_LEN], entry)?;
+    let t = bytes.len() - MEMBER_TRAILER_LEN;
+    check_data_trailer(&bytes[t..], t, entry)?;
+    Ok(DATA_HEADER_LEN..t)
+}
+
+/// Container offset of byte `rel` of `entry`'s member (relative offsets for a member read
+/// outside a container, `member_offset == u64::MAX`).
+fn member_offset_fn(entry: &IndexEntry) -> impl Fn(usize) -> u64 {
+    let base = if entry.member_offset == u64::MAX {
+        0
+    } else {
+        entry.member_offset
+    };
+    move |rel: usize| base.saturating_add(rel as u64)
+}
+
+/// The checks of [`parse_data_member`] on the member's first [`DATA_HEADER_LEN`] bytes.
+fn check_data_header(header: &[u8], entry: &IndexEntry) -> Result<()> {
+    let at = member_offset_fn(entry);
+    let len = check_framing(header, RECORD_DATA, at(0))?;
     if len != DATA_PAYLOAD_LEN {
         return Err(corrupt(
             format!("data member payload length {len} (expected 16)"),
             at(14),
         ));
     }
-    let p = &bytes[FRAMING_LEN..DATA_HEADER_LEN];
+    let p = &header[FRAMING_LEN..DATA_HEADER_LEN];
     if libdeflater::crc32(&p[..12]) != u32_at(p, 12) {
         return Err(corrupt("data member payload crc32 mismatch", at(28)));
     }
@@ -200,9 +215,14 @@ pub fn parse_data_member(bytes: &[u8], entry: &IndexEntry) -> Result<Range<usize
             at(24),
         ));
     }
-    let t = bytes.len() - MEMBER_TRAILER_LEN;
-    let crc = u32_at(bytes, t);
-    let isize = u32_at(bytes, t + 4);
+    Ok(())
+}
+
+/// The checks of [`parse_data_member`] on the member's trailer, which starts at `t`.
+fn check_data_trailer(trailer: &[u8], t: usize, entry: &IndexEntry) -> Result<()> {
+    let at = member_offset_fn(entry);
+    let crc = u32_at(trailer, 0);
+    let isize = u32_at(trailer, 4);
     if crc != entry.crc32 {
         return Err(corrupt(
             format!(
@@ -221,7 +241,68 @@ pub fn parse_data_member(bytes: &[u8], entry: &IndexEntry) -> Result<Range<usize
             at(t + 4),
         ));
     }
-    Ok(DATA_HEADER_LEN..t)
+    Ok(())
+}
+
+/// How a stored piece written in deflatefs's block layout (stored blocks of
+/// [`MAX_STORED_BLOCK`] bytes, the last one shorter and final) lies in its member, so that a
+/// reader can read the payload straight into place and only the framing around it elsewhere.
+/// `None` when the entry's stored length does not fit that layout (another writer's block
+/// split): such a member is read whole and checked by [`decode_piece`].
+#[derive(Debug)]
+pub struct StoredLayout {
+    /// Number of stored blocks.
+    pub blocks: usize,
+}
+
+impl StoredLayout {
+    pub fn of(entry: &IndexEntry) -> Option<StoredLayout> {
+        if entry.kind != PieceKind::Stored {
+            return None;
+        }
+        let n = entry.logical_len as usize;
+        let want = DATA_HEADER_LEN + stored_stream_len(n) + MEMBER_TRAILER_LEN;
+        (entry.stored_len as usize == want).then(|| StoredLayout {
+            blocks: n.div_ceil(MAX_STORED_BLOCK).max(1),
+        })
+    }
+
+    /// Payload bytes of block `i` of a piece of `len` bytes.
+    pub fn block_len(&self, i: usize, len: usize) -> usize {
+        (len - (i * MAX_STORED_BLOCK).min(len)).min(MAX_STORED_BLOCK)
+    }
+
+    /// Checks the framing read around a payload read into place: `header` (the member's first
+    /// [`DATA_HEADER_LEN`] bytes), the 5-byte header of every block, and the trailer. It makes
+    /// the checks [`parse_data_member`] makes, and requires each block header to be exactly the
+    /// one deflatefs writes. The caller checks the payload's crc32 against `entry.crc32`.
+    pub fn check(
+        &self,
+        entry: &IndexEntry,
+        header: &[u8],
+        block_headers: &[[u8; STORED_BLOCK_OVERHEAD]],
+        trailer: &[u8],
+    ) -> Result<()> {
+        let at = member_offset_fn(entry);
+        check_data_header(header, entry)?;
+        let len = entry.logical_len as usize;
+        let mut pos = DATA_HEADER_LEN;
+        for (i, h) in block_headers.iter().enumerate() {
+            let n = self.block_len(i, len) as u16;
+            let last = i + 1 == self.blocks;
+            let mut want = [u8::from(last), 0, 0, 0, 0];
+            want[1..3].copy_from_slice(&n.to_le_bytes());
+            want[3..5].copy_from_slice(&(!n).to_le_bytes());
+            if *h != want {
+                return Err(corrupt(
+                    format!("stored block {i} header {h:02x?}, expected {want:02x?}"),
+                    at(pos),
+                ));
+            }
+            pos += STORED_BLOCK_OVERHEAD + n as usize;
+        }
+        check_data_trailer(trailer, pos, entry)
+    }
 }
 
 /// Decodes the data member `bytes` of `entry` into `out` (`out.len() == entry.logical_len`):

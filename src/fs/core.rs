@@ -205,6 +205,7 @@ impl DeflateFs {
             readahead_chunks: ((2usize << 20) >> opts.chunk_log2).max(engine.queue_count() * 2),
             epochs: AtomicU64::new(0),
             damage_log: Mutex::new(HashMap::new()),
+            stored_in_place: Default::default(),
         });
         Ok(DeflateFs {
             opts,
@@ -1029,9 +1030,16 @@ impl DeflateFs {
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let mut out = Vec::new();
+        self.read_into(fh, offset, size, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Self::read`] into `out` (its contents replaced, its capacity reused).
+    pub fn read_into(&self, fh: u64, offset: u64, size: u32, out: &mut Vec<u8>) -> FsResult<()> {
         let h = self.handle(fh)?;
         let file = h.file.as_ref().ok_or(FsError::new(libc::EISDIR))?;
-        file.read(offset, size as usize)
+        file.read_into(offset, size as usize, out)
     }
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<usize> {
@@ -1320,7 +1328,7 @@ impl DeflateFs {
             "backend={}\nqueues={}\nverify={}\nfallback={}\nbackend_disabled={}\nfaults={}\n\
              verify_failures={}\nsoftware_jobs={}\njobs={}\njobs_failed={}\nbytes_in={}\n\
              bytes_out={}\npool_capacity={}\npool_high_water={}\ndirty_capacity={}\n\
-             dirty_high_water={}\n",
+             dirty_high_water={}\nstored_reads_in_place={}\n",
             st.backend,
             st.queues.len(),
             if e.verifies() { "on" } else { "off" },
@@ -1337,6 +1345,9 @@ impl DeflateFs {
             pool.high_water(),
             dirty.capacity(),
             dirty.high_water(),
+            self.ctx
+                .stored_in_place
+                .load(std::sync::atomic::Ordering::Relaxed),
         )
     }
 }
