@@ -27,8 +27,8 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 use super::cache::{ChunkCache, ChunkKey};
 use super::error::{FsError, FsResult};
 use crate::container::{
-    self, Container, IndexEntry, PieceKind, StoredLayout, DATA_HEADER_LEN, MEMBER_TRAILER_LEN,
-    STORED_BLOCK_OVERHEAD,
+    self, Container, IndexEntry, PieceKind, StoredLayout, DATA_HEADER_LEN, MAX_STORED_BLOCK,
+    MEMBER_TRAILER_LEN, STORED_BLOCK_OVERHEAD,
 };
 use crate::digest::{chunk_cv, ChainingValue};
 use crate::engine::pool::{BufferPool, PoolBuf};
@@ -687,7 +687,12 @@ impl ContainerFile {
 
     fn decode_piece(&self, p: &IndexEntry) -> FsResult<PoolBuf> {
         if let Some(layout) = StoredLayout::of(p) {
-            if let Some(out) = self.read_stored_in_place(p, &layout)? {
+            let out = self
+                .ctx
+                .job_pool
+                .take(p.logical_len as usize)
+                .map_err(|e| FsError::with_context(libc::EIO, format!("{e}")))?;
+            if let Some(out) = self.read_stored_in_place(p, &layout, out) {
                 return Ok(out);
             }
         }
@@ -724,59 +729,67 @@ impl ContainerFile {
     }
 
     /// A stored piece in deflatefs's own block layout, read with one preadv that puts its
-    /// payload straight into the output buffer and its framing into small scratch buffers
-    /// (bindfs-like cost: no copy out of an input buffer). Its framing and crc32 are checked as
-    /// [`container::parse_data_member`] and the stored decode would; `None` when anything
-    /// differs or the read comes up short, so the general path reads the member whole and gives
-    /// the exact verdict (a different but valid block split, or the damage to report).
+    /// payload straight into `out` (`p.logical_len` bytes) and its framing into small scratch
+    /// buffers: no copy out of an input buffer, no queue round trip. Its framing and crc32 are
+    /// checked as [`container::parse_data_member`] and the stored decode would. `None` when
+    /// anything differs or the read comes up short: the general path then reads the member
+    /// whole and gives the exact verdict (a different but valid block split, or the damage).
     fn read_stored_in_place(
         &self,
         p: &IndexEntry,
         layout: &StoredLayout,
-    ) -> FsResult<Option<PoolBuf>> {
+        mut out: PoolBuf,
+    ) -> Option<PoolBuf> {
+        const MAX_BLOCKS: usize = (1usize << container::MAX_CHUNK_LOG2).div_ceil(MAX_STORED_BLOCK);
         let len = p.logical_len as usize;
-        let mut out = self
-            .ctx
-            .job_pool
-            .take(len)
-            .map_err(|e| FsError::with_context(libc::EIO, format!("{e}")))?;
-        let mut header = [0u8; container::DATA_HEADER_LEN];
-        let mut block_headers = vec![[0u8; STORED_BLOCK_OVERHEAD]; layout.blocks];
-        let mut trailer = [0u8; container::MEMBER_TRAILER_LEN];
-        let mut iov = Vec::with_capacity(2 * layout.blocks + 2);
-        let io = |ptr: *mut u8, len: usize| libc::iovec {
-            iov_base: ptr.cast(),
-            iov_len: len,
+        if len == 0 || out.len() != len || layout.blocks > MAX_BLOCKS {
+            return None;
+        }
+        let mut header = [0u8; DATA_HEADER_LEN];
+        let mut block_headers = [[0u8; STORED_BLOCK_OVERHEAD]; MAX_BLOCKS];
+        let mut trailer = [0u8; MEMBER_TRAILER_LEN];
+        let empty = libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
         };
-        iov.push(io(header.as_mut_ptr(), header.len()));
-        let mut payload = &mut out[..len];
-        for (i, h) in block_headers.iter_mut().enumerate() {
-            iov.push(io(h.as_mut_ptr(), h.len()));
+        let mut iov = [empty; 2 * MAX_BLOCKS + 2];
+        let io = |b: &mut [u8]| libc::iovec {
+            iov_base: b.as_mut_ptr().cast(),
+            iov_len: b.len(),
+        };
+        let mut n_iov = 0;
+        iov[n_iov] = io(&mut header);
+        n_iov += 1;
+        let mut payload = &mut out[..];
+        for (i, h) in block_headers[..layout.blocks].iter_mut().enumerate() {
             let (block, rest) = payload.split_at_mut(layout.block_len(i, len));
-            if !block.is_empty() {
-                iov.push(io(block.as_mut_ptr(), block.len()));
-            }
+            iov[n_iov] = io(h);
+            iov[n_iov + 1] = io(block);
+            n_iov += 2;
             payload = rest;
         }
-        iov.push(io(trailer.as_mut_ptr(), trailer.len()));
+        iov[n_iov] = io(&mut trailer);
+        n_iov += 1;
         let file = self.reader();
-        // SAFETY: every iovec points into a live buffer of its stated length, none overlapping.
+        // SAFETY: each iovec points into a live buffer of its stated length, none overlapping.
         let n = unsafe {
             libc::preadv(
                 std::os::fd::AsRawFd::as_raw_fd(&*file),
                 iov.as_ptr(),
-                iov.len() as libc::c_int,
+                n_iov as libc::c_int,
                 p.member_offset as libc::off_t,
             )
         };
         if n != p.stored_len as isize
-            || layout.check(p, &header, &block_headers, &trailer).is_err()
-            || libdeflater::crc32(&out[..len]) != p.crc32
+            || layout
+                .check(p, &header, &block_headers[..layout.blocks], &trailer)
+                .is_err()
+            || libdeflater::crc32(&out) != p.crc32
         {
-            return Ok(None);
+            return None;
         }
         self.ctx.stored_in_place.fetch_add(1, Ordering::Relaxed);
-        Ok(Some(out))
+        Some(out)
     }
 
     /// Submits decompression of up to `count` chunks from `first` on that are stored in one piece
@@ -829,7 +842,11 @@ impl ContainerFile {
             };
             if let Some(layout) = StoredLayout::of(p) {
                 // Nothing to decode: read it into place here rather than copy it in a queue.
-                if let Ok(Some(out)) = self.read_stored_in_place(p, &layout) {
+                let Some(out) = pool.take_timeout(p.logical_len as usize, Duration::ZERO) else {
+                    release(&self.readahead);
+                    break;
+                };
+                if let Some(out) = self.read_stored_in_place(p, &layout, out) {
                     self.ctx.cache.insert(key, Arc::new(out.into_vec()));
                 }
                 release(&self.readahead);
