@@ -407,6 +407,72 @@ pub fn build_deflate_member(
 mod tests {
     use super::*;
 
+    /// Splits a stored member the way a reader in place sees it: header, block headers, payload,
+    /// trailer.
+    fn stored_parts(m: &[u8], layout: &StoredLayout, len: usize) -> (Vec<[u8; 5]>, Vec<u8>) {
+        let mut pos = DATA_HEADER_LEN;
+        let (mut headers, mut payload) = (Vec::new(), Vec::new());
+        for i in 0..layout.blocks {
+            headers.push(m[pos..pos + 5].try_into().unwrap());
+            let n = layout.block_len(i, len);
+            payload.extend_from_slice(&m[pos + 5..pos + 5 + n]);
+            pos += 5 + n;
+        }
+        assert_eq!(pos, m.len() - MEMBER_TRAILER_LEN);
+        (headers, payload)
+    }
+
+    #[test]
+    fn stored_layout_checks_what_parse_data_member_checks_and_exact_block_headers() {
+        for len in [1usize, 65535, 65536, 131072, 200_000] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+            let (m, e) = build_stored_member(8192, true, &data);
+            let layout = StoredLayout::of(&e).expect("deflatefs's own layout");
+            let (headers, payload) = stored_parts(&m, &layout, len);
+            assert_eq!(payload, data);
+            let t = m.len() - MEMBER_TRAILER_LEN;
+            layout
+                .check(&e, &m[..DATA_HEADER_LEN], &headers, &m[t..])
+                .unwrap();
+            // Any flipped framing byte is refused, as parse_data_member refuses it.
+            let mut bad = m.clone();
+            bad[20] ^= 1; // logical offset
+            assert!(layout
+                .check(&e, &bad[..DATA_HEADER_LEN], &headers, &m[t..])
+                .is_err());
+            assert!(parse_data_member(&bad, &e).is_err());
+            let mut trailer = m[t..].to_vec();
+            trailer[0] ^= 1; // CRC32
+            assert!(layout
+                .check(&e, &m[..DATA_HEADER_LEN], &headers, &trailer)
+                .is_err());
+            for b in 0..headers.len() {
+                for byte in 0..5 {
+                    let mut h = headers.clone();
+                    h[b][byte] ^= 1;
+                    assert!(
+                        layout
+                            .check(&e, &m[..DATA_HEADER_LEN], &h, &m[t..])
+                            .is_err(),
+                        "len {len}: block {b} header byte {byte}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn stored_layout_is_none_for_other_block_splits_and_deflate_members() {
+        let data = vec![9u8; 1000];
+        let (_, mut e) = build_stored_member(0, true, &data);
+        assert!(StoredLayout::of(&e).is_some());
+        e.stored_len += 5; // one more block header: another writer's split
+        assert!(StoredLayout::of(&e).is_none());
+        let mut c = libdeflater::Compressor::new(libdeflater::CompressionLvl::new(1).unwrap());
+        let (_, d) = build_deflate_member(&mut c, 1, 0, true, &data);
+        assert!(StoredLayout::of(&d).is_none());
+    }
+
     #[test]
     fn stored_stream_len_counts_block_headers() {
         assert_eq!(stored_stream_len(0), 5);
