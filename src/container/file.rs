@@ -641,6 +641,14 @@ impl Container {
                 }
             }
         }
+        // No commit recovers. A marked file whose first bytes are a strict prefix of a new
+        // container's (then zeros) lost its first checkpoint: a re-creation in place that was
+        // never fsync'd (an fsync makes the first page durable), whose first page a power cut
+        // kept at its earlier version while later pages, with commits chained to the lost
+        // checkpoint, were kept. Nothing in it was ever durable: it is an interrupted creation.
+        if let Some(log2) = interrupted_creation(&file)? {
+            return Ok(Self::fresh(file, log2));
+        }
         Err(first_error.unwrap_or_else(|| corrupt("no valid commit member", len)))
     }
 
