@@ -422,3 +422,63 @@ fn damaged_stored_chunks_read_in_place_give_eio_for_their_range_only() {
     let in_place = stored_reads_in_place(&m) - before;
     assert!(in_place >= 6, "only {in_place} chunks were read in place");
 }
+
+/// Power-cut seed 26: a shrink into the middle of a chunk is committed on its own (the commit of
+/// the shrunk size) before the commit that rewrites that chunk; a cut kept the first and lost
+/// the second. The size alone hid the chunk's old bytes beyond it, until the file grew after
+/// recovery: a truncate up then showed them instead of zeros. Growing now rewrites that chunk
+/// first, by a truncate up, a write further on, or a write right at the end.
+#[test]
+fn bytes_beyond_a_committed_shrink_read_as_zeros_when_the_file_grows_again() {
+    const CH: usize = 16 << 10;
+    for (name, grow) in [("truncate", 0u8), ("write_beyond", 1), ("append", 2)] {
+        let mut m = Mount::with_opts(&["chunk=16k"]);
+        m.unmount();
+        let back = m.backing(name);
+        {
+            let f = File::create_new(&back).unwrap();
+            let mut c = Container::create(f, 14).unwrap();
+            for chunk in 0..2u64 {
+                let (mem, e) = build_stored_member(chunk * CH as u64, true, &[b'x'; CH]);
+                c.append_member(&mem, e).unwrap();
+            }
+            c.set_size(2 * CH as u64);
+            c.commit().unwrap();
+            // The shrink's own commit, without the rewrite of chunk 1 that followed it.
+            c.set_size(CH as u64 + 1000);
+            c.commit().unwrap();
+        }
+        m.mount();
+        let p = m.path(name);
+        assert_eq!(fs::read(&p).unwrap(), vec![b'x'; CH + 1000], "{name}");
+        let f = OpenOptions::new().write(true).open(&p).unwrap();
+        let want_len = match grow {
+            0 => {
+                f.set_len(40_000).unwrap();
+                40_000
+            }
+            1 => {
+                f.write_all_at(b"end", 40_000).unwrap();
+                40_003
+            }
+            _ => {
+                f.write_all_at(b"more", (CH + 1000) as u64).unwrap();
+                CH + 1004
+            }
+        };
+        f.sync_all().unwrap();
+        drop(f);
+        let mut want = vec![0u8; want_len];
+        want[..CH + 1000].fill(b'x');
+        match grow {
+            1 => want[40_000..].copy_from_slice(b"end"),
+            2 => want[CH + 1000..].copy_from_slice(b"more"),
+            _ => {}
+        }
+        let got = fs::read(&p).unwrap();
+        assert!(got == want, "{name}: bytes beyond the shrink came back");
+        m.unmount();
+        m.mount();
+        assert!(fs::read(&p).unwrap() == want, "{name}: after remount");
+    }
+}

@@ -916,6 +916,9 @@ impl ContainerFile {
                 st.sha.invalidate();
             }
         }
+        if end > st.size {
+            self.clamp_tail_before_growth(&mut st)?;
+        }
         let mut pos = offset;
         while pos < end {
             let chunk = pos >> self.chunk_log2;
@@ -1253,7 +1256,43 @@ impl ContainerFile {
             }
             self.store.inner.lock().container.set_size(size);
         }
+        if size > st.size {
+            self.clamp_tail_before_growth(&mut st)?;
+        }
         st.size = size;
+        Ok(())
+    }
+
+    /// Before the file grows past `st.size`: when the chunk holding that end has stored bytes
+    /// beyond it, makes the chunk resident (clamped to the end, see `make_resident`) to be
+    /// rewritten as a RESET piece, so those bytes read as zeros once the file is longer, as
+    /// after any truncation. A shrink always rewrites that chunk, but a crash or power cut can
+    /// keep the commit of the shrunk size and lose the later one with the rewrite: the size
+    /// alone then hides the old bytes, until the file grows (power-cut seed 26: a truncate up
+    /// after recovery showed bytes of an earlier, longer version of the chunk).
+    fn clamp_tail_before_growth(&self, st: &mut MutexGuard<'_, WriteState>) -> FsResult<()> {
+        let size = st.size;
+        let chunk = size >> self.chunk_log2;
+        let chunk_start = chunk << self.chunk_log2;
+        if size == chunk_start || st.dirty.contains_key(&chunk) {
+            return Ok(());
+        }
+        let stale = self
+            .store
+            .inner
+            .lock()
+            .container
+            .index()
+            .pieces(chunk)
+            .iter()
+            .any(|p| p.kind != PieceKind::Hole && p.logical_offset + p.logical_len as u64 > size);
+        if stale {
+            let d = self.make_resident(st, chunk, false)?;
+            debug_assert!(d.rewrite && d.valid == (size - chunk_start) as usize);
+            st.dirty.insert(chunk, d);
+            let d = st.dirty.get_mut(&chunk).expect("just inserted");
+            d.dirty = true;
+        }
         Ok(())
     }
 
