@@ -611,6 +611,9 @@ impl Container {
         let mut candidate = Some(last);
         let mut first_error = None;
         let mut skipped = 0u64;
+        // Where the chain of the last candidate tried broke, and whether candidates ran out.
+        let mut last_break = None;
+        let mut exhausted = true;
         while let Some(c) = candidate {
             match Self::recover_from(&file, chunk_log2, &c) {
                 Ok((index, chain, dropped)) => {
@@ -630,8 +633,10 @@ impl Container {
                 }
                 Err((e, below)) => {
                     first_error.get_or_insert(e);
+                    last_break = Some(below);
                     skipped += 1;
                     if skipped >= MAX_RECOVERY_CANDIDATES {
+                        exhausted = false;
                         break;
                     }
                     // Every commit between `below` and this one depends on what is broken:
@@ -641,13 +646,27 @@ impl Container {
                 }
             }
         }
-        // No commit recovers. A marked file whose first bytes are a strict prefix of a new
-        // container's (then zeros) lost its first checkpoint: a re-creation in place that was
-        // never fsync'd (an fsync makes the first page durable), whose first page a power cut
-        // kept at its earlier version while later pages, with commits chained to the lost
-        // checkpoint, were kept. Nothing in it was ever durable: it is an interrupted creation.
-        if let Some(log2) = interrupted_creation(&file)? {
-            return Ok(Self::fresh(file, log2));
+        // No commit recovers, and the oldest candidate's chain broke at the first checkpoint's
+        // place. A marked file whose first bytes are a strict prefix of a new container's (then
+        // zeros) lost that checkpoint: a re-creation in place that was never fsync'd (an fsync
+        // makes the first page durable), whose first page a power cut kept at its earlier
+        // version while later pages, with commits chained to the lost checkpoint, were kept.
+        // Nothing in it was ever durable: it is an interrupted creation. It carries a recovery
+        // note, so the mount logs it and keeps opening it this way (not strictly) until it is
+        // written anew.
+        if exhausted && last_break == Some(HEADER_LEN) {
+            if let Some(log2) = interrupted_creation(&file)? {
+                let note = format!(
+                    "no commit recovers ({}): its first checkpoint never reached the disk, so it \
+                     is an interrupted creation, read as empty",
+                    first_error
+                        .as_ref()
+                        .map_or_else(|| "none".to_string(), |e| e.to_string())
+                );
+                let mut c = Self::fresh(file, log2);
+                c.recovery_note = Some(note);
+                return Ok(c);
+            }
         }
         Err(first_error.unwrap_or_else(|| corrupt("no valid commit member", len)))
     }

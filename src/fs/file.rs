@@ -1287,8 +1287,10 @@ impl ContainerFile {
             .iter()
             .any(|p| p.kind != PieceKind::Hole && p.logical_offset + p.logical_len as u64 > size);
         if stale {
+            // Clamped to the size; `rewrite` unless a RESET piece of exactly that length landed
+            // meanwhile (then what is stored already is the clamped chunk).
             let d = self.make_resident(st, chunk, false)?;
-            debug_assert!(d.rewrite && d.valid == (size - chunk_start) as usize);
+            debug_assert_eq!(d.valid, (size - chunk_start) as usize);
             st.dirty.insert(chunk, d);
             let d = st.dirty.get_mut(&chunk).expect("just inserted");
             d.dirty = true;
