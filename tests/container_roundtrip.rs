@@ -604,10 +604,7 @@ fn the_creation_mark_identifies_a_container_whose_first_page_was_lost() {
     assert_eq!((n, v[0]), (1, b'1'), "the mark");
     assert!(Container::probe(&rw(&s.path("c"))).unwrap());
     assert_eq!(Container::open(rw(&s.path("c"))).unwrap().size(), 0);
-    assert_eq!(
-        unsafe { libc::removexattr(p.as_ptr(), c"user.deflatefs.container".as_ptr()) },
-        0
-    );
+    unmark(&s.path("c"));
     assert!(!Container::probe(&rw(&s.path("c"))).unwrap());
 }
 
@@ -669,11 +666,7 @@ fn a_marked_file_without_any_complete_commit_is_an_interrupted_creation() {
     std::fs::write(s.path("m"), &b).unwrap();
     assert!(Container::probe(&rw(&s.path("m"))).unwrap());
     assert_eq!(Container::open(rw(&s.path("m"))).unwrap().size(), 0);
-    let p = std::ffi::CString::new(s.path("m").into_os_string().into_encoded_bytes()).unwrap();
-    assert_eq!(
-        unsafe { libc::removexattr(p.as_ptr(), c"user.deflatefs.container".as_ptr()) },
-        0
-    );
+    unmark(&s.path("m"));
     assert!(Container::open(rw(&s.path("m"))).is_err());
 }
 
@@ -703,11 +696,17 @@ fn a_recovering_open_of_a_marked_file_whose_first_checkpoint_was_lost_is_an_inte
         assert!(Container::open(rw(&s.path("m"))).is_err(), "kept {kept}");
         let c = Container::open_with(rw(&s.path("m")), OpenMode::Recover).unwrap();
         assert_eq!(c.size(), 0, "kept {kept}");
-        let p = std::ffi::CString::new(s.path("m").into_os_string().into_encoded_bytes()).unwrap();
-        assert_eq!(
-            unsafe { libc::removexattr(p.as_ptr(), c"user.deflatefs.container".as_ptr()) },
-            0
-        );
+        unmark(&s.path("m"));
         assert!(Container::open_with(rw(&s.path("m")), OpenMode::Recover).is_err());
     }
+}
+
+/// Removes the creation mark (`user.deflatefs.container`) from `path`, leaving the file as a
+/// backing filesystem without user xattrs would have it.
+fn unmark(path: &std::path::Path) {
+    let p = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    assert_eq!(
+        unsafe { libc::removexattr(p.as_ptr(), c"user.deflatefs.container".as_ptr()) },
+        0
+    );
 }

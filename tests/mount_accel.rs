@@ -242,15 +242,6 @@ fn daemon_pid(mnt: &Path) -> u32 {
     panic!("no deflatefs daemon for {want}");
 }
 
-fn vm_hwm_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/PID/status")
-}
-
 #[test]
 fn file_16x_the_pool_streams_through_with_bounded_memory() {
     const POOL: usize = 2 << 20;

@@ -6,16 +6,7 @@ mod common;
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 
-use common::{run_tool, varied_text, Mount};
-
-fn vm_hwm_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/PID/status")
-}
+use common::{run_tool, varied_text, vm_hwm_kib, Mount};
 
 /// 256 MiB in 4 KiB chunks (65,536 chunks, about 10 MiB of chunk index) through a mount whose
 /// buffers add up to 48 MiB. Measured on the 2-core CI machine class: 37-48 MiB peak; before

@@ -653,3 +653,13 @@ pub fn assert_bytes_eq(actual: &[u8], expected: &[u8], what: &str) {
         show(expected)
     );
 }
+
+/// Peak resident set size (VmHWM) of process `pid`, in KiB.
+pub fn vm_hwm_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status")
+}
