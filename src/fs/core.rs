@@ -16,6 +16,7 @@ use super::digests::{self, Lingering, PlainDigests, ProbeCache};
 use super::error::{errno, FsError, FsResult};
 use super::file::{ContainerFile, FileContext, OpenFile, PlainFile};
 use super::inode::{Format, InodeTable, Node, NodeKind, ROOT_ID};
+use super::namelock::NameLocks;
 use super::sys;
 use crate::container::{Container, OpenMode};
 use crate::engine::pool::BufferPool;
@@ -102,6 +103,8 @@ pub struct DeflateFs {
     probes: ProbeCache,
     /// Open states kept briefly after serving an attribute.
     lingering: Lingering,
+    /// Held by directory operations and compaction's rename into place (see `namelock`).
+    names: NameLocks,
 }
 
 fn time_to_timespec(t: Option<TimeSpec>) -> libc::timespec {
@@ -218,6 +221,7 @@ impl DeflateFs {
             plain_digests: PlainDigests::new(),
             probes: ProbeCache::new(),
             lingering: Lingering::new(),
+            names: NameLocks::default(),
         })
     }
 
@@ -482,6 +486,7 @@ impl DeflateFs {
         self.check_writable()?;
         self.refuse_internal(name)?;
         let dir = self.node(parent)?;
+        let _names = self.names.lock(&[parent]);
         sys::unlinkat(dir.raw_fd(), &sys::cstr(name)?, 0)
     }
 
@@ -489,6 +494,7 @@ impl DeflateFs {
         self.check_writable()?;
         self.refuse_internal(name)?;
         let dir = self.node(parent)?;
+        let _names = self.names.lock(&[parent]);
         sys::unlinkat(dir.raw_fd(), &sys::cstr(name)?, libc::AT_REMOVEDIR)
     }
 
@@ -506,6 +512,7 @@ impl DeflateFs {
         let dir = self.node(parent)?;
         let newdir = self.node(newparent)?;
         let cnew = sys::cstr(newname)?;
+        let _names = self.names.lock(&[parent, newparent]);
         sys::renameat2(
             dir.raw_fd(),
             &sys::cstr(name)?,
@@ -542,6 +549,15 @@ impl DeflateFs {
         if node.kind == NodeKind::Directory {
             return errno(libc::EPERM);
         }
+        // A second name must not appear between compaction's check that the file has one name
+        // and its rename into place: hold the directory compaction would rename in.
+        let _names = loop {
+            let at = node.location().map(|(p, _)| p).unwrap_or(newparent);
+            let held = self.names.lock(&[at, newparent]);
+            if node.location().map(|(p, _)| p).unwrap_or(newparent) == at {
+                break held;
+            }
+        };
         if node.kind == NodeKind::Symlink {
             // linkat through /proc would follow the link; hard-link the symlink itself.
             let empty = c"";
@@ -1064,7 +1080,8 @@ impl DeflateFs {
     }
 
     /// Compacts a container that has accumulated enough stale data (docs/FORMAT.md). Failures
-    /// only leave the file as it was, larger; they are logged, not returned.
+    /// only leave the file as it was, larger; they are logged, not returned. One compaction of a
+    /// file runs at a time: a close that finds one running leaves the work to it.
     fn maybe_compact(&self, node: &Arc<Node>, open: &OpenFile) {
         let OpenFile::Container(c) = open else {
             return;
@@ -1072,6 +1089,9 @@ impl DeflateFs {
         if self.opts.read_only || !c.wants_compaction() {
             return;
         }
+        let Some(_turn) = c.try_compaction_turn() else {
+            return;
+        };
         match self.compact(node, c) {
             Ok(true) => tracing::info!("{}: compacted", node.label()),
             Ok(false) => {}
@@ -1082,8 +1102,9 @@ impl DeflateFs {
         }
     }
 
-    /// Rewrites the container into a temporary file next to it and renames it into place.
-    /// Skipped (Ok(false)) for files with several hard links, which a rename would split.
+    /// Rewrites the container into a temporary file next to it and renames it into place. The
+    /// caller holds the file's compaction turn. Skipped (Ok(false)) for files with several hard
+    /// links, which a rename would split, and for files whose name moved meanwhile.
     fn compact(&self, node: &Arc<Node>, c: &ContainerFile) -> FsResult<bool> {
         let st = sys::fstat(node.raw_fd())?;
         if st.st_nlink != 1 {
@@ -1094,32 +1115,58 @@ impl DeflateFs {
         };
         let dir = self.node(parent)?;
         let cname = sys::cstr(&name)?;
-        let here = sys::fstatat(dir.raw_fd(), &cname)?;
-        if (here.st_dev, here.st_ino) != (st.st_dev, st.st_ino) {
-            return Ok(false);
-        }
         let tmp_name = sys::cstr(OsStr::new(&format!(
             "{INTERNAL_PREFIX}compact-{}",
             st.st_ino
         )))?;
+        // With one compaction per file at a time, a file of this name can only be what a
+        // compaction cut short by a crash left behind (or a stranger's): never a live one.
         let _ = sys::unlinkat(dir.raw_fd(), &tmp_name, 0);
-        let tmp_fd = sys::openat(
+        let tmp = std::fs::File::from(sys::openat(
             dir.raw_fd(),
             &tmp_name,
-            libc::O_CREAT | libc::O_EXCL | libc::O_RDWR,
+            libc::O_CREAT | libc::O_EXCL | libc::O_RDWR | libc::O_NOFOLLOW,
             0o600,
-        )?;
-        let tmp = std::fs::File::from(tmp_fd);
+        )?);
         let tmp_raw = tmp.as_raw_fd();
-        let result = c.compact(tmp, || {
-            // Same owner, mode, user xattrs and times as the original.
+        let tmp_st = sys::fstat(tmp_raw)?;
+        let same = |a: &libc::stat, b: &libc::stat| (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino);
+        // Why the install declined to rename (nothing was changed): not a failure.
+        const MOVED: i32 = libc::ESTALE;
+        let dest = tmp.try_clone()?;
+        let result = c.compact(dest, || {
+            // Taken now, with writers held off: the flush that began the compaction moved mtime.
+            let st = sys::fstat(node.raw_fd())?;
+            // Same owner, mode, user xattrs and times as the original, set through our own
+            // descriptor: the name could be someone else's file by now.
+            sys::chown_fd(tmp_raw, Some(st.st_uid), Some(st.st_gid))?;
+            sys::chmod_fd(tmp_raw, st.st_mode & 0o7777)?;
+            copy_xattrs(node.raw_fd(), tmp_raw)?;
+            tmp.sync_data()?;
             let tmp_path_fd =
                 sys::openat(dir.raw_fd(), &tmp_name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
-            sys::chown_fd(tmp_path_fd.as_raw_fd(), Some(st.st_uid), Some(st.st_gid))?;
-            sys::chmod_fd(tmp_path_fd.as_raw_fd(), st.st_mode & 0o7777)?;
-            copy_xattrs(node.raw_fd(), tmp_path_fd.as_raw_fd())?;
-            unsafe { libc::fdatasync(tmp_raw) };
-            sys::renameat2(dir.raw_fd(), &tmp_name, dir.raw_fd(), &cname, 0)?;
+            {
+                let _names = self.names.lock(&[parent]);
+                // Under the directory's name lock, nothing moves the file's names: check that
+                // the name still leads to this one-name file and the temporary is ours.
+                let now = sys::fstat(node.raw_fd())?;
+                let here = sys::fstatat(dir.raw_fd(), &cname)?;
+                let tmp_here = sys::fstat(tmp_path_fd.as_raw_fd())?;
+                if now.st_nlink != 1
+                    || node.location() != Some((parent, name.clone()))
+                    || !same(&here, &now)
+                    || !same(&tmp_here, &tmp_st)
+                {
+                    return errno(MOVED);
+                }
+                self.inodes.alias_backing(node, &tmp_st);
+                if let Err(e) = sys::renameat2(dir.raw_fd(), &tmp_name, dir.raw_fd(), &cname, 0) {
+                    self.inodes.drop_alias(node, &tmp_st);
+                    return Err(e);
+                }
+            }
+            // Nothing below may fail: the new file is in place, and the open state must follow
+            // it (c.compact switches only when this returns Ok).
             // Make the rename durable now: a later fsync of the file only syncs the new inode,
             // and a power cut must not bring back the old one without what was written since.
             if let Err(e) = sys::reopen(dir.raw_fd(), libc::O_RDONLY | libc::O_DIRECTORY)
@@ -1141,15 +1188,23 @@ impl DeflateFs {
                 },
             ];
             let _ = sys::utimens_fd(tmp_path_fd.as_raw_fd(), false, times);
-            let new_st = sys::fstat(tmp_path_fd.as_raw_fd())?;
-            self.inodes.replace_backing(node, tmp_path_fd, &new_st);
+            self.inodes.replace_backing(node, tmp_path_fd, &tmp_st);
             Ok(())
         });
-        if let Err(e) = result {
-            let _ = sys::unlinkat(dir.raw_fd(), &tmp_name, 0);
-            return Err(e);
+        match result {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                // Remove the temporary only while the name is still ours.
+                if sys::fstatat(dir.raw_fd(), &tmp_name).is_ok_and(|t| same(&t, &tmp_st)) {
+                    let _ = sys::unlinkat(dir.raw_fd(), &tmp_name, 0);
+                }
+                if e.errno == MOVED {
+                    Ok(false)
+                } else {
+                    Err(e)
+                }
+            }
         }
-        Ok(true)
     }
 
     pub fn fsync(&self, fh: u64, datasync: bool) -> FsResult<()> {

@@ -300,6 +300,8 @@ pub struct ContainerFile {
     readahead: Arc<Readahead>,
     /// Digest state that is not part of the write path (see `digests.rs`).
     digests: Box<digests::DigestState>,
+    /// Held by the one compaction of this file that may run (see [`Self::try_compaction_turn`]).
+    compaction: Mutex<()>,
 }
 
 impl ContainerFile {
@@ -347,6 +349,7 @@ impl ContainerFile {
             chunk_log2,
             readahead: Arc::new(Readahead::default()),
             digests,
+            compaction: Mutex::new(()),
         })
     }
 
@@ -361,6 +364,14 @@ impl ContainerFile {
     /// Whether the container has enough stale bytes or pieces to be worth compacting.
     pub fn wants_compaction(&self) -> bool {
         self.store.inner.lock().container.needs_compaction()
+    }
+
+    /// The right to compact this file, if no compaction of it is running. Two at once would
+    /// share the temporary file's name: the second would remove the first's temporary and the
+    /// first rename the second's into place, leaving the open state writing to a file no name
+    /// leads to (fsync'd data lost at the next crash).
+    pub fn try_compaction_turn(&self) -> Option<MutexGuard<'_, ()>> {
+        self.compaction.try_lock()
     }
 
     /// Compacts the container (docs/FORMAT.md, "Compaction"): with writers held off, writes a

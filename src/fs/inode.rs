@@ -231,9 +231,29 @@ impl InodeTable {
         }
     }
 
+    /// Makes the table find `node` under the backing inode `st` as well as under its own, before
+    /// compaction renames that inode into the node's place: a lookup of the name between the
+    /// rename and [`Self::replace_backing`] must find this node, never make a second node (and a
+    /// second open state appending to the same container) for the new inode.
+    pub fn alias_backing(&self, node: &Node, st: &libc::stat) {
+        self.table
+            .lock()
+            .by_key
+            .insert((st.st_dev, st.st_ino), node.id);
+    }
+
+    /// Undoes [`Self::alias_backing`] when the rename did not happen.
+    pub fn drop_alias(&self, node: &Node, st: &libc::stat) {
+        let mut t = self.table.lock();
+        let key = (st.st_dev, st.st_ino);
+        if t.by_key.get(&key) == Some(&node.id) && *node.key.lock() != key {
+            t.by_key.remove(&key);
+        }
+    }
+
     /// Points `node` at a new backing inode (after compaction replaced the file): `fd` becomes
-    /// its descriptor and the table finds it under the new inode's key. The node id, which the
-    /// kernel knows, stays the same.
+    /// its descriptor and the table finds it under the new inode's key only. The node id, which
+    /// the kernel knows, stays the same.
     pub fn replace_backing(&self, node: &Node, fd: OwnedFd, st: &libc::stat) {
         let mut t = self.table.lock();
         let mut key = node.key.lock();

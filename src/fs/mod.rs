@@ -7,6 +7,7 @@ pub mod error;
 pub mod file;
 pub mod fuse;
 pub mod inode;
+pub mod namelock;
 pub mod sys;
 
 pub use self::core::DeflateFs;
