@@ -468,6 +468,9 @@ fn other_user_specs(root_owner: bool) -> Vec<Spec> {
         // no setgid bit on a file of a group its creator is not in.
         mine.push((Call::CreateExcl(0o2755), "sg/f", "", 0));
         mine.push((Call::Mkdir(0o755), "sg/d", "", 0));
+        // chmod g+s of one's own file of a group one is not in: the bit is silently dropped.
+        mine.push((Call::CreateExcl(0o755), "sg/g", "", 0));
+        mine.push((Call::Chmod(0o2755), "sg/g", "", 0));
     }
     for (call, a, b, e) in mine {
         let s = l.add(call, a, b, Some(e));
@@ -526,17 +529,21 @@ fn set_up(who: &As, base: &Path, specs: &[Spec]) {
     }
 }
 
-/// Owner, group, type and mode of what the other user created, the same on the mount as in the
-/// plain directory (for root's mounts).
-fn compare_created(ns: &Ns, plain: &Path, mnt: &Path) -> Vec<String> {
+/// Owner, group, type and mode of what the other user created (and, when the kernel checks
+/// permissions, chmodded), the same on the mount as in the plain directory (for root's mounts).
+fn compare_created(ns: &Ns, plain: &Path, mnt: &Path, kernel_checks: bool) -> Vec<String> {
     let mut bad = Vec::new();
-    for rel in [
+    let mut paths = vec![
         "sticky/kept",
         "sticky/mylink",
         "sticky/myfifo",
         "sg/f",
         "sg/d",
-    ] {
+    ];
+    if kernel_checks {
+        paths.push("sg/g");
+    }
+    for rel in paths {
         let st = |base: &Path| -> (u32, u32, u32) {
             let p = ns.path(&base.join(rel));
             let c = CString::new(p.as_os_str().as_bytes()).unwrap();
@@ -571,6 +578,11 @@ fn compare_created(ns: &Ns, plain: &Path, mnt: &Path) -> Vec<String> {
         "setgid bit cleared"
     );
     assert_eq!(plain_st("sg/d"), (NOBODY, STAFF, 0o2755), "setgid bit kept");
+    assert_eq!(
+        plain_st("sg/g"),
+        (NOBODY, STAFF, 0o755),
+        "chmod g+s dropped"
+    );
     bad
 }
 
@@ -657,7 +669,7 @@ fn root_mount_case(mount_cmd: &str, opts: &str, kernel_checks: bool) {
         .filter(|s| kernel_checks || s.daemon_checked)
         .collect();
     bad.extend(compare(&nobody, &plain, &mnt, &specs));
-    bad.extend(compare_created(&ns, &plain, &mnt));
+    bad.extend(compare_created(&ns, &plain, &mnt, kernel_checks));
     bad.extend(check_engine_report(&ns, 0, &mnt));
     let log_text = std::fs::read_to_string(ns.path(&log)).unwrap_or_default();
     assert!(
