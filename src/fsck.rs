@@ -515,10 +515,14 @@ fn check_file(path: &Path, repair: bool, summary: &mut Summary) -> Findings {
     f
 }
 
+/// Opens a file the walk found as a regular file. O_NOFOLLOW: if it was replaced by a symlink
+/// since, fsck (often run as root) must not open what the link points to.
 fn open_for(path: &Path, write: bool) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
         .read(true)
         .write(write)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
 }
 
@@ -1059,11 +1063,17 @@ fn rebuild_inner(path: &Path, file: &File) -> io::Result<(Vec<String>, u64, u64)
     let md = file.metadata()?;
     let tmp = dir.join(format!("{INTERNAL_PREFIX}fsck-{}", md.ino()));
     let _ = std::fs::remove_file(&tmp);
-    let dest = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&tmp)?;
+    // Mode 0600 until copy_metadata gives it the original's owner and mode: the data of a
+    // private file must not be readable by others while it is rebuilt.
+    let dest = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?
+    };
     let mut chunks: BTreeSet<u64> = rec.index.data_chunks().collect();
     chunks.extend(rec.poisoned.iter().copied());
     let mut members = Vec::new();

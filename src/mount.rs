@@ -232,18 +232,7 @@ fn kernel_mount(
         .open("/dev/fuse")
         .map_err(|e| MountError(format!("cannot open /dev/fuse: {e}")))?;
     let fd: OwnedFd = dev.into();
-    let mut data = format!(
-        "fd={},rootmode=40000,user_id={},group_id={}",
-        fd.as_raw_fd(),
-        unsafe { libc::getuid() },
-        unsafe { libc::getgid() }
-    );
-    if opts.allow_other {
-        data.push_str(",allow_other");
-    }
-    if opts.default_permissions {
-        data.push_str(",default_permissions");
-    }
+    let data = kernel_mount_data(fd.as_raw_fd(), opts);
     let mut flags = libc::MS_NOSUID | libc::MS_NODEV;
     if opts.read_only {
         flags |= libc::MS_RDONLY;
@@ -278,6 +267,22 @@ fn kernel_mount(
         ));
     }
     Ok(fd)
+}
+
+/// The data string of mount(2) for a FUSE mount on /dev/fuse descriptor `fd`.
+fn kernel_mount_data(fd: std::os::fd::RawFd, opts: &MountOptions) -> String {
+    let mut data = format!(
+        "fd={fd},rootmode=40000,user_id={},group_id={}",
+        unsafe { libc::getuid() },
+        unsafe { libc::getgid() }
+    );
+    if opts.allow_other {
+        data.push_str(",allow_other");
+    }
+    if opts.default_permissions {
+        data.push_str(",default_permissions");
+    }
+    data
 }
 
 /// The option string fusermount3 gets for a mount without root.
@@ -419,6 +424,32 @@ fn block_signals() -> libc::sigset_t {
     }
 }
 
+/// The warning a mount without `default_permissions` gets, on stderr and in the log: the opt-out
+/// must never go unnoticed (README, "Permissions").
+fn permissions_warning(opts: &MountOptions, source: &Path, mountpoint: &Path) -> Option<String> {
+    if opts.default_permissions {
+        return None;
+    }
+    let owner = unsafe { libc::getuid() };
+    Some(if opts.allow_other {
+        format!(
+            "warning: no_default_permissions with allow_other: the kernel checks no permissions \
+             on {}; every user who can reach it reads, writes, renames and deletes files in {} \
+             with the rights of uid {owner} (the daemon still checks who may create files and \
+             read or change user.* attributes, digests included)",
+            mountpoint.display(),
+            source.display()
+        )
+    } else {
+        format!(
+            "warning: no_default_permissions: the kernel checks no permissions on {}; only uid \
+             {owner} can reach it, and the daemon acts on {} with that user's rights",
+            mountpoint.display(),
+            source.display()
+        )
+    })
+}
+
 /// Runs the mount: daemonizes unless `foreground`, and returns the process exit code.
 pub fn run(req: MountRequest) -> i32 {
     let (root, source, mountpoint) = match prepare(&req) {
@@ -428,6 +459,9 @@ pub fn run(req: MountRequest) -> i32 {
             return 1;
         }
     };
+    if let Some(w) = permissions_warning(&req.options, &source, &mountpoint) {
+        eprintln!("deflatefs: {w}");
+    }
     if req.foreground {
         let target = match &req.options.log_file {
             Some(f) => LogTarget::File(f.clone()),
@@ -622,9 +656,12 @@ fn serve_inner(
     };
     fs.spawn_flusher();
     raise_readahead_later(mount_id);
+    if let Some(w) = permissions_warning(opts, source, mountpoint) {
+        tracing::warn!("{w}");
+    }
     tracing::info!(
         "mounted {} on {} (chunk={}k level={} queues={} backend={} cache={}m dirty={}m pool={}m \
-         digests={})",
+         digests={} permissions={}{})",
         source.display(),
         mountpoint.display(),
         opts.chunk_size() >> 10,
@@ -634,7 +671,13 @@ fn serve_inner(
         opts.cache_bytes >> 20,
         opts.dirty_bytes >> 20,
         opts.pool_bytes >> 20,
-        if opts.digests { "on" } else { "off" }
+        if opts.digests { "on" } else { "off" },
+        if opts.default_permissions {
+            "kernel"
+        } else {
+            "none"
+        },
+        if opts.allow_other { " allow_other" } else { "" }
     );
     tracing::info!(
         "engine: backend {} (accel={}), {} queues, verify={}, fallback={}, fault_limit={}{}",
@@ -700,6 +743,26 @@ mod tests {
         assert_eq!(root.dev, (libc::major(dev), libc::minor(dev)));
         assert_eq!(mount_dev(root.id), Some(root.dev));
         assert_eq!(mount_dev(u64::MAX), None);
+    }
+
+    #[test]
+    fn every_mount_asks_the_kernel_to_check_permissions_unless_opted_out() {
+        let has = |s: &str| s.split(',').any(|o| o == "default_permissions");
+        for text in ["", "allow_other", "allow_other,ro"] {
+            let o = MountOptions::parse(&[text]).unwrap();
+            assert!(has(&kernel_mount_data(5, &o)), "{text}");
+            assert!(has(&fusermount_options(Path::new("/src"), &o)), "{text}");
+        }
+        let o = MountOptions::parse(&["allow_other,no_default_permissions"]).unwrap();
+        assert!(!has(&kernel_mount_data(5, &o)));
+        assert!(!has(&fusermount_options(Path::new("/src"), &o)));
+        assert!(permissions_warning(&o, Path::new("/s"), Path::new("/m"))
+            .unwrap()
+            .contains("allow_other"));
+        assert!(
+            permissions_warning(&MountOptions::default(), Path::new("/s"), Path::new("/m"))
+                .is_none()
+        );
     }
 
     #[test]

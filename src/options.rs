@@ -42,7 +42,11 @@ pub struct MountOptions {
     /// FUSE worker threads.
     pub threads: usize,
     pub read_only: bool,
+    /// Let users other than the mount's owner (and root) reach the mount (`allow_other`).
     pub allow_other: bool,
+    /// Mount with the kernel's `default_permissions`: the kernel checks every access against the
+    /// file modes, as ext4 does. On unless `no_default_permissions` is given (README,
+    /// "Permissions"; docs/SECURITY.md).
     pub default_permissions: bool,
     /// Mount with MS_NOEXEC (`noexec`, also implied by fstab's `user`).
     pub noexec: bool,
@@ -77,7 +81,7 @@ impl Default for MountOptions {
             threads: 4,
             read_only: false,
             allow_other: false,
-            default_permissions: false,
+            default_permissions: true,
             noexec: false,
             log_level: "info".into(),
             log_file: None,
@@ -107,8 +111,11 @@ Mount options (-o OPT[,OPT...]):
   threads=N            FUSE request worker threads (default 4)
   ro                   read-only mount
   rw                   read-write mount (default)
-  allow_other          let other users access the mount
-  default_permissions  let the kernel check permissions against file modes
+  allow_other          let other users access the mount (permissions are checked as on ext4)
+  default_permissions  the kernel checks permissions against file modes, as ext4 does (default)
+  no_default_permissions
+                       the kernel checks no permissions: every user who can reach the mount
+                       gets the mount owner's access (README, Permissions); logged as a warning
   shatag               also serve user.shatag.sha256 and user.shatag.ts (cshatag's attributes)
   digests=on|off       keep the digests' state while writing (default on); off saves write CPU,
                        and the first read of user.deflatefs.sha256 / .blake3 reads the whole file
@@ -281,6 +288,10 @@ impl MountOptions {
                 flag(value)?;
                 self.default_permissions = true
             }
+            "no_default_permissions" => {
+                flag(value)?;
+                self.default_permissions = false
+            }
             "shatag" => {
                 flag(value)?;
                 self.shatag = true
@@ -400,6 +411,29 @@ mod tests {
         let o =
             MountOptions::parse(&["rw,nosuid,nodev,ro,allow_other,default_permissions"]).unwrap();
         assert!(o.read_only && o.allow_other && o.default_permissions);
+    }
+
+    #[test]
+    fn permissions_are_checked_by_default_and_only_an_explicit_option_turns_that_off() {
+        assert!(MountOptions::default().default_permissions);
+        for opts in ["allow_other", "rw", "default_permissions", "allow_other,ro"] {
+            assert!(
+                MountOptions::parse(&[opts]).unwrap().default_permissions,
+                "{opts}"
+            );
+        }
+        let o = MountOptions::parse(&["allow_other,no_default_permissions"]).unwrap();
+        assert!(o.allow_other && !o.default_permissions);
+        // The last one given wins, as for ro/rw (an fstab line then the command line).
+        assert!(
+            MountOptions::parse(&["no_default_permissions", "default_permissions"])
+                .unwrap()
+                .default_permissions
+        );
+        // Sloppy parsing never skips it: it is a known option.
+        let (o, skipped) = MountOptions::parse_sloppy(&["no_default_permissions"]).unwrap();
+        assert!(!o.default_permissions && skipped.is_empty());
+        assert!(MountOptions::parse(&["no_default_permissions=1"]).is_err());
     }
 
     #[test]

@@ -12,6 +12,8 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use super::cache::ChunkCache;
+pub use super::caller::Caller;
+use super::caller::{AsCaller, MAY_READ, MAY_WRITE};
 use super::digests::{self, Lingering, PlainDigests, ProbeCache};
 use super::error::{errno, FsError, FsResult};
 use super::file::{ContainerFile, FileContext, OpenFile, PlainFile};
@@ -25,30 +27,6 @@ use crate::options::MountOptions;
 
 /// Names in the backing directory that belong to deflatefs itself and are never shown.
 pub const INTERNAL_PREFIX: &str = ".deflatefs-";
-
-/// Caller identity for operations that create files.
-#[derive(Debug, Clone, Copy)]
-pub struct Caller {
-    pub uid: u32,
-    pub gid: u32,
-    pub pid: u32,
-}
-
-impl Caller {
-    /// Whether the caller is a member of `gid` (primary or supplementary group).
-    fn in_group(&self, gid: u32) -> bool {
-        if self.gid == gid {
-            return true;
-        }
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("Groups:"))
-            .map(|g| g.split_whitespace().any(|x| x.parse() == Ok(gid)))
-            .unwrap_or(false)
-    }
-}
 
 /// One open file or directory handle.
 pub struct Handle {
@@ -105,6 +83,11 @@ pub struct DeflateFs {
     lingering: Lingering,
     /// Held by directory operations and compaction's rename into place (see `namelock`).
     names: NameLocks,
+    /// The user the daemon runs as: the mount's owner, who (with root) may read the engine report.
+    owner_uid: u32,
+    /// The daemon runs as root, so it creates files under each caller's filesystem ids
+    /// ([`AsCaller`]); a daemon without root creates them only for its own user.
+    creates_as_caller: bool,
 }
 
 fn time_to_timespec(t: Option<TimeSpec>) -> libc::timespec {
@@ -222,6 +205,8 @@ impl DeflateFs {
             probes: ProbeCache::new(),
             lingering: Lingering::new(),
             names: NameLocks::default(),
+            owner_uid: unsafe { libc::getuid() },
+            creates_as_caller: unsafe { libc::geteuid() } == 0,
         })
     }
 
@@ -377,6 +362,26 @@ impl DeflateFs {
         self.stat_node(&node)
     }
 
+    /// Runs `make`, a system call creating an entry in the backing tree, so that the entry
+    /// belongs to `caller`, whatever the permission mode of the mount. A daemon running as root
+    /// makes it under the caller's filesystem uid, gid and groups: the backing filesystem then
+    /// sets the owner, applies the setgid-directory rule (group, and setgid bit on directories;
+    /// a setgid bit the caller may not have is cleared) and checks the caller's permission to
+    /// create there, as it would for the caller itself. A daemon without root cannot create
+    /// files for another user: for anyone but its own user (`allow_other`) the answer is EPERM.
+    fn create_as<T>(&self, caller: Caller, make: impl FnOnce() -> FsResult<T>) -> FsResult<T> {
+        if self.creates_as_caller {
+            let _as_caller = AsCaller::enter(&caller)?;
+            make()
+        } else if caller.uid != self.owner_uid {
+            errno(libc::EPERM)
+        } else {
+            make()
+        }
+    }
+
+    /// The group a daemon without root gives what it created for its user (see
+    /// [`Self::create_as`]): the directory's if the directory is setgid, else the caller's.
     fn owner_for_new(&self, dir: &Node, caller: Caller) -> FsResult<(u32, u32)> {
         let dst = sys::fstat(dir.raw_fd())?;
         let gid = if dst.st_mode & libc::S_ISGID != 0 {
@@ -387,19 +392,22 @@ impl DeflateFs {
         Ok((caller.uid, gid))
     }
 
-    /// After creating `name` in `dir` as root, give it to the caller and look it up.
+    /// After [`Self::create_as`] made `name` in `dir`: a daemon without root gives it the
+    /// caller's group; then it is looked up.
     fn finish_create(
         &self,
         dir: &Node,
         name: &OsStr,
         caller: Caller,
     ) -> FsResult<(Arc<Node>, libc::stat)> {
-        let cname = sys::cstr(name)?;
-        let (uid, gid) = self.owner_for_new(dir, caller)?;
-        if let Err(e) = sys::chown_at(dir.raw_fd(), &cname, uid, gid) {
-            let _ = sys::unlinkat(dir.raw_fd(), &cname, 0);
-            let _ = sys::unlinkat(dir.raw_fd(), &cname, libc::AT_REMOVEDIR);
-            return Err(e);
+        if !self.creates_as_caller {
+            let cname = sys::cstr(name)?;
+            let (uid, gid) = self.owner_for_new(dir, caller)?;
+            if let Err(e) = sys::chown_at(dir.raw_fd(), &cname, uid, gid) {
+                let _ = sys::unlinkat(dir.raw_fd(), &cname, 0);
+                let _ = sys::unlinkat(dir.raw_fd(), &cname, libc::AT_REMOVEDIR);
+                return Err(e);
+            }
         }
         self.lookup(dir.id, name)
     }
@@ -415,7 +423,7 @@ impl DeflateFs {
         self.refuse_internal(name)?;
         let dir = self.node(parent)?;
         let cname = sys::cstr(name)?;
-        sys::mkdirat(dir.raw_fd(), &cname, mode & 0o7777)?;
+        self.create_as(caller, || sys::mkdirat(dir.raw_fd(), &cname, mode & 0o7777))?;
         self.finish_create(&dir, name, caller)
     }
 
@@ -433,19 +441,21 @@ impl DeflateFs {
         let cname = sys::cstr(name)?;
         if mode & libc::S_IFMT == libc::S_IFREG {
             // A regular file made by mknod is a new file like any other: make it a container.
-            let fd = sys::openat(
-                dir.raw_fd(),
-                &cname,
-                libc::O_CREAT | libc::O_EXCL | libc::O_RDWR,
-                mode & 0o7777,
-            )?;
+            let fd = self.create_as(caller, || {
+                sys::openat(
+                    dir.raw_fd(),
+                    &cname,
+                    libc::O_CREAT | libc::O_EXCL | libc::O_RDWR,
+                    mode & 0o7777,
+                )
+            })?;
             let file = std::fs::File::from(fd);
             if let Err(e) = Container::create(file, self.opts.chunk_log2) {
                 let _ = sys::unlinkat(dir.raw_fd(), &cname, 0);
                 return Err(e.into());
             }
         } else {
-            sys::mknodat(dir.raw_fd(), &cname, mode, rdev)?;
+            self.create_as(caller, || sys::mknodat(dir.raw_fd(), &cname, mode, rdev))?;
         }
         self.finish_create(&dir, name, caller)
     }
@@ -461,7 +471,8 @@ impl DeflateFs {
         self.refuse_internal(name)?;
         let dir = self.node(parent)?;
         let cname = sys::cstr(name)?;
-        sys::symlinkat(&sys::cstr(target)?, dir.raw_fd(), &cname)?;
+        let ctarget = sys::cstr(target)?;
+        self.create_as(caller, || sys::symlinkat(&ctarget, dir.raw_fd(), &cname))?;
         self.finish_create(&dir, name, caller)
     }
 
@@ -634,57 +645,40 @@ impl DeflateFs {
         sys::fstatvfs(root.raw_fd())
     }
 
-    /// access(2) with the same answers as ext4: root may read and write anything but may execute
-    /// only files with an execute bit; other callers are checked against the mode bits.
+    /// access(2) with the same answers as ext4 (see [`Caller::may`]). With `default_permissions`
+    /// the kernel answers access(2) itself and never asks.
     pub fn access(&self, id: u64, mask: i32, caller: Caller) -> FsResult<()> {
         let node = self.node(id)?;
         let st = sys::fstat(node.raw_fd())?;
         if mask & libc::W_OK != 0 && self.opts.read_only {
             return errno(libc::EROFS);
         }
-        if mask == libc::F_OK {
-            return Ok(());
-        }
-        let mode = st.st_mode;
-        let is_dir = mode & libc::S_IFMT == libc::S_IFDIR;
-        if caller.uid == 0 {
-            if mask & libc::X_OK != 0 && !is_dir && mode & 0o111 == 0 {
-                return errno(libc::EACCES);
-            }
-            return Ok(());
-        }
-        let bits = if caller.uid == st.st_uid {
-            (mode >> 6) & 7
-        } else if caller.in_group(st.st_gid) {
-            (mode >> 3) & 7
-        } else {
-            mode & 7
-        };
-        let want = ((mask & libc::R_OK != 0) as u32) << 2
-            | ((mask & libc::W_OK != 0) as u32) << 1
-            | (mask & libc::X_OK != 0) as u32;
-        if bits & want == want {
-            Ok(())
-        } else {
-            errno(libc::EACCES)
-        }
+        // R_OK, W_OK and X_OK are the mode bits 4, 2 and 1.
+        caller.check(&st, (mask & (libc::R_OK | libc::W_OK | libc::X_OK)) as u32)
     }
 
     // ---- xattrs ----
 
-    pub fn getxattr(&self, id: u64, name: &OsStr, size: u32) -> FsResult<Vec<u8>> {
-        self.getxattr_for(id, name, size, 0)
-    }
-
-    /// getxattr on behalf of process `pid` (0: unknown), which lets a computed value answer the
-    /// same process's size query and then its request for the value with one computation.
-    pub fn getxattr_for(&self, id: u64, name: &OsStr, size: u32, pid: u32) -> FsResult<Vec<u8>> {
+    /// getxattr for `caller`. Its pid lets a computed value answer the same process's size
+    /// query and then its request for the value with one computation.
+    ///
+    /// A `user.*` attribute, served (digests, info, shatag) or stored, is data of the file: only
+    /// a caller who may read the file gets it, as on ext4 (EACCES otherwise). The kernel makes
+    /// the same check first on a `default_permissions` mount; this one holds on every mount.
+    /// The engine report on the root is for the mount's owner and root only.
+    pub fn getxattr(&self, id: u64, name: &OsStr, size: u32, caller: Caller) -> FsResult<Vec<u8>> {
         if id == ROOT_ID && name == ENGINE_XATTR {
+            if caller.uid != 0 && caller.uid != self.owner_uid {
+                return errno(libc::EACCES);
+            }
             return Ok(self.engine_report().into_bytes());
         }
         let node = self.node(id)?;
+        if name.as_bytes().starts_with(b"user.") {
+            caller.check(&sys::fstat(node.raw_fd())?, MAY_READ)?;
+        }
         if let Some(which) = digests::served(name, self.opts.shatag)? {
-            return self.served_xattr(&node, which, size, pid);
+            return self.served_xattr(&node, which, size, caller.pid);
         }
         let cname = sys::cstr(name)?;
         if size == 0 {
@@ -737,13 +731,37 @@ impl DeflateFs {
         Ok(value)
     }
 
-    pub fn setxattr(&self, id: u64, name: &OsStr, value: &[u8], flags: i32) -> FsResult<()> {
+    pub fn setxattr(
+        &self,
+        id: u64,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        caller: Caller,
+    ) -> FsResult<()> {
         if digests::is_reserved(name.as_bytes(), self.opts.shatag) {
             return errno(libc::EPERM);
         }
         self.check_writable()?;
         let node = self.node(id)?;
+        self.check_user_xattr_write(&node, name, caller)?;
         sys::setxattr_fd(node.raw_fd(), &sys::cstr(name)?, value, flags)
+    }
+
+    /// Who may change a `user.*` attribute, as on ext4: a caller who may write the file, and in
+    /// a sticky directory only its owner (or root). The kernel checks this itself on a
+    /// `default_permissions` mount; the daemon holds it on every mount.
+    fn check_user_xattr_write(&self, node: &Node, name: &OsStr, caller: Caller) -> FsResult<()> {
+        if !name.as_bytes().starts_with(b"user.") {
+            return Ok(());
+        }
+        let st = sys::fstat(node.raw_fd())?;
+        let sticky_dir =
+            st.st_mode & libc::S_IFMT == libc::S_IFDIR && st.st_mode & libc::S_ISVTX != 0;
+        if sticky_dir && caller.uid != 0 && caller.uid != st.st_uid {
+            return errno(libc::EPERM);
+        }
+        caller.check(&st, MAY_WRITE)
     }
 
     /// The backing file's attribute names without the ones deflatefs reserves (the full list
@@ -763,12 +781,13 @@ impl DeflateFs {
         Ok(digests::filter_listing(&list, self.opts.shatag))
     }
 
-    pub fn removexattr(&self, id: u64, name: &OsStr) -> FsResult<()> {
+    pub fn removexattr(&self, id: u64, name: &OsStr, caller: Caller) -> FsResult<()> {
         if digests::is_reserved(name.as_bytes(), self.opts.shatag) {
             return errno(libc::EPERM);
         }
         self.check_writable()?;
         let node = self.node(id)?;
+        self.check_user_xattr_write(&node, name, caller)?;
         sys::removexattr_fd(node.raw_fd(), &sys::cstr(name)?)
     }
 
@@ -957,12 +976,15 @@ impl DeflateFs {
         self.refuse_internal(name)?;
         let dir = self.node(parent)?;
         let cname = sys::cstr(name)?;
-        match sys::openat(
-            dir.raw_fd(),
-            &cname,
-            libc::O_CREAT | libc::O_EXCL | libc::O_RDWR,
-            mode & 0o7777,
-        ) {
+        let made = self.create_as(caller, || {
+            sys::openat(
+                dir.raw_fd(),
+                &cname,
+                libc::O_CREAT | libc::O_EXCL | libc::O_RDWR,
+                mode & 0o7777,
+            )
+        });
+        match made {
             Ok(fd) => {
                 let file = std::fs::File::from(fd);
                 match self.create_container(&dir, &cname, file, flags, caller) {
@@ -974,10 +996,27 @@ impl DeflateFs {
                 }
             }
             Err(e) if e.errno == libc::EEXIST && flags & libc::O_EXCL == 0 => {
-                let (node, _) = self.lookup(parent, name)?;
-                let fh = self.open(node.id, flags)?;
-                let st = self.stat_node(&node)?;
-                Ok((node, st, fh))
+                // The name appeared after the kernel's lookup (another creator won the race, or
+                // the file was made in the backing directory). The kernel takes this reply for a
+                // file the caller created and checks no permission on it: the daemon must.
+                let (node, st) = self.lookup(parent, name)?;
+                let opened = caller
+                    .check(&st, Caller::open_wants(flags))
+                    .and_then(|()| self.open(node.id, flags))
+                    .and_then(|fh| match self.stat_node(&node) {
+                        Ok(st) => Ok((st, fh)),
+                        Err(e) => {
+                            let _ = self.release(fh);
+                            Err(e)
+                        }
+                    });
+                match opened {
+                    Ok((st, fh)) => Ok((node, st, fh)),
+                    Err(e) => {
+                        self.inodes.forget(node.id, 1);
+                        Err(e)
+                    }
+                }
             }
             Err(e) => Err(e),
         }
@@ -994,8 +1033,10 @@ impl DeflateFs {
         flags: i32,
         caller: Caller,
     ) -> FsResult<(Arc<Node>, libc::stat, u64)> {
-        let (uid, gid) = self.owner_for_new(dir, caller)?;
-        sys::fchown(file.as_raw_fd(), uid, gid)?;
+        if !self.creates_as_caller {
+            let (uid, gid) = self.owner_for_new(dir, caller)?;
+            sys::fchown(file.as_raw_fd(), uid, gid)?;
+        }
         let container = Container::create(file, self.opts.chunk_log2)?;
         let path_fd = sys::openat(dir.raw_fd(), cname, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
         let st = sys::fstat(path_fd.as_raw_fd())?;

@@ -537,7 +537,7 @@ impl Filesystem for FuseAdapter {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -547,13 +547,16 @@ impl Filesystem for FuseAdapter {
     ) {
         reply_empty(
             reply,
-            guarded("setxattr", || self.fs.setxattr(ino.0, name, value, flags)),
+            guarded("setxattr", || {
+                self.fs.setxattr(ino.0, name, value, flags, caller(req))
+            }),
         );
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let pid = req.pid();
-        let r = guarded("getxattr", || self.fs.getxattr_for(ino.0, name, size, pid));
+        let r = guarded("getxattr", || {
+            self.fs.getxattr(ino.0, name, size, caller(req))
+        });
         reply_xattr(reply, size, r);
     }
 
@@ -562,10 +565,12 @@ impl Filesystem for FuseAdapter {
         reply_xattr(reply, size, r);
     }
 
-    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         reply_empty(
             reply,
-            guarded("removexattr", || self.fs.removexattr(ino.0, name)),
+            guarded("removexattr", || {
+                self.fs.removexattr(ino.0, name, caller(req))
+            }),
         );
     }
 

@@ -1,6 +1,7 @@
 //! The filesystem: core operations on the backing tree, open-file write-back, caches, and the
 //! adapter to fuser.
 pub mod cache;
+pub mod caller;
 pub mod core;
 pub mod digests;
 pub mod error;

@@ -106,6 +106,18 @@ pub fn anything_mounted_at(path: &Path) -> bool {
     mountinfo().iter().any(|m| m.mount_point == path)
 }
 
+/// Options every fixture mount gets before its own, from `DEFLATEFS_TEST_MOUNT_OPTS` (comma
+/// separated): e.g. `DEFLATEFS_TEST_MOUNT_OPTS=allow_other cargo test --release --test mount_ops`
+/// runs the conformance tests on mounts that other users can reach.
+pub fn extra_mount_options() -> Vec<String> {
+    std::env::var("DEFLATEFS_TEST_MOUNT_OPTS")
+        .unwrap_or_default()
+        .split(',')
+        .filter(|o| !o.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 /// Kills a daemon that outlives [`WATCHDOG`].
 struct Watchdog {
     done: Arc<(Mutex<bool>, Condvar)>,
@@ -232,7 +244,8 @@ impl Mount {
             self.mnt.display()
         );
         let mut args: Vec<String> = vec!["mount".into(), "-f".into()];
-        let mut all = self.opts.clone();
+        let mut all = extra_mount_options();
+        all.extend(self.opts.iter().cloned());
         all.push(format!("log={}", self.log.display()));
         args.push("-o".into());
         args.push(all.join(","));
