@@ -4,7 +4,7 @@
 //! We call mount(2) ourselves and hand the /dev/fuse descriptor to `fuser::Session::from_fd`, so
 //! fuser 0.18.0 never unmounts anything: its own unmount-on-drop checks "still mounted" the wrong
 //! way round and, after an external `umount`, would unmount whatever lies underneath the mount
-//! point (../shared/notes/fuse.md). Our own unmount (on a signal) first checks, by mount id, that
+//! point (docs/PLATFORM.md). Our own unmount (on a signal) first checks, by mount id, that
 //! the mount it is about to remove is still ours.
 
 use std::ffi::CString;
@@ -377,7 +377,7 @@ pub fn unmount_if_ours(mountpoint: &Path, mount_id: u64) {
 
 /// Kernel read-ahead for this mount, in KiB. The FUSE bdi starts at 128 KiB, which caps every
 /// read request at 128 KiB however big `max_readahead` is; 1 MiB requests let a sequential reader
-/// go through a whole chunk batch per request (../shared/notes/fuse.md).
+/// go through a whole chunk batch per request (docs/PLATFORM.md).
 const READ_AHEAD_KB: u32 = 1024;
 
 /// Raises the bdi read_ahead_kb of the mount with id `mount_id` once the session answers

@@ -10,7 +10,7 @@ use crate::engine::accel::Accel;
 /// Default chunk size: 128 KiB (see docs/FORMAT.md; the same record size btrfs and ZFS use).
 pub const DEFAULT_CHUNK_LOG2: u8 = 17;
 /// Default compression level. Level 1 of libdeflate compresses ~250 MB/s per core with a ratio
-/// close to zlib level 6 (../shared/notes/codecs.md); higher levels cost 2-5x the CPU for a few
+/// close to zlib level 6 (docs/PLATFORM.md); higher levels cost 2-5x the CPU for a few
 /// percent of ratio, which a filesystem on the write path cannot afford by default.
 pub const DEFAULT_LEVEL: u32 = 1;
 

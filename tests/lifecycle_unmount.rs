@@ -1,7 +1,7 @@
 //! The daemon's lifecycle: `deflatefs mount` (daemon mode) returns once the mount is live; `umount`,
 //! `umount -l`, `fusermount3 -u`, SIGTERM and SIGINT all write back and commit everything before
 //! the daemon exits; an external unmount never unmounts anything else (the fuser 0.18.0 defect in
-//! ../shared/notes/fuse.md); /proc/mounts, findmnt and df show what they show for other
+//! docs/PLATFORM.md); /proc/mounts, findmnt and df show what they show for other
 //! filesystems; logging goes where the options say.
 
 mod common;
