@@ -1,0 +1,212 @@
+//! Compaction through a real mount (docs/FORMAT.md, "Compaction"): files kept open are compacted
+//! too, and a compaction never undoes a rename or an unlink made through the mount meanwhile.
+
+mod common;
+
+use std::ffi::OsStr;
+use std::fs::OpenOptions;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::time::{Duration, Instant};
+
+use common::{random_bytes, Mount, Rng};
+
+const KIB: usize = 1024;
+const MIB: usize = 1024 * 1024;
+
+/// Overwrites `rounds` random 64 KiB ranges of the file behind `f` (of `len` bytes) with fresh
+/// random data, fsyncing after each, and keeps `model` in step.
+fn overwrite_and_fsync(f: &std::fs::File, model: &mut [u8], rounds: usize, rng: &mut Rng) {
+    for _ in 0..rounds {
+        let off = rng.below((model.len() - 64 * KIB) as u64) as usize;
+        let data = random_bytes(64 * KIB, rng.next());
+        f.write_all_at(&data, off as u64).unwrap();
+        model[off..off + data.len()].copy_from_slice(&data);
+        f.sync_data().unwrap();
+    }
+}
+
+#[test]
+fn a_file_kept_open_is_compacted_after_fsyncs() {
+    let m = Mount::new();
+    let p = m.path("db");
+    let mut model = random_bytes(4 * MIB, 1);
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&p)
+        .unwrap();
+    f.write_all_at(&model, 0).unwrap();
+    f.sync_all().unwrap();
+    let mut rng = Rng::new(7);
+    // 12.8 MiB of overwrites of a 4 MiB file: without compaction the backing file would grow
+    // past 40 MiB.
+    let mut largest = 0;
+    for _ in 0..8 {
+        overwrite_and_fsync(&f, &mut model, 25, &mut rng);
+        largest = largest.max(std::fs::metadata(m.backing("db")).unwrap().len());
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    // The flusher looks once a second.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // Each 64 KiB overwrite rewrites one or two 128 KiB chunks and commits: a batch appends about
+    // 5 MiB, and all of them together about 40 MiB. Open files are compacted once a second:
+    // twice the compacted size plus two or three batches' worth between two looks.
+    let bound = (2 * model.len() + 16 * MIB) as u64;
+    let mut backing = std::fs::metadata(m.backing("db")).unwrap().len();
+    while backing > (model.len() + MIB) as u64 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        backing = std::fs::metadata(m.backing("db")).unwrap().len();
+    }
+    assert!(
+        backing <= (model.len() + MIB) as u64,
+        "backing file of a 4 MiB file kept open: {backing} bytes 10 s after its last fsync"
+    );
+    assert!(
+        largest <= bound,
+        "backing file reached {largest} bytes while open (bound {bound})\n{}",
+        m.log_text()
+    );
+    let mut got = vec![0u8; model.len()];
+    f.read_exact_at(&mut got, 0).unwrap();
+    assert!(got == model, "content after compactions of the open file");
+    drop(f);
+    assert!(m.log_text().contains("'db' (inode"), "{}", m.log_text());
+    assert!(m.log_text().contains(": compacted"), "{}", m.log_text());
+    assert!(std::fs::read(&p).unwrap() == model);
+}
+
+#[test]
+fn a_file_renamed_while_open_keeps_every_write_through_compactions() {
+    let mut m = Mount::new();
+    let mut model = random_bytes(2 * MIB, 2);
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(m.path("old"))
+        .unwrap();
+    f.write_all_at(&model, 0).unwrap();
+    f.sync_all().unwrap();
+    let mut rng = Rng::new(3);
+    overwrite_and_fsync(&f, &mut model, 40, &mut rng);
+    std::fs::rename(m.path("old"), m.path("new")).unwrap();
+    // Compactions now happen (flusher, closes of a second handle) after the rename.
+    for _ in 0..6 {
+        overwrite_and_fsync(&f, &mut model, 20, &mut rng);
+        let other = OpenOptions::new().write(true).open(m.path("new")).unwrap();
+        drop(other);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    drop(f);
+    m.remount();
+    assert!(
+        !m.path("old").exists(),
+        "a compaction brought back the old name"
+    );
+    assert!(
+        std::fs::read(m.path("new")).unwrap() == model,
+        "the renamed file lost writes made after the rename"
+    );
+    assert!(m.log_text().contains(": compacted"), "{}", m.log_text());
+}
+
+#[test]
+fn a_file_unlinked_while_open_is_not_brought_back_by_compaction() {
+    let mut m = Mount::new();
+    let mut model = random_bytes(2 * MIB, 4);
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(m.path("gone"))
+        .unwrap();
+    f.write_all_at(&model, 0).unwrap();
+    let mut rng = Rng::new(5);
+    overwrite_and_fsync(&f, &mut model, 40, &mut rng);
+    std::fs::remove_file(m.path("gone")).unwrap();
+    overwrite_and_fsync(&f, &mut model, 40, &mut rng);
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut got = vec![0u8; model.len()];
+    f.read_exact_at(&mut got, 0).unwrap();
+    assert!(
+        got == model,
+        "the unlinked open file reads what was written"
+    );
+    drop(f);
+    m.remount();
+    let names: Vec<_> = std::fs::read_dir(&m.src)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(names.is_empty(), "backing directory holds {names:?}");
+    assert!(
+        !m.log_text().contains("compaction failed"),
+        "{}",
+        m.log_text()
+    );
+}
+
+#[test]
+fn compaction_keeps_owner_mode_xattrs_and_mtime() {
+    let m = Mount::new();
+    let p = m.path("kept");
+    let mut model = random_bytes(2 * MIB, 6);
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&p)
+        .unwrap();
+    f.write_all_at(&model, 0).unwrap();
+    std::os::unix::fs::chown(&p, Some(1234), Some(5678)).unwrap();
+    std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
+    let (ok, _, err) = common::run_tool(
+        "setfattr",
+        &[
+            OsStr::new("-n"),
+            OsStr::new("user.note"),
+            OsStr::new("-v"),
+            OsStr::new("kept"),
+            p.as_os_str(),
+        ],
+    );
+    assert!(ok, "setfattr: {err}");
+    let mut rng = Rng::new(9);
+    overwrite_and_fsync(&f, &mut model, 60, &mut rng);
+    let before = std::fs::metadata(&p).unwrap();
+    let ino = std::fs::metadata(m.backing("kept")).unwrap().ino();
+    drop(f);
+    let after = std::fs::metadata(&p).unwrap();
+    assert_ne!(
+        std::fs::metadata(m.backing("kept")).unwrap().ino(),
+        ino,
+        "the close compacted the file (a new backing inode)\n{}",
+        m.log_text()
+    );
+    assert_eq!((after.uid(), after.gid()), (1234, 5678));
+    assert_eq!(after.mode() & 0o7777, 0o640);
+    assert_eq!(after.mtime(), before.mtime());
+    assert_eq!(after.mtime_nsec(), before.mtime_nsec());
+    assert_eq!(
+        after.ino(),
+        before.ino(),
+        "the inode number the mount shows"
+    );
+    let (ok, out, err) = common::run_tool(
+        "getfattr",
+        &[
+            OsStr::new("--only-values"),
+            OsStr::new("-n"),
+            OsStr::new("user.note"),
+            p.as_os_str(),
+        ],
+    );
+    assert!(ok, "getfattr: {err}");
+    assert_eq!(out, b"kept");
+    assert!(std::fs::read(&p).unwrap() == model);
+}
