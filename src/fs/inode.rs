@@ -5,10 +5,11 @@
 //! one open-file state, so both names see the same data at once), and what keeps renames, long
 //! names and unlinked-but-open files working without path bookkeeping.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
@@ -61,10 +62,9 @@ pub struct Node {
     pub dev: u64,
     pub ino: u64,
     pub kind: NodeKind,
-    /// O_PATH (|O_NOFOLLOW for symlinks) descriptors of the backing inode: the last is current.
-    /// Compaction replaces the backing inode; the earlier descriptors stay open until the node
-    /// goes away, so a raw descriptor handed out before the switch is never closed under a user.
-    fds: Mutex<Vec<OwnedFd>>,
+    /// O_PATH (|O_NOFOLLOW for symlinks) descriptor of the backing inode, and the ones
+    /// compaction replaced (see [`BackingFds`]).
+    fds: Mutex<BackingFds>,
     /// Current (st_dev, st_ino) of the backing inode: the table's key.
     key: Mutex<(u64, u64)>,
     /// Outstanding kernel lookups (root: never forgotten).
@@ -80,11 +80,7 @@ pub struct Node {
 
 impl Node {
     pub fn raw_fd(&self) -> RawFd {
-        self.fds
-            .lock()
-            .last()
-            .expect("a node has a descriptor")
-            .as_raw_fd()
+        self.fds.lock().current.as_raw_fd()
     }
 
     /// Records the name this inode was last reached through.
@@ -109,6 +105,42 @@ impl Node {
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "node {} (ino {})", self.id, self.ino)
+    }
+}
+
+/// How long a descriptor replaced by compaction stays open. Raw descriptors are handed out for
+/// the few system calls of one operation; closing one while a call is about to use it could make
+/// the number point at another file, so replaced ones are kept well past any such use, but not
+/// for the node's lifetime: a file kept open for days and compacted every few seconds would
+/// otherwise hold thousands.
+const RETIRED_FD_GRACE: Duration = Duration::from_secs(60);
+
+/// The descriptors of a node's backing inode.
+struct BackingFds {
+    current: OwnedFd,
+    /// Replaced descriptors and when they were replaced, oldest first.
+    retired: VecDeque<(Instant, OwnedFd)>,
+}
+
+impl BackingFds {
+    fn new(fd: OwnedFd) -> Self {
+        BackingFds {
+            current: fd,
+            retired: VecDeque::new(),
+        }
+    }
+
+    /// Makes `fd` current; closes the replaced descriptors past their grace period.
+    fn replace(&mut self, fd: OwnedFd, now: Instant) {
+        let old = std::mem::replace(&mut self.current, fd);
+        self.retired.push_back((now, old));
+        while self
+            .retired
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > RETIRED_FD_GRACE)
+        {
+            self.retired.pop_front();
+        }
     }
 }
 
@@ -139,7 +171,7 @@ impl InodeTable {
             dev: st.st_dev,
             ino: st.st_ino,
             kind: NodeKind::Directory,
-            fds: Mutex::new(vec![root_fd]),
+            fds: Mutex::new(BackingFds::new(root_fd)),
             key: Mutex::new((st.st_dev, st.st_ino)),
             lookups: Mutex::new(1),
             format: Mutex::new(None),
@@ -190,7 +222,7 @@ impl InodeTable {
             dev: st.st_dev,
             ino: st.st_ino,
             kind: NodeKind::from_mode(st.st_mode),
-            fds: Mutex::new(vec![fd]),
+            fds: Mutex::new(BackingFds::new(fd)),
             key: Mutex::new(key),
             lookups: Mutex::new(1),
             format: Mutex::new(None),
@@ -262,7 +294,7 @@ impl InodeTable {
         }
         *key = (st.st_dev, st.st_ino);
         t.by_key.insert(*key, node.id);
-        node.fds.lock().push(fd);
+        node.fds.lock().replace(fd, Instant::now());
     }
 
     /// Every node with an open-file state (for flushing at unmount).
@@ -281,5 +313,31 @@ impl InodeTable {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn null_fd() -> OwnedFd {
+        std::fs::File::open("/dev/null").unwrap().into()
+    }
+
+    #[test]
+    fn descriptors_replaced_by_compaction_are_closed_after_their_grace_period() {
+        let start = Instant::now();
+        let mut fds = BackingFds::new(null_fd());
+        // A compaction every second for ten minutes.
+        for s in 1..=600u64 {
+            fds.replace(null_fd(), start + Duration::from_secs(s));
+        }
+        let kept = fds.retired.len() as u64;
+        assert!(
+            kept <= RETIRED_FD_GRACE.as_secs() + 1,
+            "{kept} replaced descriptors still open"
+        );
+        // The most recently replaced ones are kept: a caller may still be using them.
+        assert!(kept >= RETIRED_FD_GRACE.as_secs());
     }
 }
