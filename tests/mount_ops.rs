@@ -2183,3 +2183,50 @@ fn readdir_reports_the_file_type_of_fifos_sockets_and_symlinks() {
         assert_eq!(seen.get("file"), Some(&"file"), "{seen:?}");
     }
 }
+
+#[test]
+fn isatty_seek_data_and_copy_file_range_answer_like_ext4_without_warnings() {
+    let m = Mount::new();
+    let data = varied_text(300 * KIB, 11);
+    write_file(&m.path("a"), &data);
+    let a = File::open(m.path("a")).unwrap();
+    // isatty(): TCGETS, answered ENOTTY as on ext4.
+    assert_eq!(unsafe { libc::isatty(a.as_raw_fd()) }, 0);
+    assert_eq!(errno(), libc::ENOTTY, "isatty's errno");
+    let mut flags: libc::c_long = 0;
+    let r = unsafe { libc::ioctl(a.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) };
+    assert_eq!((r, errno()), (-1, libc::ENOTTY), "FS_IOC_GETFLAGS");
+    // SEEK_DATA / SEEK_HOLE: the whole file is data.
+    let off = unsafe { libc::lseek(a.as_raw_fd(), 0, libc::SEEK_DATA) };
+    assert_eq!(off, 0);
+    let off = unsafe { libc::lseek(a.as_raw_fd(), 0, libc::SEEK_HOLE) };
+    assert_eq!(off, data.len() as i64);
+    // copy_file_range within the mount copies the bytes (through the kernel's fallback).
+    let b = create(&m.path("b"));
+    let mut off_in: libc::loff_t = 0;
+    let mut off_out: libc::loff_t = 0;
+    let mut copied = 0usize;
+    while copied < data.len() {
+        let n = unsafe {
+            libc::copy_file_range(
+                a.as_raw_fd(),
+                &mut off_in,
+                b.as_raw_fd(),
+                &mut off_out,
+                data.len() - copied,
+                0,
+            )
+        };
+        assert!(n > 0, "copy_file_range: {}", io::Error::last_os_error());
+        copied += n as usize;
+    }
+    drop(b);
+    assert!(read_file(&m.path("b")) == data);
+    let warnings: Vec<String> = m
+        .log_text()
+        .lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .map(String::from)
+        .collect();
+    assert!(warnings.is_empty(), "log lines: {warnings:#?}");
+}
