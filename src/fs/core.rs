@@ -562,7 +562,7 @@ impl DeflateFs {
         }
         // A second name must not appear between compaction's check that the file has one name
         // and its rename into place: hold the directory compaction would rename in.
-        let _names = loop {
+        let names = loop {
             let at = node.location().map(|(p, _)| p).unwrap_or(newparent);
             let held = self.names.lock(&[at, newparent]);
             if node.location().map(|(p, _)| p).unwrap_or(newparent) == at {
@@ -587,6 +587,9 @@ impl DeflateFs {
         } else {
             sys::link_fd(node.raw_fd(), newdir.raw_fd(), &sys::cstr(newname)?)?;
         }
+        // Released before the lookup: its stat may wait for the file's state lock, which a
+        // compaction holds while it waits for these.
+        drop(names);
         self.lookup(newparent, newname)
     }
 
@@ -1133,7 +1136,14 @@ impl DeflateFs {
         let Some(_turn) = c.try_compaction_turn() else {
             return;
         };
-        match self.compact(node, c) {
+        // A reference like a kernel lookup: the kernel may forget the node meanwhile (after the
+        // last release), and a new lookup must then find this node, not make a second one.
+        if !self.inodes.hold(node) {
+            return;
+        }
+        let result = self.compact(node, c);
+        self.inodes.forget(node.id, 1);
+        match result {
             Ok(true) => tracing::info!("{}: compacted", node.label()),
             Ok(false) => {}
             Err(e) => tracing::warn!(
@@ -1183,14 +1193,17 @@ impl DeflateFs {
             sys::chown_fd(tmp_raw, Some(st.st_uid), Some(st.st_gid))?;
             sys::chmod_fd(tmp_raw, st.st_mode & 0o7777)?;
             copy_xattrs(node.raw_fd(), tmp_raw)?;
-            tmp.sync_data()?;
+            // sync_all: the owner, mode and attributes must be as durable as the data.
+            tmp.sync_all()?;
             let tmp_path_fd =
                 sys::openat(dir.raw_fd(), &tmp_name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+            // Stays open for a while after the switch (inode.rs, RETIRED_GRACE).
+            let old_fd = node.raw_fd();
             {
                 let _names = self.names.lock(&[parent]);
                 // Under the directory's name lock, nothing moves the file's names: check that
                 // the name still leads to this one-name file and the temporary is ours.
-                let now = sys::fstat(node.raw_fd())?;
+                let now = sys::fstat(old_fd)?;
                 let here = sys::fstatat(dir.raw_fd(), &cname).ok();
                 let tmp_here = sys::fstat(tmp_path_fd.as_raw_fd())?;
                 if now.st_nlink != 1
@@ -1205,31 +1218,48 @@ impl DeflateFs {
                     self.inodes.drop_alias(node, &tmp_st);
                     return Err(e);
                 }
+                // Nothing below may fail: the new file is in place, and the open state must
+                // follow it (c.compact switches only when this returns Ok). From here on
+                // requests reach the new inode.
+                self.inodes.replace_backing(node, tmp_path_fd, &tmp_st);
             }
-            // Nothing below may fail: the new file is in place, and the open state must follow
-            // it (c.compact switches only when this returns Ok).
-            // Make the rename durable now: a later fsync of the file only syncs the new inode,
-            // and a power cut must not bring back the old one without what was written since.
-            if let Err(e) = sys::reopen(dir.raw_fd(), libc::O_RDONLY | libc::O_DIRECTORY)
-                .and_then(|d| d.sync_all().map_err(FsError::from))
-            {
-                tracing::warn!(
-                    "{}: fsync of its directory after compaction: {e}",
-                    node.label()
-                );
+            let new_fd = node.raw_fd();
+            // A chmod, chown, setxattr or utimens that reached the old inode while the copy was
+            // made would be undone: carry the old inode's final attributes over.
+            let old = sys::fstat(old_fd).unwrap_or(st);
+            if (old.st_uid, old.st_gid) != (st.st_uid, st.st_gid) {
+                let _ = sys::chown_fd(new_fd, Some(old.st_uid), Some(old.st_gid));
+            }
+            if old.st_mode != st.st_mode || (old.st_uid, old.st_gid) != (st.st_uid, st.st_gid) {
+                let _ = sys::chmod_fd(new_fd, old.st_mode & 0o7777);
+            }
+            if let Err(e) = copy_xattrs(old_fd, new_fd) {
+                tracing::warn!("{}: copying attributes after compaction: {e}", node.label());
             }
             let times = [
                 libc::timespec {
-                    tv_sec: st.st_atime,
-                    tv_nsec: st.st_atime_nsec,
+                    tv_sec: old.st_atime,
+                    tv_nsec: old.st_atime_nsec,
                 },
                 libc::timespec {
-                    tv_sec: st.st_mtime,
-                    tv_nsec: st.st_mtime_nsec,
+                    tv_sec: old.st_mtime,
+                    tv_nsec: old.st_mtime_nsec,
                 },
             ];
-            let _ = sys::utimens_fd(tmp_path_fd.as_raw_fd(), false, times);
-            self.inodes.replace_backing(node, tmp_path_fd, &tmp_st);
+            let _ = sys::utimens_fd(new_fd, false, times);
+            // Make the rename durable now: a later fsync of the file only syncs the new inode,
+            // and a power cut must not bring back the old one without what was written since.
+            // If that fails, no later fsync of this file may claim durability.
+            if let Err(e) = sys::reopen(dir.raw_fd(), libc::O_RDONLY | libc::O_DIRECTORY)
+                .and_then(|d| d.sync_all().map_err(FsError::from))
+            {
+                let e = e.context(format!(
+                    "{}: fsync of its directory after compaction",
+                    node.label()
+                ));
+                tracing::error!("{e}");
+                c.fail_syncs(e);
+            }
             Ok(())
         });
         match result {
@@ -1407,6 +1437,9 @@ impl DeflateFs {
         nodes.sort_by_key(|n| n.id);
         nodes.dedup_by_key(|n| n.id);
         for node in nodes {
+            if self.shutting_down.load(Ordering::SeqCst) {
+                return;
+            }
             let held = {
                 let mut slot = node.open.lock();
                 let file = slot.file.clone();
@@ -1441,6 +1474,7 @@ impl DeflateFs {
                     // Files kept open are compacted within a second of crossing the threshold.
                     if tick.is_multiple_of(20) {
                         fs.compact_open_files();
+                        fs.inodes.prune_retired();
                     }
                 }
             })

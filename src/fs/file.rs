@@ -374,6 +374,12 @@ impl ContainerFile {
         self.compaction.try_lock()
     }
 
+    /// Makes every later fsync of this file fail with `e`: what it would make durable may not
+    /// survive a power cut (the directory entry of a compacted copy could not be synced).
+    pub fn fail_syncs(&self, e: FsError) {
+        self.store.inner.lock().sync_failed.get_or_insert(e);
+    }
+
     /// Compacts the container (docs/FORMAT.md, "Compaction"): with writers held off, writes a
     /// fresh container into the empty file `dest` (chunks stored in one piece are copied as they
     /// are, others are decoded and recompressed), then calls `install`, which must put `dest` in
@@ -410,8 +416,10 @@ impl ContainerFile {
         }
         let rebuilt = rebuilt?;
         rebuilt.sync_data()?;
-        install()?;
+        // Everything that can fail comes before the install: once it has renamed the copy into
+        // place, this file must switch to it.
         let reader = Arc::new(rebuilt.file().try_clone()?);
+        install()?;
         let mut s = self.store.inner.lock();
         s.container = rebuilt;
         s.epoch = self.ctx.next_epoch();

@@ -5,7 +5,7 @@
 //! one open-file state, so both names see the same data at once), and what keeps renames, long
 //! names and unlinked-but-open files working without path bookkeeping.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::OsString;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
@@ -108,18 +108,25 @@ impl std::fmt::Debug for Node {
     }
 }
 
-/// How long a descriptor replaced by compaction stays open. Raw descriptors are handed out for
-/// the few system calls of one operation; closing one while a call is about to use it could make
-/// the number point at another file, so replaced ones are kept well past any such use, but not
-/// for the node's lifetime: a file kept open for days and compacted every few seconds would
-/// otherwise hold thousands.
-const RETIRED_FD_GRACE: Duration = Duration::from_secs(60);
+/// How long a backing inode replaced by compaction stays open and known to the table. Raw
+/// descriptors are handed out for the few system calls of one operation, and a lookup that
+/// opened the name just before the rename finds the node by the old inode's key: both must keep
+/// working past any such use. Not for the node's lifetime, though: each replaced inode keeps the
+/// old container's disk space allocated while it is open.
+const RETIRED_GRACE: Duration = Duration::from_secs(5);
+
+/// A backing inode compaction replaced: its descriptor, its table key, and when.
+struct Retired {
+    at: Instant,
+    key: (u64, u64),
+    _fd: OwnedFd,
+}
 
 /// The descriptors of a node's backing inode.
 struct BackingFds {
     current: OwnedFd,
-    /// Replaced descriptors and when they were replaced, oldest first.
-    retired: VecDeque<(Instant, OwnedFd)>,
+    /// Replaced inodes, oldest first.
+    retired: VecDeque<Retired>,
 }
 
 impl BackingFds {
@@ -130,17 +137,27 @@ impl BackingFds {
         }
     }
 
-    /// Makes `fd` current; closes the replaced descriptors past their grace period.
-    fn replace(&mut self, fd: OwnedFd, now: Instant) {
+    /// Makes `fd` current, retiring the descriptor of the inode `old_key`.
+    fn replace(&mut self, fd: OwnedFd, old_key: (u64, u64), now: Instant) {
         let old = std::mem::replace(&mut self.current, fd);
-        self.retired.push_back((now, old));
+        self.retired.push_back(Retired {
+            at: now,
+            key: old_key,
+            _fd: old,
+        });
+    }
+
+    /// Closes the replaced descriptors past their grace period; returns their keys.
+    fn prune(&mut self, now: Instant) -> Vec<(u64, u64)> {
+        let mut keys = Vec::new();
         while self
             .retired
             .front()
-            .is_some_and(|(at, _)| now.duration_since(*at) > RETIRED_FD_GRACE)
+            .is_some_and(|r| now.duration_since(r.at) > RETIRED_GRACE)
         {
-            self.retired.pop_front();
+            keys.extend(self.retired.pop_front().map(|r| r.key));
         }
+        keys
     }
 }
 
@@ -152,6 +169,8 @@ struct Table {
     root_dev: u64,
     /// Next id for inodes of other devices (mounts inside the source) and number clashes.
     next_synthetic: u64,
+    /// Nodes holding descriptors that compaction replaced (see [`InodeTable::prune_retired`]).
+    retiring: HashSet<u64>,
 }
 
 /// Node ids at or above this are synthesized (never a real inode number in practice).
@@ -258,8 +277,51 @@ impl InodeTable {
         if *lookups == 0 {
             drop(lookups);
             t.by_id.remove(&id);
+            t.retiring.remove(&id);
             let key = *node.key.lock();
             t.by_key.remove(&key);
+            for r in &node.fds.lock().retired {
+                if t.by_key.get(&r.key) == Some(&id) {
+                    t.by_key.remove(&r.key);
+                }
+            }
+        }
+    }
+
+    /// Takes a reference on `node` like a kernel lookup, for work that must not see the node
+    /// forgotten meanwhile (a compaction); false if the table no longer holds this node. Give it
+    /// back with [`Self::forget`]`(id, 1)`.
+    pub fn hold(&self, node: &Arc<Node>) -> bool {
+        let t = self.table.lock();
+        match t.by_id.get(&node.id) {
+            Some(n) if Arc::ptr_eq(n, node) => {
+                *node.lookups.lock() += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Closes the descriptors compaction replaced more than [`RETIRED_GRACE`] ago and forgets
+    /// their keys (the flusher calls this once a second).
+    pub fn prune_retired(&self) {
+        let now = Instant::now();
+        let mut t = self.table.lock();
+        let ids: Vec<u64> = t.retiring.iter().copied().collect();
+        for id in ids {
+            let Some(node) = t.by_id.get(&id).cloned() else {
+                t.retiring.remove(&id);
+                continue;
+            };
+            let mut fds = node.fds.lock();
+            for key in fds.prune(now) {
+                if t.by_key.get(&key) == Some(&id) && *node.key.lock() != key {
+                    t.by_key.remove(&key);
+                }
+            }
+            if fds.retired.is_empty() {
+                t.retiring.remove(&id);
+            }
         }
     }
 
@@ -284,24 +346,27 @@ impl InodeTable {
     }
 
     /// Points `node` at a new backing inode (after compaction replaced the file): `fd` becomes
-    /// its descriptor and the table finds it under the new inode's key only. The node id, which
-    /// the kernel knows, stays the same.
+    /// its descriptor and its key the table's key for it. The node id, which the kernel knows,
+    /// stays the same. The old inode stays open and still leads to this node for
+    /// [`RETIRED_GRACE`]: a lookup that opened the name just before the rename must find this
+    /// node, not make a second one (with a second open state) for the replaced inode.
     pub fn replace_backing(&self, node: &Node, fd: OwnedFd, st: &libc::stat) {
         let mut t = self.table.lock();
         let mut key = node.key.lock();
-        if t.by_key.get(&*key) == Some(&node.id) {
-            t.by_key.remove(&*key);
-        }
+        let old_key = *key;
         *key = (st.st_dev, st.st_ino);
         t.by_key.insert(*key, node.id);
-        node.fds.lock().replace(fd, Instant::now());
+        node.fds.lock().replace(fd, old_key, Instant::now());
+        t.retiring.insert(node.id);
     }
 
     /// Every node with an open-file state (for flushing at unmount).
     pub fn open_files(&self) -> Vec<Arc<OpenFile>> {
-        let t = self.table.lock();
-        t.by_id
-            .values()
+        // Not under the table lock: a compaction holds its file's state lock while it takes the
+        // table lock, and a stat holds the slot lock while it waits for the state lock.
+        let nodes: Vec<Arc<Node>> = self.table.lock().by_id.values().cloned().collect();
+        nodes
+            .iter()
             .filter_map(|n| n.open.lock().file.clone())
             .collect()
     }
@@ -328,16 +393,20 @@ mod tests {
     fn descriptors_replaced_by_compaction_are_closed_after_their_grace_period() {
         let start = Instant::now();
         let mut fds = BackingFds::new(null_fd());
-        // A compaction every second for ten minutes.
+        let mut pruned = 0;
+        // A compaction every second for ten minutes, with the flusher pruning after each.
         for s in 1..=600u64 {
-            fds.replace(null_fd(), start + Duration::from_secs(s));
+            let now = start + Duration::from_secs(s);
+            fds.replace(null_fd(), (1, s), now);
+            pruned += fds.prune(now).len();
         }
         let kept = fds.retired.len() as u64;
         assert!(
-            kept <= RETIRED_FD_GRACE.as_secs() + 1,
+            kept <= RETIRED_GRACE.as_secs() + 1,
             "{kept} replaced descriptors still open"
         );
         // The most recently replaced ones are kept: a caller may still be using them.
-        assert!(kept >= RETIRED_FD_GRACE.as_secs());
+        assert!(kept >= RETIRED_GRACE.as_secs());
+        assert_eq!(pruned as u64 + kept, 600);
     }
 }
