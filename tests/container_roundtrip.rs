@@ -670,6 +670,39 @@ fn a_marked_file_without_any_complete_commit_is_an_interrupted_creation() {
     assert!(Container::open(rw(&s.path("m"))).is_err());
 }
 
+/// Power-cut seed 5 (one run of four, 2026-12-03): a marked file re-created in place whose first
+/// page the cut kept at an earlier version holding only the first 36 bytes of the header, while
+/// its new length was kept. The header parsed up to its body (bytes 36..46, zeros) and the open
+/// failed with EIO ("metadata member body is not the empty deflate stream"); nothing in it was
+/// durable, so it is an interrupted creation. Unmarked, the same bytes stay an error.
+#[test]
+fn a_marked_file_whose_header_is_torn_at_its_body_is_an_interrupted_creation() {
+    for len in [46usize, 140, 5000] {
+        let s = Scratch::new();
+        drop(s.create("m", 14));
+        let mut b = std::fs::read(s.path("m")).unwrap();
+        b.resize(len, 0);
+        b[36..].fill(0);
+        if len > 4096 {
+            // A later page of new data the cut kept.
+            b[4096..].copy_from_slice(&pattern(len - 4096, 3));
+        }
+        std::fs::write(s.path("m"), &b).unwrap();
+        let c = Container::open(rw(&s.path("m"))).unwrap_or_else(|e| panic!("len {len}: {e}"));
+        assert_eq!(c.size(), 0, "len {len}");
+        drop(c);
+        unmark(&s.path("m"));
+        // Unmarked, only zeros after the prefix make it an interrupted creation (as for any
+        // prefix of the first bytes); data after it is damage for fsck.
+        let unmarked = Container::open(rw(&s.path("m")));
+        if len > 4096 {
+            assert!(unmarked.is_err(), "len {len}, unmarked");
+        } else {
+            assert_eq!(unmarked.unwrap().size(), 0, "len {len}, unmarked");
+        }
+    }
+}
+
 /// Power-cut seeds 7 and 8 (200 cuts each): a file that was an interrupted creation in the image
 /// (its first page a short prefix of a new container's first bytes) was re-created in place and
 /// written without an fsync; the next cut kept its first page at that earlier version and later
