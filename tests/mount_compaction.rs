@@ -13,6 +13,17 @@ use common::{random_bytes, Mount, Rng};
 const KIB: usize = 1024;
 const MIB: usize = 1024 * 1024;
 
+/// Creates (or empties) `path` for reading and writing.
+fn create_rw(path: impl AsRef<std::path::Path>) -> std::fs::File {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .unwrap()
+}
+
 /// Overwrites `rounds` random 64 KiB ranges of the file behind `f` (of `len` bytes) with fresh
 /// random data, fsyncing after each, and keeps `model` in step.
 fn overwrite_and_fsync(f: &std::fs::File, model: &mut [u8], rounds: usize, rng: &mut Rng) {
@@ -30,13 +41,7 @@ fn a_file_kept_open_is_compacted_after_fsyncs() {
     let m = Mount::new();
     let p = m.path("db");
     let mut model = random_bytes(4 * MIB, 1);
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&p)
-        .unwrap();
+    let f = create_rw(&p);
     f.write_all_at(&model, 0).unwrap();
     f.sync_all().unwrap();
     let mut rng = Rng::new(7);
@@ -81,13 +86,7 @@ fn a_file_kept_open_is_compacted_after_fsyncs() {
 fn a_file_renamed_while_open_keeps_every_write_through_compactions() {
     let mut m = Mount::new();
     let mut model = random_bytes(2 * MIB, 2);
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(m.path("old"))
-        .unwrap();
+    let f = create_rw(m.path("old"));
     f.write_all_at(&model, 0).unwrap();
     f.sync_all().unwrap();
     let mut rng = Rng::new(3);
@@ -117,13 +116,7 @@ fn a_file_renamed_while_open_keeps_every_write_through_compactions() {
 fn a_file_unlinked_while_open_is_not_brought_back_by_compaction() {
     let mut m = Mount::new();
     let mut model = random_bytes(2 * MIB, 4);
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(m.path("gone"))
-        .unwrap();
+    let f = create_rw(m.path("gone"));
     f.write_all_at(&model, 0).unwrap();
     let mut rng = Rng::new(5);
     overwrite_and_fsync(&f, &mut model, 40, &mut rng);
@@ -155,13 +148,7 @@ fn compaction_keeps_owner_mode_xattrs_and_mtime() {
     let m = Mount::new();
     let p = m.path("kept");
     let mut model = random_bytes(2 * MIB, 6);
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&p)
-        .unwrap();
+    let f = create_rw(&p);
     f.write_all_at(&model, 0).unwrap();
     std::os::unix::fs::chown(&p, Some(1234), Some(5678)).unwrap();
     std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
@@ -217,13 +204,7 @@ fn compaction_keeps_owner_mode_xattrs_and_mtime() {
 fn hard_links_and_renames_while_an_open_file_is_compacted_never_hang() {
     let m = Mount::new();
     let mut model = random_bytes(2 * MIB, 8);
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(m.path("hot"))
-        .unwrap();
+    let f = create_rw(m.path("hot"));
     f.write_all_at(&model, 0).unwrap();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let linker = {
