@@ -380,6 +380,25 @@ impl DeflateFs {
         }
     }
 
+    /// Creates the regular file `name` in `dir` (O_EXCL, read-write) for `caller`, as
+    /// [`Self::create_as`] does every entry.
+    fn create_file_as(
+        &self,
+        caller: Caller,
+        dir: &Node,
+        name: &std::ffi::CStr,
+        mode: u32,
+    ) -> FsResult<OwnedFd> {
+        self.create_as(caller, || {
+            sys::openat(
+                dir.raw_fd(),
+                name,
+                libc::O_CREAT | libc::O_EXCL | libc::O_RDWR,
+                mode & 0o7777,
+            )
+        })
+    }
+
     /// The group a daemon without root gives what it created for its user (see
     /// [`Self::create_as`]): the directory's if the directory is setgid, else the caller's.
     fn owner_for_new(&self, dir: &Node, caller: Caller) -> FsResult<(u32, u32)> {
@@ -441,14 +460,7 @@ impl DeflateFs {
         let cname = sys::cstr(name)?;
         if mode & libc::S_IFMT == libc::S_IFREG {
             // A regular file made by mknod is a new file like any other: make it a container.
-            let fd = self.create_as(caller, || {
-                sys::openat(
-                    dir.raw_fd(),
-                    &cname,
-                    libc::O_CREAT | libc::O_EXCL | libc::O_RDWR,
-                    mode & 0o7777,
-                )
-            })?;
+            let fd = self.create_file_as(caller, &dir, &cname, mode)?;
             let file = std::fs::File::from(fd);
             if let Err(e) = Container::create(file, self.opts.chunk_log2) {
                 let _ = sys::unlinkat(dir.raw_fd(), &cname, 0);
@@ -979,14 +991,7 @@ impl DeflateFs {
         self.refuse_internal(name)?;
         let dir = self.node(parent)?;
         let cname = sys::cstr(name)?;
-        let made = self.create_as(caller, || {
-            sys::openat(
-                dir.raw_fd(),
-                &cname,
-                libc::O_CREAT | libc::O_EXCL | libc::O_RDWR,
-                mode & 0o7777,
-            )
-        });
+        let made = self.create_file_as(caller, &dir, &cname, mode);
         match made {
             Ok(fd) => {
                 let file = std::fs::File::from(fd);
