@@ -61,6 +61,22 @@ fn fsck(src: &Path, repair: bool) -> (i32, String) {
     }
 }
 
+/// Asserts that `p` reads as `want`, saying where it differs (not dumping both).
+#[track_caller]
+fn assert_reads(p: &Path, want: &[u8]) {
+    let got = fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    if got != want {
+        let at = got.iter().zip(want).position(|(a, b)| a != b);
+        panic!(
+            "{}: {} bytes read, {} expected; first difference at {:?}",
+            p.display(),
+            got.len(),
+            want.len(),
+            at
+        );
+    }
+}
+
 fn lines_about<'a>(report: &'a str, name: &str) -> Vec<&'a str> {
     report
         .lines()
@@ -77,9 +93,16 @@ fn fsck_finds_every_damaged_container_and_repair_fixes_what_can_be_fixed() {
     write_file(&m.path("plain-elsewhere"), b"x");
     // A torn tail: garbage after the last commit.
     write_file(&m.path("torn"), &text(200_000, 2));
-    // A commit cut in the middle: opens at the commit before.
-    write_file(&m.path("cut"), &text(100_000, 3));
-    append(&m.path("cut"), &text(50_000, 4));
+    // A commit cut in the middle: opens at the commit before. One descriptor, so that the
+    // second commit is the close's: with two, the first one's asynchronous release can commit
+    // part of the append in between (the kernel sends it as two writes, split at the partial
+    // page), and the commit before the cut one would hold that part.
+    {
+        let mut f = File::create(m.path("cut")).unwrap();
+        f.write_all(&text(100_000, 3)).unwrap();
+        f.sync_all().unwrap();
+        f.write_all(&text(50_000, 4)).unwrap();
+    }
     // Damaged data: one chunk cannot be recovered.
     write_file(&m.path("bitflip"), &text(300_000, 5));
     // Damaged index of the last commit: rebuilt from the members, nothing lost.
@@ -228,18 +251,18 @@ fn fsck_finds_every_damaged_container_and_repair_fixes_what_can_be_fixed() {
 
     // The mount serves everything repairable; the unrecoverable chunks read as EIO.
     m.mount();
-    assert_eq!(fs::read(m.path("good")).unwrap(), text(300_000, 1));
-    assert_eq!(fs::read(m.path("torn")).unwrap(), text(200_000, 2));
-    assert_eq!(fs::read(m.path("cut")).unwrap(), text(100_000, 3));
+    assert_reads(&m.path("good"), &text(300_000, 1));
+    assert_reads(&m.path("torn"), &text(200_000, 2));
+    assert_reads(&m.path("cut"), &text(100_000, 3));
     let mut full = text(100_000, 6);
     full.extend_from_slice(&text(80_000, 7));
-    assert_eq!(fs::read(m.path("index")).unwrap(), full);
+    assert_reads(&m.path("index"), &full);
     let mut full = text(60_000, 8);
     full.extend_from_slice(&text(60_000, 9));
     full.extend_from_slice(&text(60_000, 10));
-    assert_eq!(fs::read(m.path("oldindex")).unwrap(), full);
-    assert_eq!(fs::read(m.path("header")).unwrap(), text(70_000, 11));
-    assert_eq!(fs::read(m.path("zeroed")).unwrap(), text(70_000, 15));
+    assert_reads(&m.path("oldindex"), &full);
+    assert_reads(&m.path("header"), &text(70_000, 11));
+    assert_reads(&m.path("zeroed"), &text(70_000, 15));
     let want = text(100_000, 16);
     let f = File::open(m.path("lostfirst")).unwrap();
     let mut eio = Vec::new();
