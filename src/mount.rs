@@ -192,28 +192,35 @@ fn accessible(path: &Path, mode: libc::c_int) -> bool {
     }
 }
 
-/// Raises the descriptor limit: every inode the kernel holds costs one O_PATH descriptor.
-fn raise_fd_limit() {
+/// Raises the soft descriptor limit to the hard one (never the hard limit itself: that is the
+/// administrator's, `ulimit -n` or systemd's LimitNOFILE) and returns the limit in force.
+fn raise_fd_limit() -> u64 {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
-            let want = std::fs::read_to_string("/proc/sys/fs/nr_open")
-                .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
-                .unwrap_or(lim.rlim_max);
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        if lim.rlim_cur < lim.rlim_max {
             let raised = libc::rlimit {
-                rlim_cur: want,
-                rlim_max: want,
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
             };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
                 lim.rlim_cur = lim.rlim_max;
-                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
             }
         }
     }
+    lim.rlim_cur
+}
+
+/// The descriptor bound for cached inodes: `fds=N`, but at most half the process limit (the
+/// other half is for open files, directory streams, /dev/fuse and the log).
+fn fd_bound(asked: usize, limit: u64) -> usize {
+    let half = usize::try_from(limit / 2).unwrap_or(usize::MAX);
+    asked.min(half).max(crate::fs::inode::MIN_FD_BOUND)
 }
 
 /// Mounts the FUSE filesystem and returns the /dev/fuse descriptor: mount(2) as root, through
@@ -600,7 +607,18 @@ fn serve_inner(
     opts: &MountOptions,
     ready: &mut Option<ReadyPipe>,
 ) -> Result<(), MountError> {
-    raise_fd_limit();
+    let fd_limit = raise_fd_limit();
+    let mut opts = opts.clone();
+    let bound = fd_bound(opts.fds, fd_limit);
+    if bound < opts.fds {
+        tracing::info!(
+            "descriptor limit {fd_limit}: keeping at most {bound} descriptors for cached inodes \
+             (fds={} asks for more); idle ones are closed and reopened as needed",
+            opts.fds
+        );
+        opts.fds = bound;
+    }
+    let opts = &opts;
     // The kernel has already applied the caller's umask to the modes in create/mkdir/mknod
     // requests; the daemon's own umask must not strip bits a second time.
     unsafe { libc::umask(0) };
@@ -661,7 +679,7 @@ fn serve_inner(
     }
     tracing::info!(
         "mounted {} on {} (chunk={}k level={} queues={} backend={} cache={}m dirty={}m pool={}m \
-         digests={} permissions={}{})",
+         fds={}{} digests={} permissions={}{})",
         source.display(),
         mountpoint.display(),
         opts.chunk_size() >> 10,
@@ -671,6 +689,12 @@ fn serve_inner(
         opts.cache_bytes >> 20,
         opts.dirty_bytes >> 20,
         opts.pool_bytes >> 20,
+        opts.fds,
+        if fs.reopens_by_handle() {
+            " (reopened by handle)"
+        } else {
+            ""
+        },
         if opts.digests { "on" } else { "off" },
         if opts.default_permissions {
             "kernel"

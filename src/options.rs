@@ -14,6 +14,10 @@ pub const DEFAULT_CHUNK_LOG2: u8 = 17;
 /// percent of ratio, which a filesystem on the write path cannot afford by default.
 pub const DEFAULT_LEVEL: u32 = 1;
 
+/// Default for `fds=N`: well under common descriptor limits, and enough that the inodes a
+/// working set touches stay open (a reopen costs one or two system calls).
+pub const DEFAULT_FDS: usize = 4096;
+
 /// Everything a mount can be configured with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountOptions {
@@ -29,6 +33,9 @@ pub struct MountOptions {
     pub dirty_bytes: usize,
     /// Engine buffer pool, bytes.
     pub pool_bytes: usize,
+    /// Most descriptors held for inodes the kernel caches (`fds=N`); the mount lowers it to half
+    /// the descriptor limit it got if that is less.
+    pub fds: usize,
     /// Compression backend (`accel=auto|sw|zlib:PATH`).
     pub accel: Accel,
     /// Verify a non-reference backend's compressed streams against libdeflate (`verify=on|off`).
@@ -73,6 +80,7 @@ impl Default for MountOptions {
             cache_bytes: 64 << 20,
             dirty_bytes: 64 << 20,
             pool_bytes: 32 << 20,
+            fds: DEFAULT_FDS,
             accel: Accel::Auto,
             verify: true,
             fault_limit: crate::engine::DEFAULT_FAULT_LIMIT,
@@ -238,6 +246,14 @@ impl MountOptions {
             "level" => self.level = parse_count(name, need(name, value)?, 0, 12)? as u32,
             "queues" => self.queues = parse_count(name, need(name, value)?, 1, 256)?,
             "threads" => self.threads = parse_count(name, need(name, value)?, 1, 64)?,
+            "fds" => {
+                self.fds = parse_count(
+                    name,
+                    need(name, value)?,
+                    crate::fs::inode::MIN_FD_BOUND,
+                    1 << 30,
+                )?
+            }
             "cache" => self.cache_bytes = parse_bytes(name, need(name, value)?, 0)?,
             "dirty" => self.dirty_bytes = parse_bytes(name, need(name, value)?, 8 << 20)?,
             "pool" => self.pool_bytes = parse_bytes(name, need(name, value)?, 1 << 20)?,

@@ -17,7 +17,7 @@ use super::caller::{AsCaller, MAY_READ, MAY_WRITE};
 use super::digests::{self, Lingering, PlainDigests, ProbeCache};
 use super::error::{errno, FsError, FsResult};
 use super::file::{ContainerFile, FileContext, OpenFile, PlainFile};
-use super::inode::{Format, InodeTable, Node, NodeKind, ROOT_ID};
+use super::inode::{BackingFd, Format, InodeTable, Node, NodeKind, ROOT_ID};
 use super::namelock::NameLocks;
 use super::sys;
 use crate::container::{Container, OpenMode};
@@ -193,9 +193,10 @@ impl DeflateFs {
             damage_log: Mutex::new(HashMap::new()),
             stored_in_place: Default::default(),
         });
+        let inodes = InodeTable::new(root_fd, &st, opts.fds);
         Ok(DeflateFs {
             opts,
-            inodes: InodeTable::new(root_fd, &st),
+            inodes,
             handles: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
             ctx,
@@ -208,6 +209,30 @@ impl DeflateFs {
             owner_uid: unsafe { libc::getuid() },
             creates_as_caller: unsafe { libc::geteuid() } == 0,
         })
+    }
+
+    /// The backing descriptor of `node` for one operation (reopened if it was closed to stay
+    /// under the descriptor bound).
+    fn fd(&self, node: &Node) -> FsResult<BackingFd> {
+        self.inodes.fd(node)
+    }
+
+    /// Whether cached inodes whose descriptor was closed are reopened by file handle (else by
+    /// parent and name).
+    pub fn reopens_by_handle(&self) -> bool {
+        self.inodes.reopens_by_handle()
+    }
+
+    /// Descriptors held for cached inodes now, and how many were closed and reopened so far.
+    pub fn fd_counts(&self) -> (usize, u64, u64) {
+        self.inodes.fd_counts()
+    }
+
+    /// Opens `node`'s backing inode with `flags` (through /proc/self/fd), once more after
+    /// closing idle descriptors if the process ran out of them.
+    fn reopen(&self, node: &Node, flags: i32) -> FsResult<std::fs::File> {
+        let fd = self.fd(node)?;
+        self.inodes.retry_emfile(|| sys::reopen(fd.raw(), flags))
     }
 
     fn node(&self, id: u64) -> FsResult<Arc<Node>> {
@@ -241,7 +266,7 @@ impl DeflateFs {
         if let Some(f) = *node.format.lock() {
             return Ok(f);
         }
-        let file = sys::reopen(node.raw_fd(), libc::O_RDONLY)?;
+        let file = self.reopen(node, libc::O_RDONLY)?;
         self.probe_format(node, &file)
     }
 
@@ -261,7 +286,7 @@ impl DeflateFs {
 
     /// stat of a node with the logical size of containers and the real allocation in st_blocks.
     pub fn stat_node(&self, node: &Node) -> FsResult<libc::stat> {
-        let mut st = sys::fstat(node.raw_fd())?;
+        let mut st = sys::fstat(self.fd(node)?.raw())?;
         st.st_ino = node.id;
         if node.kind != NodeKind::Regular || st.st_size == 0 {
             return Ok(st);
@@ -279,7 +304,7 @@ impl DeflateFs {
         let format = match known {
             Some(f) => f,
             None => {
-                let file = sys::reopen(node.raw_fd(), libc::O_RDONLY)?;
+                let file = self.reopen(node, libc::O_RDONLY)?;
                 let f = self.probe_format(node, &file)?;
                 probe_file = Some(file);
                 f
@@ -310,7 +335,7 @@ impl DeflateFs {
             }
             let file = match probe_file {
                 Some(f) => f,
-                None => sys::reopen(node.raw_fd(), libc::O_RDONLY)?,
+                None => self.reopen(node, libc::O_RDONLY)?,
             };
             // A damaged container still has a name and attributes (it can be listed, renamed
             // and removed); its size shows as 0 and opening it fails with EIO.
@@ -340,7 +365,10 @@ impl DeflateFs {
         }
         let dir = self.node(parent)?;
         let cname = sys::cstr(name)?;
-        let fd = sys::openat(dir.raw_fd(), &cname, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+        let dir_fd = self.fd(&dir)?;
+        let fd = self.inodes.retry_emfile(|| {
+            sys::openat(dir_fd.raw(), &cname, libc::O_PATH | libc::O_NOFOLLOW, 0)
+        })?;
         let st = sys::fstat(fd.as_raw_fd())?;
         let node = self.inodes.insert_lookup(fd, &st);
         node.set_location(parent, name);
@@ -389,20 +417,24 @@ impl DeflateFs {
         name: &std::ffi::CStr,
         mode: u32,
     ) -> FsResult<OwnedFd> {
+        let dir_fd = self.fd(dir)?;
+        // Out of descriptors, open(2) fails before it creates anything: retrying is safe.
         self.create_as(caller, || {
-            sys::openat(
-                dir.raw_fd(),
-                name,
-                libc::O_CREAT | libc::O_EXCL | libc::O_RDWR,
-                mode & 0o7777,
-            )
+            self.inodes.retry_emfile(|| {
+                sys::openat(
+                    dir_fd.raw(),
+                    name,
+                    libc::O_CREAT | libc::O_EXCL | libc::O_RDWR,
+                    mode & 0o7777,
+                )
+            })
         })
     }
 
     /// The group a daemon without root gives what it created for its user (see
     /// [`Self::create_as`]): the directory's if the directory is setgid, else the caller's.
     fn owner_for_new(&self, dir: &Node, caller: Caller) -> FsResult<(u32, u32)> {
-        let dst = sys::fstat(dir.raw_fd())?;
+        let dst = sys::fstat(self.fd(dir)?.raw())?;
         let gid = if dst.st_mode & libc::S_ISGID != 0 {
             dst.st_gid
         } else {
@@ -422,9 +454,9 @@ impl DeflateFs {
         if !self.creates_as_caller {
             let cname = sys::cstr(name)?;
             let (uid, gid) = self.owner_for_new(dir, caller)?;
-            if let Err(e) = sys::chown_at(dir.raw_fd(), &cname, uid, gid) {
-                let _ = sys::unlinkat(dir.raw_fd(), &cname, 0);
-                let _ = sys::unlinkat(dir.raw_fd(), &cname, libc::AT_REMOVEDIR);
+            if let Err(e) = sys::chown_at(self.fd(dir)?.raw(), &cname, uid, gid) {
+                let _ = sys::unlinkat(self.fd(dir)?.raw(), &cname, 0);
+                let _ = sys::unlinkat(self.fd(dir)?.raw(), &cname, libc::AT_REMOVEDIR);
                 return Err(e);
             }
         }
@@ -442,7 +474,8 @@ impl DeflateFs {
         self.refuse_internal(name)?;
         let dir = self.node(parent)?;
         let cname = sys::cstr(name)?;
-        self.create_as(caller, || sys::mkdirat(dir.raw_fd(), &cname, mode & 0o7777))?;
+        let dir_fd = self.fd(&dir)?;
+        self.create_as(caller, || sys::mkdirat(dir_fd.raw(), &cname, mode & 0o7777))?;
         self.finish_create(&dir, name, caller)
     }
 
@@ -463,11 +496,12 @@ impl DeflateFs {
             let fd = self.create_file_as(caller, &dir, &cname, mode)?;
             let file = std::fs::File::from(fd);
             if let Err(e) = Container::create(file, self.opts.chunk_log2) {
-                let _ = sys::unlinkat(dir.raw_fd(), &cname, 0);
+                let _ = sys::unlinkat(self.fd(&dir)?.raw(), &cname, 0);
                 return Err(e.into());
             }
         } else {
-            self.create_as(caller, || sys::mknodat(dir.raw_fd(), &cname, mode, rdev))?;
+            let dir_fd = self.fd(&dir)?;
+            self.create_as(caller, || sys::mknodat(dir_fd.raw(), &cname, mode, rdev))?;
         }
         self.finish_create(&dir, name, caller)
     }
@@ -484,7 +518,8 @@ impl DeflateFs {
         let dir = self.node(parent)?;
         let cname = sys::cstr(name)?;
         let ctarget = sys::cstr(target)?;
-        self.create_as(caller, || sys::symlinkat(&ctarget, dir.raw_fd(), &cname))?;
+        let dir_fd = self.fd(&dir)?;
+        self.create_as(caller, || sys::symlinkat(&ctarget, dir_fd.raw(), &cname))?;
         self.finish_create(&dir, name, caller)
     }
 
@@ -493,7 +528,7 @@ impl DeflateFs {
         if node.kind != NodeKind::Symlink {
             return errno(libc::EINVAL);
         }
-        sys::readlink_fd(node.raw_fd())
+        sys::readlink_fd(self.fd(&node)?.raw())
     }
 
     fn refuse_internal(&self, name: &OsStr) -> FsResult<()> {
@@ -510,7 +545,22 @@ impl DeflateFs {
         self.refuse_internal(name)?;
         let dir = self.node(parent)?;
         let _names = self.names.lock(&[parent]);
-        sys::unlinkat(dir.raw_fd(), &sys::cstr(name)?, 0)
+        let dir_fd = self.fd(&dir)?;
+        self.before_name_goes(&dir_fd, parent, name)?;
+        sys::unlinkat(dir_fd.raw(), &sys::cstr(name)?, 0)
+    }
+
+    /// Before `name` in `parent` is removed or replaced: the inode it names, if the kernel
+    /// holds it, keeps its descriptor open from now on unless a lookup names it again. Once the
+    /// name is gone it could not be reopened, and an unlinked file may still be open, or a
+    /// removed directory some process's working directory.
+    fn before_name_goes(&self, dir_fd: &BackingFd, parent: u64, name: &OsStr) -> FsResult<()> {
+        if let Ok(st) = sys::fstatat(dir_fd.raw(), &sys::cstr(name)?) {
+            if let Some(node) = self.inodes.find(st.st_dev, st.st_ino) {
+                self.inodes.keep_open_unnamed(&node, parent, name);
+            }
+        }
+        Ok(())
     }
 
     pub fn rmdir(&self, parent: u64, name: &OsStr) -> FsResult<()> {
@@ -518,7 +568,9 @@ impl DeflateFs {
         self.refuse_internal(name)?;
         let dir = self.node(parent)?;
         let _names = self.names.lock(&[parent]);
-        sys::unlinkat(dir.raw_fd(), &sys::cstr(name)?, libc::AT_REMOVEDIR)
+        let dir_fd = self.fd(&dir)?;
+        self.before_name_goes(&dir_fd, parent, name)?;
+        sys::unlinkat(dir_fd.raw(), &sys::cstr(name)?, libc::AT_REMOVEDIR)
     }
 
     pub fn rename(
@@ -536,21 +588,26 @@ impl DeflateFs {
         let newdir = self.node(newparent)?;
         let cnew = sys::cstr(newname)?;
         let _names = self.names.lock(&[parent, newparent]);
+        let dir_fd = self.fd(&dir)?;
+        let newdir_fd = self.fd(&newdir)?;
+        if flags & libc::RENAME_EXCHANGE == 0 {
+            self.before_name_goes(&newdir_fd, newparent, newname)?;
+        }
         sys::renameat2(
-            dir.raw_fd(),
+            dir_fd.raw(),
             &sys::cstr(name)?,
-            newdir.raw_fd(),
+            newdir_fd.raw(),
             &cnew,
             flags,
         )?;
-        // Keep the moved inode's name current (log lines, compaction).
-        if let Ok(st) = sys::fstatat(newdir.raw_fd(), &cnew) {
+        // Keep the moved inode's name current (log lines, compaction, reopening).
+        if let Ok(st) = sys::fstatat(newdir_fd.raw(), &cnew) {
             if let Some(node) = self.inodes.find(st.st_dev, st.st_ino) {
                 node.set_location(newparent, newname);
             }
         }
         if flags & libc::RENAME_EXCHANGE != 0 {
-            if let Ok(st) = sys::fstatat(dir.raw_fd(), &sys::cstr(name)?) {
+            if let Ok(st) = sys::fstatat(dir_fd.raw(), &sys::cstr(name)?) {
                 if let Some(node) = self.inodes.find(st.st_dev, st.st_ino) {
                     node.set_location(parent, name);
                 }
@@ -586,9 +643,9 @@ impl DeflateFs {
             let empty = c"";
             let r = unsafe {
                 libc::linkat(
-                    node.raw_fd(),
+                    self.fd(&node)?.raw(),
                     empty.as_ptr(),
-                    newdir.raw_fd(),
+                    self.fd(&newdir)?.raw(),
                     sys::cstr(newname)?.as_ptr(),
                     libc::AT_EMPTY_PATH,
                 )
@@ -597,7 +654,11 @@ impl DeflateFs {
                 return errno(sys::last_errno());
             }
         } else {
-            sys::link_fd(node.raw_fd(), newdir.raw_fd(), &sys::cstr(newname)?)?;
+            sys::link_fd(
+                self.fd(&node)?.raw(),
+                self.fd(&newdir)?.raw(),
+                &sys::cstr(newname)?,
+            )?;
         }
         // Released before the lookup: its stat may wait for the file's state lock, which a
         // compaction holds while it waits for these.
@@ -616,10 +677,10 @@ impl DeflateFs {
             if node.kind == NodeKind::Symlink {
                 return errno(libc::EOPNOTSUPP);
             }
-            sys::chmod_fd(node.raw_fd(), mode & 0o7777)?;
+            sys::chmod_fd(self.fd(&node)?.raw(), mode & 0o7777)?;
         }
         if a.uid.is_some() || a.gid.is_some() {
-            sys::chown_fd(node.raw_fd(), a.uid, a.gid)?;
+            sys::chown_fd(self.fd(&node)?.raw(), a.uid, a.gid)?;
         }
         if let Some(size) = a.size {
             self.truncate(&node, fh, size)?;
@@ -631,7 +692,7 @@ impl DeflateFs {
                 open.flush()?;
             }
             sys::utimens_fd(
-                node.raw_fd(),
+                self.fd(&node)?.raw(),
                 node.kind == NodeKind::Symlink,
                 [time_to_timespec(a.atime), time_to_timespec(a.mtime)],
             )?;
@@ -657,14 +718,14 @@ impl DeflateFs {
 
     pub fn statfs(&self) -> FsResult<libc::statvfs> {
         let root = self.node(ROOT_ID)?;
-        sys::fstatvfs(root.raw_fd())
+        sys::fstatvfs(self.fd(&root)?.raw())
     }
 
     /// access(2) with the same answers as ext4 (see [`Caller::may`]). With `default_permissions`
     /// the kernel answers access(2) itself and never asks.
     pub fn access(&self, id: u64, mask: i32, caller: Caller) -> FsResult<()> {
         let node = self.node(id)?;
-        let st = sys::fstat(node.raw_fd())?;
+        let st = sys::fstat(self.fd(&node)?.raw())?;
         if mask & libc::W_OK != 0 && self.opts.read_only {
             return errno(libc::EROFS);
         }
@@ -690,17 +751,17 @@ impl DeflateFs {
         }
         let node = self.node(id)?;
         if name.as_bytes().starts_with(b"user.") {
-            caller.check(&sys::fstat(node.raw_fd())?, MAY_READ)?;
+            caller.check(&sys::fstat(self.fd(&node)?.raw())?, MAY_READ)?;
         }
         if let Some(which) = digests::served(name, self.opts.shatag)? {
             return self.served_xattr(&node, which, size, caller.pid);
         }
         let cname = sys::cstr(name)?;
         if size == 0 {
-            let n = sys::getxattr_len(node.raw_fd(), &cname)?;
+            let n = sys::getxattr_len(self.fd(&node)?.raw(), &cname)?;
             return Ok(vec![0; n]);
         }
-        sys::getxattr_fd(node.raw_fd(), &cname, size as usize)
+        sys::getxattr_fd(self.fd(&node)?.raw(), &cname, size as usize)
     }
 
     /// An attribute deflatefs computes (src/fs/digests.rs); regular files only.
@@ -719,7 +780,7 @@ impl DeflateFs {
             return Ok(digests::shatag_ts(st.st_mtime, st.st_mtime_nsec).into_bytes());
         }
         let token = |st: &libc::stat| -> FsResult<digests::Token> {
-            let backing = sys::fstat(node.raw_fd())?;
+            let backing = sys::fstat(self.fd(node)?.raw())?;
             let open = node.open.lock().file.clone();
             Ok(digests::token(st, &backing, open.as_deref()))
         };
@@ -728,7 +789,7 @@ impl DeflateFs {
                 return Ok(v);
             }
         }
-        let backing = sys::fstat(node.raw_fd())?;
+        let backing = sys::fstat(self.fd(node)?.raw())?;
         let open = self.open_state(node)?;
         let r = digests::value(&open, which, &st, &backing, &self.plain_digests);
         // Keep the state (its index, chaining values, SHA-256) for the requests that usually
@@ -760,7 +821,7 @@ impl DeflateFs {
         self.check_writable()?;
         let node = self.node(id)?;
         self.check_user_xattr_write(&node, name, caller)?;
-        sys::setxattr_fd(node.raw_fd(), &sys::cstr(name)?, value, flags)
+        sys::setxattr_fd(self.fd(&node)?.raw(), &sys::cstr(name)?, value, flags)
     }
 
     /// Who may change a `user.*` attribute, as on ext4: a caller who may write the file, and in
@@ -770,7 +831,7 @@ impl DeflateFs {
         if !name.as_bytes().starts_with(b"user.") {
             return Ok(());
         }
-        let st = sys::fstat(node.raw_fd())?;
+        let st = sys::fstat(self.fd(node)?.raw())?;
         let sticky_dir =
             st.st_mode & libc::S_IFMT == libc::S_IFDIR && st.st_mode & libc::S_ISVTX != 0;
         if sticky_dir && caller.uid != 0 && caller.uid != st.st_uid {
@@ -784,11 +845,11 @@ impl DeflateFs {
     pub fn listxattr(&self, id: u64, _size: u32) -> FsResult<Vec<u8>> {
         let node = self.node(id)?;
         let list = loop {
-            let n = sys::listxattr_fd(node.raw_fd(), 0)?.len();
+            let n = sys::listxattr_fd(self.fd(&node)?.raw(), 0)?.len();
             if n == 0 {
                 break Vec::new();
             }
-            match sys::listxattr_fd(node.raw_fd(), n) {
+            match sys::listxattr_fd(self.fd(&node)?.raw(), n) {
                 Err(e) if e.errno == libc::ERANGE => continue, // grew meanwhile
                 r => break r?,
             }
@@ -803,7 +864,7 @@ impl DeflateFs {
         self.check_writable()?;
         let node = self.node(id)?;
         self.check_user_xattr_write(&node, name, caller)?;
-        sys::removexattr_fd(node.raw_fd(), &sys::cstr(name)?)
+        sys::removexattr_fd(self.fd(&node)?.raw(), &sys::cstr(name)?)
     }
 
     // ---- files ----
@@ -821,28 +882,32 @@ impl DeflateFs {
         } else {
             libc::O_RDWR
         };
-        let file = match sys::reopen(node.raw_fd(), access) {
-            Err(e)
-                if access == libc::O_RDWR
-                    && matches!(e.errno, libc::EROFS | libc::EACCES | libc::ETXTBSY) =>
-            {
-                sys::reopen(node.raw_fd(), libc::O_RDONLY)?
-            }
-            other => other?,
-        };
-        let open = match self.format_of(node)? {
-            Format::Plain => OpenFile::Plain(PlainFile { file }),
-            Format::Container => {
-                let label = Self::label(node);
-                let container = self.open_container_with(node, file)?;
-                OpenFile::Container(ContainerFile::new(
-                    node.id,
-                    label,
-                    self.ctx.clone(),
-                    container,
-                )?)
-            }
-        };
+        // Out of descriptors anywhere on the way (the container's reader is a second one): once
+        // more after closing idle inode descriptors.
+        let open = self.inodes.retry_emfile(|| {
+            let file = match self.reopen(node, access) {
+                Err(e)
+                    if access == libc::O_RDWR
+                        && matches!(e.errno, libc::EROFS | libc::EACCES | libc::ETXTBSY) =>
+                {
+                    self.reopen(node, libc::O_RDONLY)?
+                }
+                other => other?,
+            };
+            Ok(match self.format_of(node)? {
+                Format::Plain => OpenFile::Plain(PlainFile { file }),
+                Format::Container => {
+                    let label = Self::label(node);
+                    let container = self.open_container_with(node, file)?;
+                    OpenFile::Container(ContainerFile::new(
+                        node.id,
+                        label,
+                        self.ctx.clone(),
+                        container,
+                    )?)
+                }
+            })
+        })?;
         let open = Arc::new(open);
         slot.file = Some(open.clone());
         slot.users = 1;
@@ -860,9 +925,9 @@ impl DeflateFs {
         } else {
             libc::O_RDWR
         };
-        let file = match sys::reopen(node.raw_fd(), access) {
+        let file = match self.reopen(node, access) {
             Err(e) if access == libc::O_RDWR && matches!(e.errno, libc::EACCES | libc::EROFS) => {
-                sys::reopen(node.raw_fd(), libc::O_RDONLY)?
+                self.reopen(node, libc::O_RDONLY)?
             }
             other => other?,
         };
@@ -998,7 +1063,7 @@ impl DeflateFs {
                 match self.create_container(&dir, &cname, file, flags, caller) {
                     Ok(created) => Ok(created),
                     Err(e) => {
-                        let _ = sys::unlinkat(dir.raw_fd(), &cname, 0);
+                        let _ = sys::unlinkat(self.fd(&dir)?.raw(), &cname, 0);
                         Err(e)
                     }
                 }
@@ -1046,7 +1111,10 @@ impl DeflateFs {
             sys::fchown(file.as_raw_fd(), uid, gid)?;
         }
         let container = Container::create(file, self.opts.chunk_log2)?;
-        let path_fd = sys::openat(dir.raw_fd(), cname, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+        let dir_fd = self.fd(dir)?;
+        let path_fd = self.inodes.retry_emfile(|| {
+            sys::openat(dir_fd.raw(), cname, libc::O_PATH | libc::O_NOFOLLOW, 0)
+        })?;
         let st = sys::fstat(path_fd.as_raw_fd())?;
         let created = sys::fstat(container.file().as_raw_fd())?;
         if (st.st_dev, st.st_ino) != (created.st_dev, created.st_ino) {
@@ -1162,7 +1230,7 @@ impl DeflateFs {
     /// caller holds the file's compaction turn. Skipped (Ok(false)) for files with several hard
     /// links, which a rename would split, and for files whose name moved meanwhile.
     fn compact(&self, node: &Arc<Node>, c: &ContainerFile) -> FsResult<bool> {
-        let st = sys::fstat(node.raw_fd())?;
+        let st = sys::fstat(self.fd(node)?.raw())?;
         if st.st_nlink != 1 {
             return Ok(false);
         }
@@ -1177,9 +1245,9 @@ impl DeflateFs {
         )))?;
         // With one compaction per file at a time, a file of this name can only be what a
         // compaction cut short by a crash left behind (or a stranger's): never a live one.
-        let _ = sys::unlinkat(dir.raw_fd(), &tmp_name, 0);
+        let _ = sys::unlinkat(self.fd(&dir)?.raw(), &tmp_name, 0);
         let tmp = std::fs::File::from(sys::openat(
-            dir.raw_fd(),
+            self.fd(&dir)?.raw(),
             &tmp_name,
             libc::O_CREAT | libc::O_EXCL | libc::O_RDWR | libc::O_NOFOLLOW,
             0o600,
@@ -1192,24 +1260,28 @@ impl DeflateFs {
         let dest = tmp.try_clone()?;
         let result = c.compact(dest, || {
             // Taken now, with writers held off: the flush that began the compaction moved mtime.
-            let st = sys::fstat(node.raw_fd())?;
+            let st = sys::fstat(self.fd(node)?.raw())?;
             // Same owner, mode, user xattrs and times as the original, set through our own
             // descriptor: the name could be someone else's file by now.
             sys::chown_fd(tmp_raw, Some(st.st_uid), Some(st.st_gid))?;
             sys::chmod_fd(tmp_raw, st.st_mode & 0o7777)?;
-            copy_xattrs(node.raw_fd(), tmp_raw)?;
+            copy_xattrs(self.fd(node)?.raw(), tmp_raw)?;
             // sync_all: the owner, mode and attributes must be as durable as the data.
             tmp.sync_all()?;
-            let tmp_path_fd =
-                sys::openat(dir.raw_fd(), &tmp_name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+            let tmp_path_fd = sys::openat(
+                self.fd(&dir)?.raw(),
+                &tmp_name,
+                libc::O_PATH | libc::O_NOFOLLOW,
+                0,
+            )?;
             // Stays open for a while after the switch (inode.rs, RETIRED_GRACE).
-            let old_fd = node.raw_fd();
+            let old_fd = self.fd(node)?.raw();
             {
                 let _names = self.names.lock(&[parent]);
                 // Under the directory's name lock, nothing moves the file's names: check that
                 // the name still leads to this one-name file and the temporary is ours.
                 let now = sys::fstat(old_fd)?;
-                let here = sys::fstatat(dir.raw_fd(), &cname).ok();
+                let here = sys::fstatat(self.fd(&dir)?.raw(), &cname).ok();
                 let tmp_here = sys::fstat(tmp_path_fd.as_raw_fd())?;
                 if now.st_nlink != 1
                     || node.location() != Some((parent, name.clone()))
@@ -1219,7 +1291,13 @@ impl DeflateFs {
                     return errno(MOVED);
                 }
                 self.inodes.alias_backing(node, &tmp_st);
-                if let Err(e) = sys::renameat2(dir.raw_fd(), &tmp_name, dir.raw_fd(), &cname, 0) {
+                if let Err(e) = sys::renameat2(
+                    self.fd(&dir)?.raw(),
+                    &tmp_name,
+                    self.fd(&dir)?.raw(),
+                    &cname,
+                    0,
+                ) {
                     self.inodes.drop_alias(node, &tmp_st);
                     return Err(e);
                 }
@@ -1228,7 +1306,7 @@ impl DeflateFs {
                 // requests reach the new inode.
                 self.inodes.replace_backing(node, tmp_path_fd, &tmp_st);
             }
-            let new_fd = node.raw_fd();
+            let new_fd = self.fd(node)?.raw();
             // A chmod, chown, setxattr or utimens that reached the old inode while the copy was
             // made would be undone: carry the old inode's final attributes over.
             let old = sys::fstat(old_fd).unwrap_or(st);
@@ -1255,7 +1333,8 @@ impl DeflateFs {
             // Make the rename durable now: a later fsync of the file only syncs the new inode,
             // and a power cut must not bring back the old one without what was written since.
             // If that fails, no later fsync of this file may claim durability.
-            if let Err(e) = sys::reopen(dir.raw_fd(), libc::O_RDONLY | libc::O_DIRECTORY)
+            if let Err(e) = self
+                .reopen(&dir, libc::O_RDONLY | libc::O_DIRECTORY)
                 .and_then(|d| d.sync_all().map_err(FsError::from))
             {
                 let e = e.context(format!(
@@ -1271,8 +1350,8 @@ impl DeflateFs {
             Ok(()) => Ok(true),
             Err(e) => {
                 // Remove the temporary only while the name is still ours.
-                if sys::fstatat(dir.raw_fd(), &tmp_name).is_ok_and(|t| same(&t, &tmp_st)) {
-                    let _ = sys::unlinkat(dir.raw_fd(), &tmp_name, 0);
+                if sys::fstatat(self.fd(&dir)?.raw(), &tmp_name).is_ok_and(|t| same(&t, &tmp_st)) {
+                    let _ = sys::unlinkat(self.fd(&dir)?.raw(), &tmp_name, 0);
                 }
                 if e.errno == MOVED {
                     Ok(false)
@@ -1354,7 +1433,7 @@ impl DeflateFs {
         let h = self.handle(fh)?;
         let mut snap = h.entries.lock();
         if snap.is_none() || offset == 0 {
-            let raw = sys::read_dir(h.node.raw_fd())?;
+            let raw = sys::read_dir(self.fd(&h.node)?.raw())?;
             let list = raw
                 .into_iter()
                 .filter(|(_, _, name)| !is_internal(name))
@@ -1374,7 +1453,7 @@ impl DeflateFs {
     /// fsync of the backing directory, so its entries (creates, renames, unlinks) are durable.
     pub fn fsyncdir(&self, fh: u64) -> FsResult<()> {
         let h = self.handle(fh)?;
-        let dir = sys::reopen(h.node.raw_fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
+        let dir = self.reopen(&h.node, libc::O_RDONLY | libc::O_DIRECTORY)?;
         dir.sync_all()?;
         Ok(())
     }
@@ -1496,11 +1575,14 @@ impl DeflateFs {
         let e = &self.ctx.engine;
         let st = e.stats();
         let (pool, dirty) = (&self.ctx.job_pool, &self.ctx.dirty_pool);
+        let fds = self.inodes.fd_counts();
         format!(
             "backend={}\nqueues={}\nverify={}\nfallback={}\nbackend_disabled={}\nfaults={}\n\
              verify_failures={}\nsoftware_jobs={}\njobs={}\njobs_failed={}\nbytes_in={}\n\
              bytes_out={}\npool_capacity={}\npool_high_water={}\ndirty_capacity={}\n\
-             dirty_high_water={}\nstored_reads_in_place={}\n",
+             dirty_high_water={}\nstored_reads_in_place={}\ninodes={}\ninode_fds={}\n\
+             inode_fds_bound={}\ninode_fds_closed={}\ninode_fds_reopened={}\n\
+             inode_reopen={}\n",
             st.backend,
             st.queues.len(),
             if e.verifies() { "on" } else { "off" },
@@ -1520,6 +1602,16 @@ impl DeflateFs {
             self.ctx
                 .stored_in_place
                 .load(std::sync::atomic::Ordering::Relaxed),
+            self.inodes.len(),
+            fds.0,
+            self.inodes.fd_bound(),
+            fds.1,
+            fds.2,
+            if self.reopens_by_handle() {
+                "handle"
+            } else {
+                "name"
+            },
         )
     }
 }

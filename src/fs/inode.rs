@@ -1,5 +1,12 @@
 //! The inode table: one node per backing inode (st_dev, st_ino), reference-counted by the
-//! kernel's lookup/forget, each holding an O_PATH descriptor to its backing inode.
+//! kernel's lookup/forget, each reaching its backing inode through an O_PATH descriptor.
+//!
+//! The kernel may cache far more inodes than the daemon may hold descriptors (a `cp -a` of a
+//! large tree, a million small files): at most [`InodeTable::fd_bound`] nodes keep their
+//! descriptor open. Past that, the least recently used are closed, and reopened on the next use
+//! by file handle where the daemon may (`open_by_handle_at` needs CAP_DAC_READ_SEARCH), by parent
+//! descriptor and name otherwise, never by a path through the mount point; either way the
+//! reopened inode must be the node's (device and inode number), or the call fails with ESTALE.
 //!
 //! Keying on the backing inode rather than on a path is what makes hard links share one node (and
 //! one open-file state, so both names see the same data at once), and what keeps renames, long
@@ -7,13 +14,16 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::OsString;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use super::error::{FsError, FsResult};
 use super::file::OpenFile;
+use super::sys;
 
 /// The node id the kernel uses for the mount's root.
 pub const ROOT_ID: u64 = 1;
@@ -62,9 +72,12 @@ pub struct Node {
     pub dev: u64,
     pub ino: u64,
     pub kind: NodeKind,
-    /// O_PATH (|O_NOFOLLOW for symlinks) descriptor of the backing inode, and the ones
-    /// compaction replaced (see [`BackingFds`]).
+    /// O_PATH (|O_NOFOLLOW for symlinks) descriptor of the backing inode while it is open, the
+    /// ones compaction replaced, and the file handle to reopen it by (see [`BackingFds`]).
     fds: Mutex<BackingFds>,
+    /// When the descriptor was last used ([`InodeTable`]'s use counter): eviction closes the
+    /// least recently used first.
+    last_used: AtomicU64,
     /// Current (st_dev, st_ino) of the backing inode: the table's key.
     key: Mutex<(u64, u64)>,
     /// Outstanding kernel lookups (root: never forgotten).
@@ -79,13 +92,38 @@ pub struct Node {
 }
 
 impl Node {
-    pub fn raw_fd(&self) -> RawFd {
-        self.fds.lock().current.as_raw_fd()
+    fn new(id: u64, st: &libc::stat, fd: OwnedFd, lookups: u64) -> Node {
+        Node {
+            id,
+            dev: st.st_dev,
+            ino: st.st_ino,
+            kind: NodeKind::from_mode(st.st_mode),
+            fds: Mutex::new(BackingFds::new(fd)),
+            last_used: AtomicU64::new(0),
+            key: Mutex::new((st.st_dev, st.st_ino)),
+            lookups: Mutex::new(lookups),
+            format: Mutex::new(None),
+            open: Mutex::new(OpenSlot::default()),
+            location: Mutex::new(None),
+        }
     }
 
     /// Records the name this inode was last reached through.
     pub fn set_location(&self, parent: u64, name: &std::ffi::OsStr) {
         *self.location.lock() = Some((parent, name.to_os_string()));
+    }
+
+    /// Forgets the location if it is `(parent, name)`: that name was removed or replaced, so it
+    /// no longer leads here. Until a lookup names the inode again its descriptor stays open (an
+    /// unlinked file cannot be reopened).
+    pub fn clear_location_if(&self, parent: u64, name: &std::ffi::OsStr) {
+        let mut loc = self.location.lock();
+        if loc
+            .as_ref()
+            .is_some_and(|(p, n)| *p == parent && n.as_os_str() == name)
+        {
+            *loc = None;
+        }
     }
 
     /// The last known (parent, name), if any.
@@ -119,12 +157,28 @@ const RETIRED_GRACE: Duration = Duration::from_secs(5);
 struct Retired {
     at: Instant,
     key: (u64, u64),
-    _fd: OwnedFd,
+    _fd: Arc<OwnedFd>,
+}
+
+/// A backing descriptor lent for one operation. It stays open until the borrower drops it, even
+/// if the node's own descriptor is closed meanwhile to stay under the bound: a raw descriptor
+/// number is never used after its close (it could name another file by then).
+#[derive(Clone)]
+pub struct BackingFd(Arc<OwnedFd>);
+
+impl BackingFd {
+    /// The descriptor, valid while `self` lives.
+    pub fn raw(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
 }
 
 /// The descriptors of a node's backing inode.
 struct BackingFds {
-    current: OwnedFd,
+    /// None while closed to stay under the descriptor bound.
+    current: Option<Arc<OwnedFd>>,
+    /// The backing inode's file handle (`name_to_handle_at`), when the daemon may reopen by one.
+    handle: Option<Box<[u8]>>,
     /// Replaced inodes, oldest first.
     retired: VecDeque<Retired>,
 }
@@ -132,19 +186,23 @@ struct BackingFds {
 impl BackingFds {
     fn new(fd: OwnedFd) -> Self {
         BackingFds {
-            current: fd,
+            current: Some(Arc::new(fd)),
+            handle: None,
             retired: VecDeque::new(),
         }
     }
 
     /// Makes `fd` current, retiring the descriptor of the inode `old_key`.
     fn replace(&mut self, fd: OwnedFd, old_key: (u64, u64), now: Instant) {
-        let old = std::mem::replace(&mut self.current, fd);
-        self.retired.push_back(Retired {
-            at: now,
-            key: old_key,
-            _fd: old,
-        });
+        let old = self.current.replace(Arc::new(fd));
+        self.handle = None;
+        if let Some(old) = old {
+            self.retired.push_back(Retired {
+                at: now,
+                key: old_key,
+                _fd: old,
+            });
+        }
     }
 
     /// Closes the replaced descriptors past their grace period; returns their keys.
@@ -171,6 +229,8 @@ struct Table {
     next_synthetic: u64,
     /// Nodes holding descriptors that compaction replaced (see [`InodeTable::prune_retired`]).
     retiring: HashSet<u64>,
+    /// Nodes other than the root whose descriptor is open (the bound counts these).
+    with_fd: HashSet<u64>,
 }
 
 /// Node ids at or above this are synthesized (never a real inode number in practice).
@@ -179,24 +239,32 @@ const SYNTHETIC_BASE: u64 = 1 << 63;
 /// All nodes the kernel currently holds a reference to.
 pub struct InodeTable {
     table: Mutex<Table>,
+    /// Most node descriptors kept open (the root's aside).
+    fd_bound: usize,
+    /// Ticks at every use of a node's descriptor (see `Node::last_used`).
+    uses: AtomicU64,
+    /// A plain (not O_PATH) descriptor of the source directory for `open_by_handle_at`, when
+    /// file handles can reopen inodes (probed once at start).
+    handle_mount: Option<OwnedFd>,
+    /// Descriptors closed to stay under the bound, and reopened (for statistics and tests).
+    evicted: AtomicU64,
+    reopened: AtomicU64,
 }
+
+/// Fewest node descriptors a bound may allow: below this, eviction would thrash on every call.
+pub const MIN_FD_BOUND: usize = 16;
+
+/// How deep a chain of closed parent directories a reopen follows before giving up (ESTALE): a
+/// cycle of stale locations must not recurse forever.
+const MAX_REOPEN_DEPTH: usize = 4096;
 
 impl InodeTable {
     /// A table holding only the root, whose descriptor is the source directory opened before the
     /// mount.
-    pub fn new(root_fd: OwnedFd, st: &libc::stat) -> InodeTable {
-        let root = Arc::new(Node {
-            id: ROOT_ID,
-            dev: st.st_dev,
-            ino: st.st_ino,
-            kind: NodeKind::Directory,
-            fds: Mutex::new(BackingFds::new(root_fd)),
-            key: Mutex::new((st.st_dev, st.st_ino)),
-            lookups: Mutex::new(1),
-            format: Mutex::new(None),
-            open: Mutex::new(OpenSlot::default()),
-            location: Mutex::new(None),
-        });
+    /// mount. At most `fd_bound` (at least [`MIN_FD_BOUND`]) other nodes keep a descriptor open.
+    pub fn new(root_fd: OwnedFd, st: &libc::stat, fd_bound: usize) -> InodeTable {
+        let handle_mount = handles_work(&root_fd);
+        let root = Arc::new(Node::new(ROOT_ID, st, root_fd, 1));
         let mut t = Table {
             root_dev: st.st_dev,
             next_synthetic: SYNTHETIC_BASE,
@@ -206,7 +274,195 @@ impl InodeTable {
         t.by_id.insert(ROOT_ID, root);
         InodeTable {
             table: Mutex::new(t),
+            fd_bound: fd_bound.max(MIN_FD_BOUND),
+            uses: AtomicU64::new(0),
+            handle_mount,
+            evicted: AtomicU64::new(0),
+            reopened: AtomicU64::new(0),
         }
+    }
+
+    /// Most node descriptors kept open at once.
+    pub fn fd_bound(&self) -> usize {
+        self.fd_bound
+    }
+
+    /// Node descriptors open now, and how many were closed and reopened so far.
+    pub fn fd_counts(&self) -> (usize, u64, u64) {
+        (
+            self.table.lock().with_fd.len(),
+            self.evicted.load(Ordering::Relaxed),
+            self.reopened.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Whether inodes are reopened by file handle (else by parent and name).
+    pub fn reopens_by_handle(&self) -> bool {
+        self.handle_mount.is_some()
+    }
+
+    /// The backing descriptor of `node` for one operation, reopened if it was closed to stay
+    /// under the bound. ESTALE if the inode can no longer be reached (its name was changed or
+    /// removed outside the mount).
+    pub fn fd(&self, node: &Node) -> FsResult<BackingFd> {
+        self.fd_at_depth(node, 0)
+    }
+
+    fn fd_at_depth(&self, node: &Node, depth: usize) -> FsResult<BackingFd> {
+        node.last_used
+            .store(self.uses.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+        if let Some(fd) = &node.fds.lock().current {
+            return Ok(BackingFd(fd.clone()));
+        }
+        if depth > MAX_REOPEN_DEPTH {
+            return Err(self.stale(node, "too deep a chain of closed directories"));
+        }
+        let fd = self.reopen(node, depth)?;
+        let lent = {
+            let mut fds = node.fds.lock();
+            match &fds.current {
+                // Another thread reopened it meanwhile: use that one, drop ours.
+                Some(fd) => return Ok(BackingFd(fd.clone())),
+                None => {
+                    let fd = Arc::new(fd);
+                    fds.current = Some(fd.clone());
+                    fd
+                }
+            }
+        };
+        self.reopened.fetch_add(1, Ordering::Relaxed);
+        self.table.lock().with_fd.insert(node.id);
+        self.make_room();
+        Ok(BackingFd(lent))
+    }
+
+    fn stale(&self, node: &Node, why: &str) -> FsError {
+        FsError::with_context(
+            libc::ESTALE,
+            format!("{}: cannot reopen the backing inode: {why}", node.label()),
+        )
+    }
+
+    /// Opens `node`'s backing inode again: by file handle, else through its parent and name.
+    fn reopen(&self, node: &Node, depth: usize) -> FsResult<OwnedFd> {
+        let key = *node.key.lock();
+        let handle = node.fds.lock().handle.clone();
+        if let (Some(handle), Some(mount)) = (handle, &self.handle_mount) {
+            match self.retry_emfile(|| open_by_handle(mount.as_raw_fd(), &handle)) {
+                Ok(fd) if same_inode(&fd, key) => return Ok(fd),
+                // Renamed away, replaced or removed: the name may still lead to it.
+                _ => {}
+            }
+        }
+        let Some((parent_id, name)) = node.location() else {
+            return Err(self.stale(node, "it has no name left"));
+        };
+        let Some(parent) = self.get(parent_id) else {
+            return Err(self.stale(node, "its directory is no longer known"));
+        };
+        let dir = self.fd_at_depth(&parent, depth + 1)?;
+        let cname = sys::cstr(&name)?;
+        let fd = self
+            .retry_emfile(|| sys::openat(dir.raw(), &cname, libc::O_PATH | libc::O_NOFOLLOW, 0));
+        match fd {
+            Ok(fd) if same_inode(&fd, key) => Ok(fd),
+            Ok(_) => Err(self.stale(
+                node,
+                &format!("'{}' is another inode now", name.to_string_lossy()),
+            )),
+            Err(e) if e.errno == libc::ENOENT => {
+                Err(self.stale(node, &format!("'{}' is gone", name.to_string_lossy())))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Makes `node` keep its descriptor while it has no name: reopens it now if it was closed,
+    /// and forgets its location if that is `(parent, name)`, the name about to go.
+    pub fn keep_open_unnamed(&self, node: &Node, parent: u64, name: &std::ffi::OsStr) {
+        // Not reachable any more (changed outside the mount): the name goes all the same.
+        let fd = self.fd(node).ok();
+        node.clear_location_if(parent, name);
+        // An eviction between the reopen and the cleared location may have closed it again.
+        let mut fds = node.fds.lock();
+        if let (None, Some(fd)) = (&fds.current, fd) {
+            fds.current = Some(fd.0);
+            drop(fds);
+            if node.id != ROOT_ID {
+                self.table.lock().with_fd.insert(node.id);
+            }
+        }
+    }
+
+    /// Runs `open`, and once more after closing idle descriptors if the process ran out of
+    /// them: reaching the limit slows calls down, it must not fail them.
+    pub fn retry_emfile<T>(&self, mut open: impl FnMut() -> FsResult<T>) -> FsResult<T> {
+        match open() {
+            Err(e) if e.errno == libc::EMFILE || e.errno == libc::ENFILE => {
+                let held = self.table.lock().with_fd.len();
+                self.evict_down_to(held / 2);
+                open()
+            }
+            r => r,
+        }
+    }
+
+    /// Closes the least recently used node descriptors when more than the bound are open.
+    fn make_room(&self) {
+        if self.table.lock().with_fd.len() > self.fd_bound {
+            // An eighth at a time: the scan is paid once per many opens.
+            self.evict_down_to(self.fd_bound - self.fd_bound / 8);
+        }
+    }
+
+    /// Closes idle node descriptors, least recently used first, until at most `target` are open
+    /// (or nothing more can be closed: the root, nodes without a name to reopen them by, and
+    /// nodes busy right now keep theirs).
+    fn evict_down_to(&self, target: usize) {
+        let mut candidates: Vec<(u64, Arc<Node>)> = {
+            let t = self.table.lock();
+            if t.with_fd.len() <= target {
+                return;
+            }
+            t.with_fd
+                .iter()
+                .filter_map(|id| t.by_id.get(id))
+                .map(|n| (n.last_used.load(Ordering::Relaxed), n.clone()))
+                .collect()
+        };
+        let mut excess = candidates.len().saturating_sub(target);
+        candidates.sort_unstable_by_key(|(used, _)| *used);
+        let mut closed = Vec::new();
+        for (_, node) in candidates {
+            if excess == 0 {
+                break;
+            }
+            if node.id == ROOT_ID || node.location.lock().is_none() {
+                continue;
+            }
+            let Some(mut fds) = node.fds.try_lock() else {
+                continue;
+            };
+            if fds.handle.is_none() && self.reopens_by_handle() {
+                fds.handle = fds
+                    .current
+                    .as_ref()
+                    .and_then(|fd| file_handle(fd.as_raw_fd()));
+            }
+            if let Some(fd) = fds.current.take() {
+                closed.push((node.id, fd));
+                excess -= 1;
+            }
+        }
+        self.evicted
+            .fetch_add(closed.len() as u64, Ordering::Relaxed);
+        let mut t = self.table.lock();
+        for (id, _) in &closed {
+            t.with_fd.remove(id);
+        }
+        drop(t);
+        // Closed here, outside the locks.
+        drop(closed);
     }
 
     /// The node for a kernel node id.
@@ -222,6 +478,20 @@ impl InodeTable {
         if let Some(id) = t.by_key.get(&key).copied() {
             let node = t.by_id[&id].clone();
             *node.lookups.lock() += 1;
+            let installed = {
+                let mut fds = node.fds.lock();
+                let closed = fds.current.is_none() && *node.key.lock() == key;
+                if closed {
+                    // Closed to stay under the bound: the lookup's descriptor saves a reopen.
+                    fds.current = Some(Arc::new(fd));
+                }
+                closed
+            };
+            if installed && id != ROOT_ID {
+                t.with_fd.insert(id);
+                drop(t);
+                self.make_room();
+            }
             return node;
         }
         // The kernel shows the node id as st_ino, so backing inode numbers are used as ids: they
@@ -236,20 +506,14 @@ impl InodeTable {
             t.next_synthetic += 1;
             t.next_synthetic
         };
-        let node = Arc::new(Node {
-            id,
-            dev: st.st_dev,
-            ino: st.st_ino,
-            kind: NodeKind::from_mode(st.st_mode),
-            fds: Mutex::new(BackingFds::new(fd)),
-            key: Mutex::new(key),
-            lookups: Mutex::new(1),
-            format: Mutex::new(None),
-            open: Mutex::new(OpenSlot::default()),
-            location: Mutex::new(None),
-        });
+        let node = Arc::new(Node::new(id, st, fd, 1));
+        node.last_used
+            .store(self.uses.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
         t.by_key.insert(key, id);
         t.by_id.insert(id, node.clone());
+        t.with_fd.insert(id);
+        drop(t);
+        self.make_room();
         node
     }
 
@@ -278,6 +542,7 @@ impl InodeTable {
             drop(lookups);
             t.by_id.remove(&id);
             t.retiring.remove(&id);
+            t.with_fd.remove(&id);
             let key = *node.key.lock();
             t.by_key.remove(&key);
             for r in &node.fds.lock().retired {
@@ -358,6 +623,9 @@ impl InodeTable {
         t.by_key.insert(*key, node.id);
         node.fds.lock().replace(fd, old_key, Instant::now());
         t.retiring.insert(node.id);
+        if node.id != ROOT_ID {
+            t.with_fd.insert(node.id);
+        }
     }
 
     /// Every node with an open-file state (for flushing at unmount).
@@ -379,6 +647,78 @@ impl InodeTable {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// A descriptor to reopen inodes by file handle with, if this process may (CAP_DAC_READ_SEARCH):
+/// tried on the source directory itself. `DEFLATEFS_REOPEN_BY_NAME=1` in the daemon's
+/// environment says no (for tests of the path a daemon without the capability takes).
+fn handles_work(root: &OwnedFd) -> Option<OwnedFd> {
+    if std::env::var_os("DEFLATEFS_REOPEN_BY_NAME").is_some_and(|v| v == "1") {
+        return None;
+    }
+    // open_by_handle_at refuses an O_PATH descriptor as its mount anchor.
+    let mount: OwnedFd = sys::reopen(root.as_raw_fd(), libc::O_RDONLY | libc::O_DIRECTORY)
+        .ok()?
+        .into();
+    let handle = file_handle(root.as_raw_fd())?;
+    let fd = open_by_handle(mount.as_raw_fd(), &handle).ok()?;
+    same_inode(&fd, {
+        let st = sys::fstat(root.as_raw_fd()).ok()?;
+        (st.st_dev, st.st_ino)
+    })
+    .then_some(mount)
+}
+
+/// `name_to_handle_at(fd, "", AT_EMPTY_PATH)`: the kernel's `struct file_handle` as bytes
+/// (handle_bytes, handle_type, f_handle), or None where the backing filesystem has none.
+fn file_handle(fd: RawFd) -> Option<Box<[u8]>> {
+    const MAX_HANDLE_SZ: usize = 128;
+    let mut buf = vec![0u8; 8 + MAX_HANDLE_SZ];
+    buf[..4].copy_from_slice(&(MAX_HANDLE_SZ as u32).to_ne_bytes());
+    let mut mount_id: libc::c_int = 0;
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_name_to_handle_at,
+            fd,
+            c"".as_ptr(),
+            buf.as_mut_ptr(),
+            &mut mount_id,
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    if r != 0 {
+        return None;
+    }
+    let len = u32::from_ne_bytes(buf[..4].try_into().expect("4 bytes")) as usize;
+    buf.truncate(8 + len.min(MAX_HANDLE_SZ));
+    Some(buf.into_boxed_slice())
+}
+
+/// `open_by_handle_at(mount_fd, handle, O_PATH | O_NOFOLLOW)`.
+fn open_by_handle(mount_fd: RawFd, handle: &[u8]) -> FsResult<OwnedFd> {
+    // The kernel reads the header's handle_bytes and then that many bytes: keep them aligned
+    // as `struct file_handle` is.
+    let mut aligned = vec![0u32; handle.len().div_ceil(4)];
+    let bytes =
+        unsafe { std::slice::from_raw_parts_mut(aligned.as_mut_ptr() as *mut u8, handle.len()) };
+    bytes.copy_from_slice(handle);
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_by_handle_at,
+            mount_fd,
+            aligned.as_mut_ptr(),
+            libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(FsError::new(sys::last_errno()));
+    }
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Whether `fd` is the backing inode `key` (device, inode number).
+fn same_inode(fd: &OwnedFd, key: (u64, u64)) -> bool {
+    sys::fstat(fd.as_raw_fd()).is_ok_and(|st| (st.st_dev, st.st_ino) == key)
 }
 
 #[cfg(test)]

@@ -169,6 +169,10 @@ pub struct Mount {
     pub stderr: PathBuf,
     /// Options given with `-o` (the log option is added by the fixture).
     pub opts: Vec<String>,
+    /// Environment variables given to the daemon (e.g. `DEFLATEFS_REOPEN_BY_NAME=1`).
+    pub daemon_env: Vec<(String, String)>,
+    /// RLIMIT_NOFILE (soft and hard) the daemon starts with, as `ulimit -n N` would set it.
+    pub nofile: Option<u64>,
     child: Option<Child>,
     watchdog: Option<Watchdog>,
 }
@@ -215,6 +219,8 @@ impl Mount {
             src,
             mnt,
             opts: opts.iter().map(|s| s.to_string()).collect(),
+            daemon_env: Vec::new(),
+            nofile: None,
             child: None,
             watchdog: None,
         }
@@ -254,15 +260,30 @@ impl Mount {
             .append(true)
             .open(&self.stderr)
             .unwrap();
-        let mut child = Command::new(BIN)
-            .args(&args)
+        let mut cmd = Command::new(BIN);
+        cmd.args(&args)
             .arg(&self.src)
             .arg(&self.mnt)
+            .envs(self.daemon_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn deflatefs");
+            .stderr(stderr);
+        if let Some(n) = self.nofile {
+            use std::os::unix::process::CommandExt;
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd.spawn().expect("spawn deflatefs");
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if !deflatefs_mounts_at(&self.mnt).is_empty() {
