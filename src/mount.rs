@@ -753,6 +753,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_descriptor_bound_is_at_most_half_the_limit() {
+        assert_eq!(fd_bound(4096, 20_000), 4096);
+        assert_eq!(fd_bound(4096, 1024), 512);
+        assert_eq!(fd_bound(4096, 10), crate::fs::inode::MIN_FD_BOUND);
+        assert_eq!(fd_bound(100, u64::MAX), 100);
+    }
+
+    #[test]
     fn mountinfo_escapes_are_decoded() {
         assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
         assert_eq!(unescape_mountinfo("/plain"), "/plain");

@@ -108,6 +108,8 @@ Mount options (-o OPT[,OPT...]):
   cache=SIZE           decompressed-chunk cache (default 64m)
   dirty=SIZE           most unwritten data buffered before writers wait (default 64m)
   pool=SIZE            compression engine buffer pool (default 32m)
+  fds=N                most descriptors held for cached inodes, at most half the
+                       descriptor limit (default 4096)
   accel=BACKEND        auto (default: first accelerator passing its self-test, else sw), sw
                        (libdeflate) or zlib:PATH (a library with the zlib API, e.g. libnxz);
                        `deflatefs engines` lists what this machine has
@@ -375,6 +377,16 @@ mod tests {
                 MountOptions::parse(&[format!("chunk={bad}")]).is_err(),
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn fds_takes_a_count_of_at_least_sixteen() {
+        assert_eq!(MountOptions::parse::<&str>(&[]).unwrap().fds, DEFAULT_FDS);
+        assert_eq!(MountOptions::parse(&["fds=100"]).unwrap().fds, 100);
+        for bad in ["fds=8", "fds=x", "fds"] {
+            let e = MountOptions::parse(&[bad]).unwrap_err();
+            assert!(e.0.contains("fds"), "{bad}: {e}");
         }
     }
 
