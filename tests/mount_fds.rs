@@ -302,3 +302,80 @@ fn a_daemon_limited_to_256_descriptors_serves_thousands_of_files() {
     let log = m.log_text();
     assert!(!log.contains("WARN") && !log.contains("ERROR"), "{log}");
 }
+
+/// Files renamed back and forth while their open descriptors are used (fchmod always reaches
+/// the daemon) and lookups of other files keep closing idle descriptors: a moved inode whose
+/// descriptor was closed must be reopened under its new name, never fail with ESTALE. (Fails at
+/// once if a rename does not record the new name; the narrower window between the rename and
+/// that record, which a pin closes, is rarely hit.)
+#[test]
+fn open_files_renamed_back_and_forth_are_reopened_by_their_new_name() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let mut m = mount_with(&["fds=16"], true, None);
+    make_tree(&m.path("churn"), 10, 40);
+    fs::create_dir(m.path("r")).unwrap();
+    let files: Vec<File> = (0..20)
+        .map(|i| {
+            let p = m.path(&format!("r/a{i}"));
+            fs::write(&p, b"x").unwrap();
+            File::open(&p).unwrap()
+        })
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mnt = m.mnt.clone();
+    let renamer = {
+        let stop = stop.clone();
+        let mnt = mnt.clone();
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                for i in 0..20 {
+                    let (a, b) = (mnt.join(format!("r/a{i}")), mnt.join(format!("r/b{i}")));
+                    if n % 2 == 0 {
+                        fs::rename(&a, &b).unwrap();
+                    } else {
+                        fs::rename(&b, &a).unwrap();
+                    }
+                }
+                n += 1;
+            }
+            n
+        })
+    };
+    let churner = {
+        let stop = stop.clone();
+        let mnt = mnt.clone();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                for d in 0..10 {
+                    for f in 0..40 {
+                        let _ = fs::metadata(mnt.join(format!("churn/d{d}/sub/f{f}")));
+                    }
+                }
+            }
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    let mut calls = 0u64;
+    while std::time::Instant::now() < deadline {
+        for (i, f) in files.iter().enumerate() {
+            let mode = if (calls + i as u64) % 2 == 0 {
+                0o644
+            } else {
+                0o600
+            };
+            f.set_permissions(fs::Permissions::from_mode(mode))
+                .unwrap_or_else(|e| panic!("fchmod of r/?{i} during renames: {e}"));
+            calls += 1;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let rounds = renamer.join().unwrap();
+    churner.join().unwrap();
+    eprintln!("{calls} fchmod calls during {rounds} rounds of 20 renames");
+    assert!(engine_counter(&m.mnt, "inode_fds_reopened") > 0);
+    drop(files);
+    m.unmount();
+}

@@ -590,6 +590,19 @@ impl DeflateFs {
         let _names = self.names.lock(&[parent, newparent]);
         let dir_fd = self.fd(&dir)?;
         let newdir_fd = self.fd(&newdir)?;
+        // Until its location is updated below, the moved inode could not be reopened by name.
+        let _moving = sys::fstatat(dir_fd.raw(), &sys::cstr(name)?)
+            .ok()
+            .and_then(|st| self.inodes.find(st.st_dev, st.st_ino))
+            .map(|node| self.inodes.pin(&node));
+        let _exchanged = if flags & libc::RENAME_EXCHANGE != 0 {
+            sys::fstatat(newdir_fd.raw(), &cnew)
+                .ok()
+                .and_then(|st| self.inodes.find(st.st_dev, st.st_ino))
+                .map(|node| self.inodes.pin(&node))
+        } else {
+            None
+        };
         if flags & libc::RENAME_EXCHANGE == 0 {
             self.before_name_goes(&newdir_fd, newparent, newname)?;
         }

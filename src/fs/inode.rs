@@ -15,7 +15,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::OsString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -78,6 +78,8 @@ pub struct Node {
     /// When the descriptor was last used ([`InodeTable`]'s use counter): eviction closes the
     /// least recently used first.
     last_used: AtomicU64,
+    /// Operations that need the descriptor kept open (see [`InodeTable::pin`]).
+    pins: AtomicU32,
     /// Current (st_dev, st_ino) of the backing inode: the table's key.
     key: Mutex<(u64, u64)>,
     /// Outstanding kernel lookups (root: never forgotten).
@@ -100,6 +102,7 @@ impl Node {
             kind: NodeKind::from_mode(st.st_mode),
             fds: Mutex::new(BackingFds::new(fd)),
             last_used: AtomicU64::new(0),
+            pins: AtomicU32::new(0),
             key: Mutex::new((st.st_dev, st.st_ino)),
             lookups: Mutex::new(lookups),
             format: Mutex::new(None),
@@ -251,6 +254,15 @@ pub struct InodeTable {
     reopened: AtomicU64,
 }
 
+/// A node whose descriptor stays open while this lives (see [`InodeTable::pin`]).
+pub struct Pinned(Arc<Node>);
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        self.0.pins.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Fewest node descriptors a bound may allow: below this, eviction would thrash on every call.
 pub const MIN_FD_BOUND: usize = 16;
 
@@ -384,14 +396,32 @@ impl InodeTable {
         let fd = self.fd(node).ok();
         node.clear_location_if(parent, name);
         // An eviction between the reopen and the cleared location may have closed it again.
+        if let Some(fd) = fd {
+            self.install_if_closed(node, fd);
+        }
+    }
+
+    /// Makes `fd` (a descriptor of `node`'s current inode) the node's own again if an eviction
+    /// closed that meanwhile.
+    fn install_if_closed(&self, node: &Node, fd: BackingFd) {
         let mut fds = node.fds.lock();
-        if let (None, Some(fd)) = (&fds.current, fd) {
+        if fds.current.is_none() {
             fds.current = Some(fd.0);
             drop(fds);
             if node.id != ROOT_ID {
                 self.table.lock().with_fd.insert(node.id);
             }
         }
+    }
+
+    /// Keeps `node`'s descriptor open until the guard is dropped (reopened now if it was
+    /// closed): for a rename, between which the node's recorded name is out of date.
+    pub fn pin(&self, node: &Arc<Node>) -> Pinned {
+        node.pins.fetch_add(1, Ordering::AcqRel);
+        if let Ok(fd) = self.fd(node) {
+            self.install_if_closed(node, fd);
+        }
+        Pinned(node.clone())
     }
 
     /// Runs `open`, and once more after closing idle descriptors if the process ran out of
@@ -437,7 +467,10 @@ impl InodeTable {
             if excess == 0 {
                 break;
             }
-            if node.id == ROOT_ID || node.location.lock().is_none() {
+            if node.id == ROOT_ID
+                || node.pins.load(Ordering::Acquire) > 0
+                || node.location.lock().is_none()
+            {
                 continue;
             }
             let Some(mut fds) = node.fds.try_lock() else {
