@@ -333,7 +333,7 @@ fn open_files_renamed_back_and_forth_are_reopened_by_their_new_name() {
             while !stop.load(Ordering::Relaxed) {
                 for i in 0..20 {
                     let (a, b) = (mnt.join(format!("r/a{i}")), mnt.join(format!("r/b{i}")));
-                    if n % 2 == 0 {
+                    if n.is_multiple_of(2) {
                         fs::rename(&a, &b).unwrap();
                     } else {
                         fs::rename(&b, &a).unwrap();
@@ -361,7 +361,7 @@ fn open_files_renamed_back_and_forth_are_reopened_by_their_new_name() {
     let mut calls = 0u64;
     while std::time::Instant::now() < deadline {
         for (i, f) in files.iter().enumerate() {
-            let mode = if (calls + i as u64) % 2 == 0 {
+            let mode = if (calls + i as u64).is_multiple_of(2) {
                 0o644
             } else {
                 0o600
