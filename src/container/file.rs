@@ -782,8 +782,7 @@ impl Container {
             return Ok(false);
         }
         self.file.set_len(self.container_len)?;
-        self.synced_len
-            .fetch_min(self.container_len, Ordering::Relaxed);
+        self.forget_synced();
         self.tail_dirty = false;
         Ok(true)
     }
@@ -871,8 +870,7 @@ impl Container {
         }
         if self.tail_dirty {
             self.file.set_len(self.container_len)?;
-            self.synced_len
-                .fetch_min(self.container_len, Ordering::Relaxed);
+            self.forget_synced();
             self.tail_dirty = false;
         }
         Ok(())
@@ -1054,6 +1052,22 @@ impl Container {
         // Align memory with what a replay shows (drops data a caller left beyond the size).
         self.index.set_size(final_size);
         Ok(())
+    }
+
+    /// After the file's length was cut (a torn tail dropped): nothing is known to be durable
+    /// until the next fdatasync, which then also makes the shorter length durable. Keeping the
+    /// old mark would let [`Container::is_synced`] skip that fdatasync.
+    fn forget_synced(&self) {
+        self.synced_len.store(0, Ordering::Relaxed);
+    }
+
+    /// Whether everything this container holds (every append, commit and cut made through this
+    /// handle) was made durable by an fdatasync through it since, so another one would write
+    /// nothing. False after an open: a writer before it may have left its commits unsynced.
+    pub fn is_synced(&self) -> bool {
+        !self.needs_init
+            && !self.tail_dirty
+            && self.synced_len.load(Ordering::Relaxed) >= self.container_len
     }
 
     /// fdatasync.

@@ -223,6 +223,10 @@ struct DirtyChunk {
     dirty: bool,
     /// Something below `persisted` changed: the next piece must replace the chunk (RESET).
     rewrite: bool,
+    /// The chunk was read from the container to be changed in place (not written whole by a
+    /// streaming writer): when it is submitted, a clean copy stays resident, so the next small
+    /// write to it (a database rewriting the same pages) needs no read and decode.
+    keep_after_submit: bool,
 }
 
 struct WriteState {
@@ -1006,6 +1010,7 @@ impl ContainerFile {
                 persisted: 0,
                 dirty: false,
                 rewrite: true,
+                keep_after_submit: false,
             });
         }
         let stored = self.load_chunk(chunk)?;
@@ -1020,6 +1025,7 @@ impl ContainerFile {
             persisted,
             dirty: false,
             rewrite: persisted == 0,
+            keep_after_submit: true,
         })
     }
 
@@ -1085,7 +1091,8 @@ impl ContainerFile {
                 [0; 32]
             };
             (input, d.persisted, false, Some(cv))
-        } else if d.valid == cs && !lost {
+        } else if d.valid == cs && !lost && !d.keep_after_submit {
+            // Written whole by a streaming writer: hand the buffer over instead of copying it.
             let d = st.dirty.remove(&chunk).expect("present");
             (d.buf, 0, true, None)
         } else {
@@ -1221,8 +1228,10 @@ impl ContainerFile {
         s.container
             .commit()
             .map_err(|e| FsError::from(e).context(format!("{}: commit", self.label)))?;
-        if durable {
-            // Even with nothing new to commit, an earlier commit may not be on disk yet.
+        // Even with nothing new to commit, an earlier commit (a close's, the periodic one's) may
+        // not be on disk yet; but when every byte the container holds was fdatasync'd already,
+        // another fdatasync has nothing to write (a database fsyncs files it did not change).
+        if durable && !s.container.is_synced() {
             if let Err(e) = s.container.sync_data() {
                 let e = FsError::from(e).context(format!("{}: fdatasync", self.label));
                 tracing::error!("{e}");
