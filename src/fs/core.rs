@@ -216,7 +216,7 @@ impl DeflateFs {
             .ok_or_else(|| FsError::with_context(libc::ENOENT, format!("unknown node {id}")))
     }
 
-    fn handle(&self, fh: u64) -> FsResult<Arc<Handle>> {
+    pub(super) fn handle(&self, fh: u64) -> FsResult<Arc<Handle>> {
         self.handles
             .lock()
             .get(&fh)
@@ -824,7 +824,10 @@ impl DeflateFs {
         let file = match sys::reopen(node.raw_fd(), access) {
             Err(e)
                 if access == libc::O_RDWR
-                    && matches!(e.errno, libc::EROFS | libc::EACCES | libc::ETXTBSY) =>
+                    && matches!(
+                        e.errno,
+                        libc::EROFS | libc::EACCES | libc::ETXTBSY | libc::EPERM
+                    ) =>
             {
                 sys::reopen(node.raw_fd(), libc::O_RDONLY)?
             }
@@ -861,7 +864,10 @@ impl DeflateFs {
             libc::O_RDWR
         };
         let file = match sys::reopen(node.raw_fd(), access) {
-            Err(e) if access == libc::O_RDWR && matches!(e.errno, libc::EACCES | libc::EROFS) => {
+            Err(e)
+                if access == libc::O_RDWR
+                    && matches!(e.errno, libc::EACCES | libc::EROFS | libc::EPERM) =>
+            {
                 sys::reopen(node.raw_fd(), libc::O_RDONLY)?
             }
             other => other?,
@@ -961,6 +967,10 @@ impl DeflateFs {
             NodeKind::Regular => {}
             // Fifos and devices are opened by the kernel itself; never reaches here normally.
             _ => return errno(libc::ENXIO),
+        }
+        // An immutable file (chattr +i) is opened for reading only (EPERM in open_state).
+        if writable && super::ioctl::writes_refused(node.raw_fd())? {
+            return errno(libc::EPERM);
         }
         let open = self.open_state(&node)?;
         if flags & libc::O_TRUNC != 0 && writable {
@@ -1198,6 +1208,7 @@ impl DeflateFs {
             sys::chown_fd(tmp_raw, Some(st.st_uid), Some(st.st_gid))?;
             sys::chmod_fd(tmp_raw, st.st_mode & 0o7777)?;
             copy_xattrs(node.raw_fd(), tmp_raw)?;
+            super::ioctl::copy_kept_flags(node.raw_fd(), tmp_raw)?;
             // sync_all: the owner, mode and attributes must be as durable as the data.
             tmp.sync_all()?;
             let tmp_path_fd =
