@@ -2224,7 +2224,7 @@ fn isatty_seek_data_and_copy_file_range_answer_like_ext4_without_warnings() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// inode flags (lsattr, chattr)
+// inode flags (lsattr, chattr) and lseek
 
 /// The flag letters `lsattr` prints for `p` (`-d`: a directory itself, not its entries).
 fn lsattr(p: &Path) -> String {
@@ -2394,6 +2394,38 @@ fn chattr_of_a_flag_the_mount_cannot_honour_is_eopnotsupp_and_changes_nothing() 
     }
     assert_eq!(lsattr(&m.path("f")), before);
     assert_eq!(lsattr(&m.backing("f")), backing_before);
+    let warnings = m.warn_and_error_lines();
+    assert!(warnings.is_empty(), "log lines: {warnings:#?}");
+}
+
+#[test]
+fn seek_data_and_seek_hole_answer_like_ext4_for_a_file_without_holes() {
+    let m = Mount::new();
+    let data = varied_text(300 * KIB, 5);
+    write_file(&m.path("a"), &data);
+    write_file(&m.path("empty"), b"");
+    let len = data.len() as i64;
+    let a = File::open(m.path("a")).unwrap();
+    let seek = |f: &File, off: i64, whence: i32| {
+        let r = unsafe { libc::lseek(f.as_raw_fd(), off, whence) };
+        if r < 0 {
+            Err(errno())
+        } else {
+            Ok(r)
+        }
+    };
+    // Data everywhere in the file; the only hole is the one at its end.
+    assert_eq!(seek(&a, 0, libc::SEEK_DATA), Ok(0));
+    assert_eq!(seek(&a, 1000, libc::SEEK_DATA), Ok(1000));
+    assert_eq!(seek(&a, 0, libc::SEEK_HOLE), Ok(len));
+    assert_eq!(seek(&a, len - 1, libc::SEEK_HOLE), Ok(len));
+    // At or past the end: ENXIO for both.
+    assert_eq!(seek(&a, len, libc::SEEK_DATA), Err(libc::ENXIO));
+    assert_eq!(seek(&a, len, libc::SEEK_HOLE), Err(libc::ENXIO));
+    assert_eq!(seek(&a, len + 5, libc::SEEK_DATA), Err(libc::ENXIO));
+    let empty = File::open(m.path("empty")).unwrap();
+    assert_eq!(seek(&empty, 0, libc::SEEK_DATA), Err(libc::ENXIO));
+    assert_eq!(seek(&empty, 0, libc::SEEK_HOLE), Err(libc::ENXIO));
     let warnings = m.warn_and_error_lines();
     assert!(warnings.is_empty(), "log lines: {warnings:#?}");
 }
