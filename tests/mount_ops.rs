@@ -2429,3 +2429,64 @@ fn seek_data_and_seek_hole_answer_like_ext4_for_a_file_without_holes() {
     let warnings = m.warn_and_error_lines();
     assert!(warnings.is_empty(), "log lines: {warnings:#?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// fallocate (README, "Preallocation")
+
+#[test]
+fn fallocate_extends_a_container_with_zeros_and_reserves_nothing() {
+    let m = Mount::new();
+    let f = create(&m.path("f"));
+    pwrite_all(&f, 0, b"head");
+    let len = 64 * MIB as i64;
+    let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, len) };
+    assert_eq!(r, 0, "fallocate: {}", io::Error::last_os_error());
+    assert_eq!(f.metadata().unwrap().len(), len as u64);
+    // KEEP_SIZE: accepted, changes nothing (there is nothing to reserve).
+    let r = unsafe { libc::fallocate(f.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 0, 2 * len) };
+    assert_eq!(r, 0, "fallocate KEEP_SIZE: {}", io::Error::last_os_error());
+    assert_eq!(f.metadata().unwrap().len(), len as u64);
+    // A range inside the file changes nothing either.
+    let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, 4096, 4096) };
+    assert_eq!(r, 0);
+    assert_eq!(f.metadata().unwrap().len(), len as u64);
+    drop(f);
+    let data = read_file(&m.path("f"));
+    assert_eq!(&data[..4], b"head");
+    assert!(
+        data[4..].iter().all(|&b| b == 0),
+        "the extension reads as zeros"
+    );
+    // Nothing reserved: the 64 MiB take a few KiB, in the mount and in the backing directory.
+    let st = lstat(&m.path("f")).unwrap();
+    assert!(
+        st.st_blocks * 512 < MIB as i64,
+        "st_blocks {}",
+        st.st_blocks
+    );
+    assert!(fs::metadata(m.backing("f")).unwrap().blocks() * 512 < MIB as u64);
+}
+
+#[test]
+fn fallocate_punch_hole_zero_range_collapse_and_insert_are_eopnotsupp_on_a_container() {
+    let m = Mount::new();
+    let data = varied_text(256 * KIB, 9);
+    write_file(&m.path("f"), &data);
+    let f = rw_open(&m.path("f"));
+    for (mode, what) in [
+        (
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            "PUNCH_HOLE",
+        ),
+        (libc::FALLOC_FL_ZERO_RANGE, "ZERO_RANGE"),
+        (libc::FALLOC_FL_COLLAPSE_RANGE, "COLLAPSE_RANGE"),
+        (libc::FALLOC_FL_INSERT_RANGE, "INSERT_RANGE"),
+    ] {
+        let r = unsafe { libc::fallocate(f.as_raw_fd(), mode, 0, 64 * KIB as i64) };
+        assert_eq!((r, errno()), (-1, libc::EOPNOTSUPP), "{what}");
+    }
+    drop(f);
+    assert!(read_file(&m.path("f")) == data, "the file is unchanged");
+    let warnings = m.warn_and_error_lines();
+    assert!(warnings.is_empty(), "log lines: {warnings:#?}");
+}
