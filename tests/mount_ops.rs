@@ -2337,6 +2337,16 @@ fn chattr_i_makes_a_file_immutable_through_the_mount_until_chattr_minus_i() {
     let m = Mount::new();
     write_file(&m.path("f"), b"kept\n");
     let _guard = Mutable(m.backing("f"));
+    // Not while open for writing: writes through that descriptor could never be stored.
+    let writer = OpenOptions::new().append(true).open(m.path("f")).unwrap();
+    let err = chattr("+i", &m.path("f")).unwrap_err();
+    assert!(
+        err.contains("busy"),
+        "chattr +i of a file open for writing: {err}"
+    );
+    drop(writer);
+    // A reader keeps the file's open state alive across the changes refused below.
+    let reader = File::open(m.path("f")).unwrap();
     chattr("+i", &m.path("f")).unwrap();
     assert!(has_flag(&lsattr(&m.path("f")), 'i'));
     // Readable; every change is EPERM, as on ext4.
@@ -2348,6 +2358,13 @@ fn chattr_i_makes_a_file_immutable_through_the_mount_until_chattr_minus_i() {
         .truncate(true)
         .open(m.path("f"));
     expect_errno(trunc, libc::EPERM, "open with O_TRUNC");
+    let r = unsafe { libc::truncate(cpath(&m.path("f")).as_ptr(), 0) };
+    assert_eq!((r, errno()), (-1, libc::EPERM), "truncate(2)");
+    assert_eq!(
+        pread(&reader, 0, 100).unwrap(),
+        b"kept\n",
+        "after the refused truncate"
+    );
     expect_errno(
         fs::set_permissions(m.path("f"), fs::Permissions::from_mode(0o600)),
         libc::EPERM,
@@ -2361,12 +2378,15 @@ fn chattr_i_makes_a_file_immutable_through_the_mount_until_chattr_minus_i() {
         "setxattr",
     );
     chattr("-i", &m.path("f")).unwrap();
+    drop(reader);
     assert!(!has_flag(&lsattr(&m.path("f")), 'i'));
     let mut f = OpenOptions::new().append(true).open(m.path("f")).unwrap();
     f.write_all(b"more\n").unwrap();
     drop(f);
     assert_eq!(read_file(&m.path("f")), b"kept\nmore\n");
     fs::remove_file(m.path("f")).unwrap();
+    let warnings = m.warn_and_error_lines();
+    assert!(warnings.is_empty(), "log lines: {warnings:#?}");
 }
 
 #[test]

@@ -224,6 +224,14 @@ impl DeflateFs {
             .ok_or(FsError::new(libc::EBADF))
     }
 
+    /// Whether a handle open for writing refers to node `id`.
+    pub(super) fn open_for_writing(&self, id: u64) -> bool {
+        self.handles
+            .lock()
+            .values()
+            .any(|h| h.writable && h.node.id == id)
+    }
+
     fn check_writable(&self) -> FsResult<()> {
         if self.opts.read_only {
             errno(libc::EROFS)
@@ -649,6 +657,10 @@ impl DeflateFs {
             return errno(libc::EFBIG);
         }
         let _ = fh;
+        // The open state would be truncated before the backing file refused the commit.
+        if super::ioctl::writes_refused(node.raw_fd())? {
+            return errno(libc::EPERM);
+        }
         let open = self.open_state(node)?;
         let r = open.truncate(size).and_then(|_| open.flush());
         self.put_state(node);

@@ -27,7 +27,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use super::core::DeflateFs;
 use super::error::{errno, FsError, FsResult};
 use super::file::OpenFile;
-use super::inode::NodeKind;
+use super::inode::{Node, NodeKind};
 use super::sys;
 
 // Inode flags (linux/fs.h; `man chattr` names their letters).
@@ -106,7 +106,14 @@ pub fn inode_flags(
         }
         FlagsCommand::SetFlags => {
             let wanted = u32_at(in_data, 0)?;
-            set_flags(fs, backing.as_raw_fd(), backing_flags, shown, wanted)?;
+            set_flags(
+                fs,
+                &h.node,
+                backing.as_raw_fd(),
+                backing_flags,
+                shown,
+                wanted,
+            )?;
             Ok(Vec::new())
         }
         FlagsCommand::SetXattr => {
@@ -127,17 +134,27 @@ pub fn inode_flags(
             }
             let xflag_bits = FS_IMMUTABLE_FL | FS_NOATIME_FL | FS_NODUMP_FL;
             let wanted = (shown & !xflag_bits) | from_xflags(xflags);
-            set_flags(fs, backing.as_raw_fd(), backing_flags, shown, wanted)?;
+            set_flags(
+                fs,
+                &h.node,
+                backing.as_raw_fd(),
+                backing_flags,
+                shown,
+                wanted,
+            )?;
             Ok(Vec::new())
         }
     }
 }
 
-/// Sets `wanted` (as the mount shows flags) on the backing inode open as `fd`, whose flags are
-/// `backing_flags` and shown as `shown`. A change to a flag outside [`BACKING_FLAGS`] is
+/// Sets `wanted` (as the mount shows flags) on `node`'s backing inode, open as `fd`, whose flags
+/// are `backing_flags` and shown as `shown`. A change to a flag outside [`BACKING_FLAGS`] is
 /// EOPNOTSUPP and changes nothing; the backing inode's own other flags are kept as they are.
+/// Making a file immutable while it is open for writing is EBUSY: the daemon would keep accepting
+/// writes through those handles that it could then never store.
 fn set_flags(
     fs: &DeflateFs,
+    node: &Node,
     fd: RawFd,
     backing_flags: u32,
     shown: u32,
@@ -152,6 +169,9 @@ fn set_flags(
     }
     if fs.opts.read_only {
         return errno(libc::EROFS);
+    }
+    if wanted & changed & FS_IMMUTABLE_FL != 0 && fs.open_for_writing(node.id) {
+        return errno(libc::EBUSY);
     }
     set_backing_flags(
         fd,
