@@ -87,6 +87,10 @@ pub fn inode_flags(
     in_data: &[u8],
     out_size: u32,
 ) -> FsResult<Vec<u8>> {
+    tracing::trace!(
+        "ioctl {command:?} on handle {fh}: {} bytes in, {out_size} out",
+        in_data.len()
+    );
     let h = fs.handle(fh)?;
     if !matches!(h.node.kind, NodeKind::Regular | NodeKind::Directory) {
         return errno(libc::ENOTTY);
