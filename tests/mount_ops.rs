@@ -2330,6 +2330,25 @@ fn chattr_d_a_and_dir_sync_are_set_on_the_backing_inode_and_shown_back() {
     chattr("+c", &m.path("f")).unwrap();
     chattr("+A", &m.path("f")).unwrap();
     assert_eq!(lsattr(&m.path("f")), f);
+    // The same through FS_IOC_FSSETXATTR (xfs_io's chattr): no dump is FS_XFLAG_NODUMP; a
+    // project id cannot be set.
+    const FS_IOC_FSSETXATTR: libc::c_ulong = 0x401c_5820;
+    const FS_XFLAG_NOATIME: u32 = 0x40;
+    const FS_XFLAG_NODUMP: u32 = 0x80;
+    let file = File::open(m.path("f")).unwrap();
+    let mut fsx = [0u8; 28];
+    fsx[..4].copy_from_slice(&(FS_XFLAG_NODUMP | FS_XFLAG_NOATIME).to_ne_bytes());
+    let r = unsafe { libc::ioctl(file.as_raw_fd(), FS_IOC_FSSETXATTR, fsx.as_ptr()) };
+    assert_eq!(r, 0, "FS_IOC_FSSETXATTR: {}", io::Error::last_os_error());
+    let f = lsattr(&m.path("f"));
+    assert!(
+        has_flag(&f, 'd') && has_flag(&f, 'A') && has_flag(&f, 'c'),
+        "{f}"
+    );
+    fsx[12..16].copy_from_slice(&7u32.to_ne_bytes());
+    let r = unsafe { libc::ioctl(file.as_raw_fd(), FS_IOC_FSSETXATTR, fsx.as_ptr()) };
+    assert_eq!((r, errno()), (-1, libc::EOPNOTSUPP), "a project id");
+    assert_eq!(lsattr(&m.path("f")), f);
 }
 
 #[test]
