@@ -2529,3 +2529,32 @@ fn fallocate_punch_hole_zero_range_collapse_and_insert_are_eopnotsupp_on_a_conta
     let warnings = m.warn_and_error_lines();
     assert!(warnings.is_empty(), "log lines: {warnings:#?}");
 }
+
+#[test]
+fn fallocate_on_a_plain_file_is_passed_to_the_backing_file() {
+    let mut m = Mount::unmounted(&[], false);
+    let data = random_bytes(256 * KIB, 4);
+    write_file(&m.backing("plain"), &data);
+    m.mount();
+    let f = rw_open(&m.path("plain"));
+    // Extends (and on the backing filesystem, reserves), then punches a hole at the start.
+    let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, MIB as i64) };
+    assert_eq!(r, 0, "mode 0: {}", io::Error::last_os_error());
+    let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    let r = unsafe { libc::fallocate(f.as_raw_fd(), punch, 0, 128 * KIB as i64) };
+    assert_eq!(r, 0, "PUNCH_HOLE: {}", io::Error::last_os_error());
+    drop(f);
+    let mut want = data.clone();
+    want[..128 * KIB].fill(0);
+    want.resize(MIB, 0);
+    assert!(read_file(&m.path("plain")) == want);
+    // The backing file is still plain, with the hole punched in it.
+    let backing = fs::metadata(m.backing("plain")).unwrap();
+    assert_eq!(backing.len(), MIB as u64);
+    assert!(
+        backing.blocks() * 512 <= (MIB - 128 * KIB) as u64,
+        "st_blocks {}",
+        backing.blocks()
+    );
+    assert!(read_file(&m.backing("plain")) == want);
+}
