@@ -5,6 +5,7 @@ use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::sync::Mutex;
 
+use tracing_log::AsLog;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
 
@@ -96,37 +97,183 @@ pub fn open_log_file(path: &str) -> Result<std::fs::File, String> {
     }
 }
 
+/// The filter of `log_level=LEVEL` when DEFLATEFS_LOG does not say otherwise: our own lines at
+/// that level, fuser's warnings and errors only.
+fn default_filter(level: &str) -> EnvFilter {
+    EnvFilter::new(format!("deflatefs={level},fuser=warn"))
+}
+
 /// Installs the global logger. `level` is error/warn/info/debug/trace.
 pub fn init(target: LogTarget, level: &str) -> Result<(), String> {
-    let filter = EnvFilter::try_from_env("DEFLATEFS_LOG")
-        .unwrap_or_else(|_| EnvFilter::new(format!("deflatefs={level},fuser=warn")));
+    let filter = EnvFilter::try_from_env("DEFLATEFS_LOG").unwrap_or_else(|_| default_filter(level));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // `finish` and set_global_default, not `try_init`, which would install tracing-log's own
+    // bridge for fuser's `log` records instead of ours.
     let result = match target {
-        LogTarget::Stderr => builder.with_writer(io::stderr).try_init(),
+        LogTarget::Stderr => {
+            tracing::subscriber::set_global_default(builder.with_writer(io::stderr).finish())
+        }
         LogTarget::Syslog => {
             static IDENT: &std::ffi::CStr = c"deflatefs";
             unsafe { libc::openlog(IDENT.as_ptr(), libc::LOG_PID, libc::LOG_DAEMON) };
-            builder
+            let subscriber = builder
                 .with_ansi(false)
                 .without_time()
                 .with_writer(SyslogWriter)
-                .try_init()
+                .finish();
+            tracing::subscriber::set_global_default(subscriber)
         }
         LogTarget::File(path) => {
             let file = open_log_file(&path)?;
-            builder
+            let subscriber = builder
                 .with_ansi(false)
                 .with_writer(Mutex::new(file))
-                .try_init()
+                .finish();
+            tracing::subscriber::set_global_default(subscriber)
         }
     };
-    let _ = tracing_log::LogTracer::init();
-    result.map_err(|e| e.to_string())
+    result.map_err(|e| e.to_string())?;
+    if log::set_boxed_logger(Box::new(FuserLogBridge::new())).is_ok() {
+        // fuser's records above the subscriber's most verbose level are not even formatted.
+        log::set_max_level(tracing::level_filters::LevelFilter::current().as_log());
+    }
+    Ok(())
+}
+
+/// Hands fuser's `log` records to `tracing` (tracing-log's LogTracer), except the one that says
+/// nothing is wrong with the mount: "Failed to send FUSE reply: ... (os error 2)". The kernel
+/// answers ENOENT to a reply for a request it no longer waits for (the caller was interrupted or
+/// killed meanwhile, or the connection was aborted), and fuser logs that at ERROR. It becomes a
+/// DEBUG line of ours. Every other failure to send a reply (EINVAL: a malformed reply, a bug) and
+/// every other record of fuser keeps its level.
+struct FuserLogBridge {
+    tracer: tracing_log::LogTracer,
+}
+
+impl FuserLogBridge {
+    fn new() -> Self {
+        FuserLogBridge {
+            tracer: tracing_log::LogTracer::new(),
+        }
+    }
+}
+
+/// Whether `record` is fuser's error for a reply whose request is gone (see [`FuserLogBridge`]).
+/// fuser 0.18.0 (pinned) logs it from `fuser::reply` as `Failed to send FUSE reply: {io error}`.
+fn is_reply_to_a_gone_request(record: &log::Record) -> bool {
+    record.target() == "fuser::reply" && record.level() == log::Level::Error && {
+        let text = record.args().to_string();
+        text.starts_with("Failed to send FUSE reply: ")
+            && text.ends_with(&format!("(os error {})", libc::ENOENT))
+    }
+}
+
+impl log::Log for FuserLogBridge {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        self.tracer.enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record) {
+        if is_reply_to_a_gone_request(record) {
+            tracing::debug!(
+                target: "deflatefs::fs::fuse",
+                "reply to a request the kernel no longer waits for (its caller was interrupted \
+                 or killed): {}",
+                record.args()
+            );
+        } else {
+            self.tracer.log(record);
+        }
+    }
+
+    fn flush(&self) {}
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use log::Log;
+    use std::sync::Arc;
+
+    /// A writer collecting every formatted line, for a scoped subscriber.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Lines {
+        type Writer = Lines;
+        fn make_writer(&'a self) -> Lines {
+            self.clone()
+        }
+    }
+
+    /// What the bridge logs of fuser's error `Failed to send FUSE reply: <errno's error>`, and of
+    /// one other error of fuser's, at log level `level`.
+    fn bridged(level: &str, errno: i32) -> String {
+        let lines = Lines::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(default_filter(level))
+            .with_ansi(false)
+            .with_writer(lines.clone())
+            .finish();
+        let bridge = FuserLogBridge::new();
+        tracing::subscriber::with_default(subscriber, || {
+            let error = io::Error::from_raw_os_error(errno);
+            bridge.log(
+                &log::Record::builder()
+                    .target("fuser::reply")
+                    .level(log::Level::Error)
+                    .args(format_args!("Failed to send FUSE reply: {error}"))
+                    .build(),
+            );
+            bridge.log(
+                &log::Record::builder()
+                    .target("fuser::request")
+                    .level(log::Level::Error)
+                    .args(format_args!("Unknown FUSE opcode (99)"))
+                    .build(),
+            );
+        });
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        text
+    }
+
+    #[test]
+    fn a_reply_to_a_request_whose_caller_is_gone_is_a_debug_line_not_an_error() {
+        let info = bridged("info", libc::ENOENT);
+        assert!(!info.contains("FUSE reply"), "{info}");
+        assert!(
+            info.contains("ERROR fuser::request: Unknown FUSE opcode"),
+            "{info}"
+        );
+        let debug = bridged("debug", libc::ENOENT);
+        assert!(
+            debug.contains("DEBUG deflatefs::fs::fuse: reply to a request the kernel no longer")
+                && debug.contains("Failed to send FUSE reply: No such file or directory"),
+            "{debug}"
+        );
+        assert!(!debug.contains("ERROR fuser::reply"), "{debug}");
+    }
+
+    #[test]
+    fn any_other_failure_to_send_a_reply_stays_an_error() {
+        for errno in [libc::EINVAL, libc::ENODEV, libc::EIO] {
+            let info = bridged("info", errno);
+            assert!(
+                info.contains("ERROR fuser::reply: Failed to send FUSE reply"),
+                "errno {errno}: {info}"
+            );
+        }
+    }
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     #[test]

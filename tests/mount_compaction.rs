@@ -144,7 +144,7 @@ fn a_file_unlinked_while_open_is_not_brought_back_by_compaction() {
 }
 
 #[test]
-fn compaction_keeps_owner_mode_xattrs_and_mtime() {
+fn compaction_keeps_owner_mode_xattrs_mtime_and_inode_flags() {
     let m = Mount::new();
     let p = m.path("kept");
     let mut model = random_bytes(2 * MIB, 6);
@@ -163,6 +163,9 @@ fn compaction_keeps_owner_mode_xattrs_and_mtime() {
         ],
     );
     assert!(ok, "setfattr: {err}");
+    // No dump, no atime: flags of the backing inode, which the rewritten file must get too.
+    let (ok, _, err) = common::run_tool("chattr", &[OsStr::new("+dA"), p.as_os_str()]);
+    assert!(ok, "chattr: {err}");
     let mut rng = Rng::new(9);
     overwrite_and_fsync(&f, &mut model, 60, &mut rng);
     let before = std::fs::metadata(&p).unwrap();
@@ -194,6 +197,17 @@ fn compaction_keeps_owner_mode_xattrs_and_mtime() {
     );
     assert!(ok, "getfattr: {err}");
     assert_eq!(out, b"kept");
+    for path in [&p, &m.backing("kept")] {
+        let (ok, out, err) = common::run_tool("lsattr", &[path.as_os_str()]);
+        assert!(ok, "lsattr: {err}");
+        let flags = String::from_utf8(out).unwrap();
+        let flags = flags.split_whitespace().next().unwrap();
+        assert!(
+            flags.contains('d') && flags.contains('A'),
+            "{}: {flags}",
+            path.display()
+        );
+    }
     assert!(std::fs::read(&p).unwrap() == model);
 }
 

@@ -2193,9 +2193,6 @@ fn isatty_seek_data_and_copy_file_range_answer_like_ext4_without_warnings() {
     // isatty(): TCGETS, answered ENOTTY as on ext4.
     assert_eq!(unsafe { libc::isatty(a.as_raw_fd()) }, 0);
     assert_eq!(errno(), libc::ENOTTY, "isatty's errno");
-    let mut flags: libc::c_long = 0;
-    let r = unsafe { libc::ioctl(a.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) };
-    assert_eq!((r, errno()), (-1, libc::ENOTTY), "FS_IOC_GETFLAGS");
     // SEEK_DATA / SEEK_HOLE: the whole file is data.
     let off = unsafe { libc::lseek(a.as_raw_fd(), 0, libc::SEEK_DATA) };
     assert_eq!(off, 0);
@@ -2222,11 +2219,342 @@ fn isatty_seek_data_and_copy_file_range_answer_like_ext4_without_warnings() {
     }
     drop(b);
     assert!(read_file(&m.path("b")) == data);
-    let warnings: Vec<String> = m
-        .log_text()
-        .lines()
-        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
-        .map(String::from)
-        .collect();
+    let warnings = m.warn_and_error_lines();
     assert!(warnings.is_empty(), "log lines: {warnings:#?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// inode flags (lsattr, chattr) and lseek
+
+/// The flag letters `lsattr` prints for `p` (`-d`: a directory itself, not its entries).
+fn lsattr(p: &Path) -> String {
+    let (ok, out, err) = run_tool("lsattr", &[OsStr::new("-d"), p.as_os_str()]);
+    assert!(ok, "lsattr -d {}: {err}", p.display());
+    let out = String::from_utf8(out).unwrap();
+    out.split_whitespace().next().unwrap_or("").to_string()
+}
+
+/// `chattr CHANGE p`: Ok, or chattr's message.
+fn chattr(change: &str, p: &Path) -> Result<(), String> {
+    let (ok, _, err) = run_tool("chattr", &[OsStr::new(change), p.as_os_str()]);
+    if ok {
+        Ok(())
+    } else {
+        Err(err)
+    }
+}
+
+/// Whether the letter is set in lsattr's output.
+fn has_flag(flags: &str, letter: char) -> bool {
+    flags.contains(letter)
+}
+
+/// Clears the immutable flag of a backing file on drop, so a failed test leaves a directory
+/// that can be removed.
+struct Mutable(PathBuf);
+
+impl Drop for Mutable {
+    fn drop(&mut self) {
+        let _ = run_tool("chattr", &[OsStr::new("-i"), self.0.as_os_str()]);
+    }
+}
+
+#[test]
+fn lsattr_shows_c_for_compressed_files_and_the_backing_flags_that_hold_through_the_mount() {
+    let mut m = Mount::unmounted(&[], false);
+    // A plain file: one that was in the backing directory before deflatefs, served as it is.
+    write_file(&m.backing("plain"), b"stored as it is\n");
+    m.mount();
+    write_file(&m.path("packed"), &varied_text(200 * KIB, 3));
+    fs::create_dir(m.path("dir")).unwrap();
+    let packed = lsattr(&m.path("packed"));
+    assert!(
+        has_flag(&packed, 'c'),
+        "a container is compressed: {packed}"
+    );
+    assert_eq!(packed.len(), lsattr(&m.backing("packed")).len(), "{packed}");
+    let plain = lsattr(&m.path("plain"));
+    assert!(
+        !plain.contains(|c| c != '-'),
+        "no flag on a plain file: {plain}"
+    );
+    // ext4's `e` (extents) describes the backing file's layout, not the file in the mount.
+    let dir = lsattr(&m.path("dir"));
+    assert!(
+        !dir.contains(|c| c != '-'),
+        "no flag on a new directory: {dir}"
+    );
+    assert!(!lsattr(&m.path("")).contains(|c| c != '-'));
+    // The raw ioctls: FS_IOC_GETFLAGS (a long for the caller, an int on the wire), and
+    // FS_IOC_FSGETXATTR, which has no compression flag.
+    let f = File::open(m.path("packed")).unwrap();
+    let mut flags: libc::c_long = -1;
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) };
+    assert_eq!(r, 0, "FS_IOC_GETFLAGS: {}", io::Error::last_os_error());
+    assert_eq!(flags & 0xffff_ffff, 0x4, "FS_COMPR_FL only");
+    const FS_IOC_FSGETXATTR: libc::c_ulong = 0x801c_581f;
+    let mut fsx = [0xffu8; 28];
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), FS_IOC_FSGETXATTR, fsx.as_mut_ptr()) };
+    assert_eq!(r, 0, "FS_IOC_FSGETXATTR: {}", io::Error::last_os_error());
+    assert_eq!(fsx, [0u8; 28]);
+    let warnings = m.warn_and_error_lines();
+    assert!(warnings.is_empty(), "log lines: {warnings:#?}");
+}
+
+#[test]
+fn chattr_d_a_and_dir_sync_are_set_on_the_backing_inode_and_shown_back() {
+    let m = Mount::new();
+    write_file(&m.path("f"), b"data\n");
+    fs::create_dir(m.path("d")).unwrap();
+    chattr("+d", &m.path("f")).unwrap();
+    chattr("+A", &m.path("f")).unwrap();
+    chattr("+D", &m.path("d")).unwrap();
+    let f = lsattr(&m.path("f"));
+    assert!(
+        has_flag(&f, 'd') && has_flag(&f, 'A') && has_flag(&f, 'c'),
+        "{f}"
+    );
+    let backing = lsattr(&m.backing("f"));
+    assert!(
+        has_flag(&backing, 'd') && has_flag(&backing, 'A'),
+        "{backing}"
+    );
+    let d = lsattr(&m.path("d"));
+    assert!(has_flag(&d, 'D'), "{d}");
+    assert!(has_flag(&lsattr(&m.backing("d")), 'D'));
+    chattr("-d", &m.path("f")).unwrap();
+    let f = lsattr(&m.path("f"));
+    assert!(!has_flag(&f, 'd') && has_flag(&f, 'A'), "{f}");
+    assert!(!has_flag(&lsattr(&m.backing("f")), 'd'));
+    // Setting what is already set changes nothing and succeeds, `c` included.
+    chattr("+c", &m.path("f")).unwrap();
+    chattr("+A", &m.path("f")).unwrap();
+    assert_eq!(lsattr(&m.path("f")), f);
+    // The same through FS_IOC_FSSETXATTR (xfs_io's chattr): no dump is FS_XFLAG_NODUMP; a
+    // project id cannot be set.
+    const FS_IOC_FSSETXATTR: libc::c_ulong = 0x401c_5820;
+    const FS_XFLAG_NOATIME: u32 = 0x40;
+    const FS_XFLAG_NODUMP: u32 = 0x80;
+    let file = File::open(m.path("f")).unwrap();
+    let mut fsx = [0u8; 28];
+    fsx[..4].copy_from_slice(&(FS_XFLAG_NODUMP | FS_XFLAG_NOATIME).to_ne_bytes());
+    let r = unsafe { libc::ioctl(file.as_raw_fd(), FS_IOC_FSSETXATTR, fsx.as_ptr()) };
+    assert_eq!(r, 0, "FS_IOC_FSSETXATTR: {}", io::Error::last_os_error());
+    let f = lsattr(&m.path("f"));
+    assert!(
+        has_flag(&f, 'd') && has_flag(&f, 'A') && has_flag(&f, 'c'),
+        "{f}"
+    );
+    fsx[12..16].copy_from_slice(&7u32.to_ne_bytes());
+    let r = unsafe { libc::ioctl(file.as_raw_fd(), FS_IOC_FSSETXATTR, fsx.as_ptr()) };
+    assert_eq!((r, errno()), (-1, libc::EOPNOTSUPP), "a project id");
+    assert_eq!(lsattr(&m.path("f")), f);
+}
+
+#[test]
+fn chattr_i_makes_a_file_immutable_through_the_mount_until_chattr_minus_i() {
+    let m = Mount::new();
+    write_file(&m.path("f"), b"kept\n");
+    let _guard = Mutable(m.backing("f"));
+    // Not while open for writing: writes through that descriptor could never be stored.
+    let writer = OpenOptions::new().append(true).open(m.path("f")).unwrap();
+    let err = chattr("+i", &m.path("f")).unwrap_err();
+    assert!(
+        err.contains("busy"),
+        "chattr +i of a file open for writing: {err}"
+    );
+    drop(writer);
+    // A reader keeps the file's open state alive across the changes refused below.
+    let reader = File::open(m.path("f")).unwrap();
+    chattr("+i", &m.path("f")).unwrap();
+    assert!(has_flag(&lsattr(&m.path("f")), 'i'));
+    // Readable; every change is EPERM, as on ext4.
+    assert_eq!(read_file(&m.path("f")), b"kept\n");
+    let write = OpenOptions::new().append(true).open(m.path("f"));
+    expect_errno(write, libc::EPERM, "open for writing");
+    let trunc = OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(m.path("f"));
+    expect_errno(trunc, libc::EPERM, "open with O_TRUNC");
+    let r = unsafe { libc::truncate(cpath(&m.path("f")).as_ptr(), 0) };
+    assert_eq!((r, errno()), (-1, libc::EPERM), "truncate(2)");
+    assert_eq!(
+        pread(&reader, 0, 100).unwrap(),
+        b"kept\n",
+        "after the refused truncate"
+    );
+    expect_errno(
+        fs::set_permissions(m.path("f"), fs::Permissions::from_mode(0o600)),
+        libc::EPERM,
+        "chmod",
+    );
+    expect_errno(fs::remove_file(m.path("f")), libc::EPERM, "unlink");
+    expect_errno(fs::rename(m.path("f"), m.path("g")), libc::EPERM, "rename");
+    expect_errno(
+        setxattr(&m.path("f"), "user.x", b"1", 0),
+        libc::EPERM,
+        "setxattr",
+    );
+    chattr("-i", &m.path("f")).unwrap();
+    drop(reader);
+    assert!(!has_flag(&lsattr(&m.path("f")), 'i'));
+    let mut f = OpenOptions::new().append(true).open(m.path("f")).unwrap();
+    f.write_all(b"more\n").unwrap();
+    drop(f);
+    assert_eq!(read_file(&m.path("f")), b"kept\nmore\n");
+    fs::remove_file(m.path("f")).unwrap();
+    let warnings = m.warn_and_error_lines();
+    assert!(warnings.is_empty(), "log lines: {warnings:#?}");
+}
+
+#[test]
+fn chattr_of_a_flag_the_mount_cannot_honour_is_eopnotsupp_and_changes_nothing() {
+    let m = Mount::new();
+    write_file(&m.path("f"), b"data\n");
+    fs::create_dir(m.path("d")).unwrap();
+    let before = lsattr(&m.path("f"));
+    let backing_before = lsattr(&m.backing("f"));
+    // a (append-only), S (synchronous writes), e (extents), C (no copy on write), j (data
+    // journalling), and c in either direction: a file is converted by rewriting it.
+    for change in ["+a", "+S", "+e", "+C", "+j", "-c"] {
+        let err = chattr(change, &m.path("f")).unwrap_err();
+        assert!(
+            err.contains("Operation not supported"),
+            "chattr {change}: {err}"
+        );
+    }
+    for change in ["+a", "+S", "+c"] {
+        let err = chattr(change, &m.path("d")).unwrap_err();
+        assert!(
+            err.contains("Operation not supported"),
+            "chattr {change} on a directory: {err}"
+        );
+    }
+    assert_eq!(lsattr(&m.path("f")), before);
+    assert_eq!(lsattr(&m.backing("f")), backing_before);
+    let warnings = m.warn_and_error_lines();
+    assert!(warnings.is_empty(), "log lines: {warnings:#?}");
+}
+
+#[test]
+fn seek_data_and_seek_hole_answer_like_ext4_for_a_file_without_holes() {
+    let m = Mount::new();
+    let data = varied_text(300 * KIB, 5);
+    write_file(&m.path("a"), &data);
+    write_file(&m.path("empty"), b"");
+    let len = data.len() as i64;
+    let a = File::open(m.path("a")).unwrap();
+    let seek = |f: &File, off: i64, whence: i32| {
+        let r = unsafe { libc::lseek(f.as_raw_fd(), off, whence) };
+        if r < 0 {
+            Err(errno())
+        } else {
+            Ok(r)
+        }
+    };
+    // Data everywhere in the file; the only hole is the one at its end.
+    assert_eq!(seek(&a, 0, libc::SEEK_DATA), Ok(0));
+    assert_eq!(seek(&a, 1000, libc::SEEK_DATA), Ok(1000));
+    assert_eq!(seek(&a, 0, libc::SEEK_HOLE), Ok(len));
+    assert_eq!(seek(&a, len - 1, libc::SEEK_HOLE), Ok(len));
+    // At or past the end: ENXIO for both.
+    assert_eq!(seek(&a, len, libc::SEEK_DATA), Err(libc::ENXIO));
+    assert_eq!(seek(&a, len, libc::SEEK_HOLE), Err(libc::ENXIO));
+    assert_eq!(seek(&a, len + 5, libc::SEEK_DATA), Err(libc::ENXIO));
+    let empty = File::open(m.path("empty")).unwrap();
+    assert_eq!(seek(&empty, 0, libc::SEEK_DATA), Err(libc::ENXIO));
+    assert_eq!(seek(&empty, 0, libc::SEEK_HOLE), Err(libc::ENXIO));
+    let warnings = m.warn_and_error_lines();
+    assert!(warnings.is_empty(), "log lines: {warnings:#?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// fallocate (README, "Preallocation")
+
+#[test]
+fn fallocate_extends_a_container_with_zeros_and_reserves_nothing() {
+    let m = Mount::new();
+    let f = create(&m.path("f"));
+    pwrite_all(&f, 0, b"head");
+    let len = 64 * MIB as i64;
+    let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, len) };
+    assert_eq!(r, 0, "fallocate: {}", io::Error::last_os_error());
+    assert_eq!(f.metadata().unwrap().len(), len as u64);
+    // KEEP_SIZE: accepted, changes nothing (there is nothing to reserve).
+    let r = unsafe { libc::fallocate(f.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 0, 2 * len) };
+    assert_eq!(r, 0, "fallocate KEEP_SIZE: {}", io::Error::last_os_error());
+    assert_eq!(f.metadata().unwrap().len(), len as u64);
+    // A range inside the file changes nothing either.
+    let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, 4096, 4096) };
+    assert_eq!(r, 0);
+    assert_eq!(f.metadata().unwrap().len(), len as u64);
+    drop(f);
+    let data = read_file(&m.path("f"));
+    assert_eq!(&data[..4], b"head");
+    assert!(
+        data[4..].iter().all(|&b| b == 0),
+        "the extension reads as zeros"
+    );
+    // Nothing reserved: the 64 MiB take a few KiB, in the mount and in the backing directory.
+    let st = lstat(&m.path("f")).unwrap();
+    assert!(
+        st.st_blocks * 512 < MIB as i64,
+        "st_blocks {}",
+        st.st_blocks
+    );
+    assert!(fs::metadata(m.backing("f")).unwrap().blocks() * 512 < MIB as u64);
+}
+
+#[test]
+fn fallocate_punch_hole_zero_range_collapse_and_insert_are_eopnotsupp_on_a_container() {
+    let m = Mount::new();
+    let data = varied_text(256 * KIB, 9);
+    write_file(&m.path("f"), &data);
+    let f = rw_open(&m.path("f"));
+    for (mode, what) in [
+        (
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            "PUNCH_HOLE",
+        ),
+        (libc::FALLOC_FL_ZERO_RANGE, "ZERO_RANGE"),
+        (libc::FALLOC_FL_COLLAPSE_RANGE, "COLLAPSE_RANGE"),
+        (libc::FALLOC_FL_INSERT_RANGE, "INSERT_RANGE"),
+    ] {
+        let r = unsafe { libc::fallocate(f.as_raw_fd(), mode, 0, 64 * KIB as i64) };
+        assert_eq!((r, errno()), (-1, libc::EOPNOTSUPP), "{what}");
+    }
+    drop(f);
+    assert!(read_file(&m.path("f")) == data, "the file is unchanged");
+    let warnings = m.warn_and_error_lines();
+    assert!(warnings.is_empty(), "log lines: {warnings:#?}");
+}
+
+#[test]
+fn fallocate_on_a_plain_file_is_passed_to_the_backing_file() {
+    let mut m = Mount::unmounted(&[], false);
+    let data = random_bytes(256 * KIB, 4);
+    write_file(&m.backing("plain"), &data);
+    m.mount();
+    let f = rw_open(&m.path("plain"));
+    // Extends (and on the backing filesystem, reserves), then punches a hole at the start.
+    let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, MIB as i64) };
+    assert_eq!(r, 0, "mode 0: {}", io::Error::last_os_error());
+    let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    let r = unsafe { libc::fallocate(f.as_raw_fd(), punch, 0, 128 * KIB as i64) };
+    assert_eq!(r, 0, "PUNCH_HOLE: {}", io::Error::last_os_error());
+    drop(f);
+    let mut want = data.clone();
+    want[..128 * KIB].fill(0);
+    want.resize(MIB, 0);
+    assert!(read_file(&m.path("plain")) == want);
+    // The backing file is still plain, with the hole punched in it.
+    let backing = fs::metadata(m.backing("plain")).unwrap();
+    assert_eq!(backing.len(), MIB as u64);
+    assert!(
+        backing.blocks() * 512 <= (MIB - 128 * KIB) as u64,
+        "st_blocks {}",
+        backing.blocks()
+    );
+    assert!(read_file(&m.backing("plain")) == want);
 }

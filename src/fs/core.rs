@@ -230,7 +230,7 @@ impl DeflateFs {
 
     /// Opens `node`'s backing inode with `flags` (through /proc/self/fd), once more after
     /// closing idle descriptors if the process ran out of them.
-    fn reopen(&self, node: &Node, flags: i32) -> FsResult<std::fs::File> {
+    pub(super) fn reopen(&self, node: &Node, flags: i32) -> FsResult<std::fs::File> {
         let fd = self.fd(node)?;
         self.inodes.retry_emfile(|| sys::reopen(fd.raw(), flags))
     }
@@ -241,12 +241,20 @@ impl DeflateFs {
             .ok_or_else(|| FsError::with_context(libc::ENOENT, format!("unknown node {id}")))
     }
 
-    fn handle(&self, fh: u64) -> FsResult<Arc<Handle>> {
+    pub(super) fn handle(&self, fh: u64) -> FsResult<Arc<Handle>> {
         self.handles
             .lock()
             .get(&fh)
             .cloned()
             .ok_or(FsError::new(libc::EBADF))
+    }
+
+    /// Whether a handle open for writing refers to node `id`.
+    pub(super) fn open_for_writing(&self, id: u64) -> bool {
+        self.handles
+            .lock()
+            .values()
+            .any(|h| h.writable && h.node.id == id)
     }
 
     fn check_writable(&self) -> FsResult<()> {
@@ -723,6 +731,10 @@ impl DeflateFs {
             return errno(libc::EFBIG);
         }
         let _ = fh;
+        // The open state would be truncated before the backing file refused the commit.
+        if super::ioctl::writes_refused(self.fd(node)?.raw())? {
+            return errno(libc::EPERM);
+        }
         let open = self.open_state(node)?;
         let r = open.truncate(size).and_then(|_| open.flush());
         self.put_state(node);
@@ -901,7 +913,10 @@ impl DeflateFs {
             let file = match self.reopen(node, access) {
                 Err(e)
                     if access == libc::O_RDWR
-                        && matches!(e.errno, libc::EROFS | libc::EACCES | libc::ETXTBSY) =>
+                        && matches!(
+                            e.errno,
+                            libc::EROFS | libc::EACCES | libc::ETXTBSY | libc::EPERM
+                        ) =>
                 {
                     self.reopen(node, libc::O_RDONLY)?
                 }
@@ -939,7 +954,10 @@ impl DeflateFs {
             libc::O_RDWR
         };
         let file = match self.reopen(node, access) {
-            Err(e) if access == libc::O_RDWR && matches!(e.errno, libc::EACCES | libc::EROFS) => {
+            Err(e)
+                if access == libc::O_RDWR
+                    && matches!(e.errno, libc::EACCES | libc::EROFS | libc::EPERM) =>
+            {
                 self.reopen(node, libc::O_RDONLY)?
             }
             other => other?,
@@ -1039,6 +1057,10 @@ impl DeflateFs {
             NodeKind::Regular => {}
             // Fifos and devices are opened by the kernel itself; never reaches here normally.
             _ => return errno(libc::ENXIO),
+        }
+        // An immutable file (chattr +i) is opened for reading only (EPERM in open_state).
+        if writable && super::ioctl::writes_refused(self.fd(&node)?.raw())? {
+            return errno(libc::EPERM);
         }
         let open = self.open_state(&node)?;
         if flags & libc::O_TRUNC != 0 && writable {
@@ -1278,7 +1300,9 @@ impl DeflateFs {
             // descriptor: the name could be someone else's file by now.
             sys::chown_fd(tmp_raw, Some(st.st_uid), Some(st.st_gid))?;
             sys::chmod_fd(tmp_raw, st.st_mode & 0o7777)?;
-            copy_xattrs(self.fd(node)?.raw(), tmp_raw)?;
+            let node_fd = self.fd(node)?;
+            copy_xattrs(node_fd.raw(), tmp_raw)?;
+            super::ioctl::copy_kept_flags(node_fd.raw(), tmp_raw)?;
             // sync_all: the owner, mode and attributes must be as durable as the data.
             tmp.sync_all()?;
             let tmp_path_fd = sys::openat(
@@ -1287,8 +1311,10 @@ impl DeflateFs {
                 libc::O_PATH | libc::O_NOFOLLOW,
                 0,
             )?;
-            // Stays open for a while after the switch (inode.rs, RETIRED_GRACE).
-            let old_fd = self.fd(node)?.raw();
+            // Held across the switch: the old inode's descriptor must stay open while it is
+            // read below, whatever eviction or retirement does with the node's own.
+            let old_backing = self.fd(node)?;
+            let old_fd = old_backing.raw();
             {
                 let _names = self.names.lock(&[parent]);
                 // Under the directory's name lock, nothing moves the file's names: check that
@@ -1319,7 +1345,8 @@ impl DeflateFs {
                 // requests reach the new inode.
                 self.inodes.replace_backing(node, tmp_path_fd, &tmp_st);
             }
-            let new_fd = self.fd(node)?.raw();
+            let new_backing = self.fd(node)?;
+            let new_fd = new_backing.raw();
             // A chmod, chown, setxattr or utimens that reached the old inode while the copy was
             // made would be undone: carry the old inode's final attributes over.
             let old = sys::fstat(old_fd).unwrap_or(st);

@@ -20,6 +20,7 @@ use fuser::{
 
 use super::core::{Caller, DeflateFs, SetAttr, TimeSpec};
 use super::error::FsResult;
+use super::ioctl::{self, FlagsCommand};
 
 /// How long the kernel may cache attributes and names. Only this daemon changes the backing tree
 /// while it is mounted (docs/FORMAT.md), so a short cache is safe and saves many getattr calls.
@@ -628,20 +629,28 @@ impl Filesystem for FuseAdapter {
     // better, without fuser's "[Not Implemented]" warning: a shell's or runtime's isatty() sends
     // TCGETS for every file it opens, and `python3 -m venv` alone logged 1,757 such warnings.
 
-    /// No ioctl is supported: ENOTTY, what ext4 gives for TCGETS and other commands it does not
-    /// know.
+    /// The inode flags of lsattr and chattr (`ioctl.rs`); every other command is ENOTTY, what
+    /// ext4 gives for TCGETS and other commands it does not know.
     fn ioctl(
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _flags: IoctlFlags,
-        _cmd: u32,
-        _in_data: &[u8],
-        _out_size: u32,
+        cmd: u32,
+        in_data: &[u8],
+        out_size: u32,
         reply: ReplyIoctl,
     ) {
-        reply.error(Errno::from_i32(libc::ENOTTY));
+        let Some(command) = FlagsCommand::from_cmd(cmd) else {
+            return reply.error(Errno::from_i32(libc::ENOTTY));
+        };
+        match guarded("ioctl", || {
+            ioctl::inode_flags(&self.fs, fh.0, command, in_data, out_size)
+        }) {
+            Ok(out) => reply.ioctl(0, &out),
+            Err(e) => reply.error(e),
+        }
     }
 
     /// ENOSYS makes the kernel seek by itself from then on (SEEK_DATA/SEEK_HOLE then treat the

@@ -8,6 +8,7 @@ pub mod error;
 pub mod file;
 pub mod fuse;
 pub mod inode;
+pub mod ioctl;
 pub mod namelock;
 pub mod sys;
 

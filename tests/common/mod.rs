@@ -432,6 +432,16 @@ impl Mount {
         String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
     }
 
+    /// The log's WARN and ERROR lines so far (the default level logs nothing worse than INFO
+    /// for a workload without damage or failures).
+    pub fn warn_and_error_lines(&self) -> Vec<String> {
+        self.log_text()
+            .lines()
+            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+            .map(String::from)
+            .collect()
+    }
+
     /// The daemon's stderr so far.
     pub fn stderr_text(&self) -> String {
         String::from_utf8_lossy(&std::fs::read(&self.stderr).unwrap_or_default()).into_owned()
