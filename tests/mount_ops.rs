@@ -2185,7 +2185,7 @@ fn readdir_reports_the_file_type_of_fifos_sockets_and_symlinks() {
 }
 
 #[test]
-fn isatty_seek_data_and_copy_file_range_answer_like_ext4_without_warnings() {
+fn isatty_seek_data_copy_file_range_and_poll_answer_like_ext4_without_warnings() {
     let m = Mount::new();
     let data = varied_text(300 * KIB, 11);
     write_file(&m.path("a"), &data);
@@ -2219,6 +2219,14 @@ fn isatty_seek_data_and_copy_file_range_answer_like_ext4_without_warnings() {
     }
     drop(b);
     assert!(read_file(&m.path("b")) == data);
+    // poll() (configure scripts use it): a regular file is always ready, as on ext4.
+    let mut pfd = libc::pollfd {
+        fd: a.as_raw_fd(),
+        events: libc::POLLIN | libc::POLLOUT,
+        revents: 0,
+    };
+    assert_eq!(unsafe { libc::poll(&mut pfd, 1, 1000) }, 1);
+    assert_eq!(pfd.revents, libc::POLLIN | libc::POLLOUT);
     let warnings = m.warn_and_error_lines();
     assert!(warnings.is_empty(), "log lines: {warnings:#?}");
 }

@@ -14,8 +14,8 @@ use fuser::{
     AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
     Generation, INodeNo, IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
     ReplyBmap, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
-    ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
-    WriteFlags,
+    ReplyIoctl, ReplyLseek, ReplyOpen, ReplyPoll, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
+    TimeOrNow, WriteFlags,
 };
 
 use super::core::{Caller, DeflateFs, SetAttr, TimeSpec};
@@ -686,6 +686,22 @@ impl Filesystem for FuseAdapter {
 
     /// There are no block numbers to map (FIBMAP): ENOSYS, as fuser answers, without the warning.
     fn bmap(&self, _req: &Request, _ino: INodeNo, _blocksize: u32, _idx: u64, reply: ReplyBmap) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    /// ENOSYS: the kernel then answers every poll of the mount's files itself with "ready for
+    /// reading and writing" (and never asks again), which is what ext4 answers for regular
+    /// files. fuser's default would say the same with a warning each time.
+    fn poll(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _ph: fuser::PollNotifier,
+        _events: fuser::PollEvents,
+        _flags: fuser::PollFlags,
+        reply: ReplyPoll,
+    ) {
         reply.error(Errno::ENOSYS);
     }
 }
