@@ -361,26 +361,9 @@ fn reading_a_file_leaves_its_backing_file_untouched() {
 
 /// `user.deflatefs.engine`'s `stored_reads_in_place` counter.
 fn stored_reads_in_place(m: &Mount) -> u64 {
-    let report = xattr_text(&m.mnt, "user.deflatefs.engine");
-    report
-        .lines()
-        .find_map(|l| l.strip_prefix("stored_reads_in_place="))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no stored_reads_in_place in {report}"))
-}
-
-fn xattr_text(p: &Path, name: &str) -> String {
-    let (ok, out, err) = common::run_tool(
-        "getfattr",
-        &[
-            "-n".as_ref(),
-            name.as_ref(),
-            "--only-values".as_ref(),
-            p.as_os_str(),
-        ],
-    );
-    assert!(ok, "getfattr {name}: {err}");
-    String::from_utf8(out).unwrap()
+    let v = common::engine_report_value(&m.mnt, "stored_reads_in_place");
+    v.parse()
+        .unwrap_or_else(|_| panic!("stored_reads_in_place={v} is not a number"))
 }
 
 /// Stored (incompressible) chunks are read straight into place, their framing and CRC checked

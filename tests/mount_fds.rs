@@ -13,43 +13,13 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
 
-use common::{run_tool, Mount};
+use common::{engine_report_value, Mount};
 
 /// `key=value` of `user.deflatefs.engine` on the mount's root, as a number.
 fn engine_counter(mnt: &Path, key: &str) -> u64 {
-    let (ok, out, err) = run_tool(
-        "getfattr",
-        &[
-            "-n".as_ref(),
-            "user.deflatefs.engine".as_ref(),
-            "--only-values".as_ref(),
-            mnt.as_os_str(),
-        ],
-    );
-    assert!(ok, "getfattr: {err}");
-    let text = String::from_utf8(out).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{key}=")))
-        .unwrap_or_else(|| panic!("no {key} in the engine report:\n{text}"))
-        .parse()
-        .unwrap()
-}
-
-fn engine_text(mnt: &Path, key: &str) -> String {
-    let (_, out, _) = run_tool(
-        "getfattr",
-        &[
-            "-n".as_ref(),
-            "user.deflatefs.engine".as_ref(),
-            "--only-values".as_ref(),
-            mnt.as_os_str(),
-        ],
-    );
-    String::from_utf8(out)
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{key}=")).map(str::to_string))
-        .unwrap_or_default()
+    let v = engine_report_value(mnt, key);
+    v.parse()
+        .unwrap_or_else(|_| panic!("{key}={v} is not a number"))
 }
 
 /// Descriptors the daemon holds now.
@@ -130,7 +100,7 @@ fn descriptors_stay_within_the_bound(by_name: bool) {
         "the daemon holds {now} descriptors in the backing directory, bound 32"
     );
     assert_eq!(
-        engine_text(&m.mnt, "inode_reopen"),
+        engine_report_value(&m.mnt, "inode_reopen"),
         if by_name { "name" } else { "handle" }
     );
     m.unmount();

@@ -490,6 +490,27 @@ pub fn run_tool(prog: &str, args: &[&std::ffi::OsStr]) -> (bool, Vec<u8>, String
 }
 
 /// A NUL-terminated copy of a path for libc calls.
+/// The value of `key` in `user.deflatefs.engine` on the mount's root (one `key=value` per line),
+/// read with getfattr; panics naming the key if the report lacks it.
+pub fn engine_report_value(mnt: &Path, key: &str) -> String {
+    let (ok, out, err) = run_tool(
+        "getfattr",
+        &[
+            "-n".as_ref(),
+            "user.deflatefs.engine".as_ref(),
+            "--only-values".as_ref(),
+            mnt.as_os_str(),
+        ],
+    );
+    assert!(ok, "getfattr user.deflatefs.engine: {err}");
+    let report = String::from_utf8(out).unwrap();
+    report
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("no {key} in the engine report:\n{report}"))
+}
+
 pub fn cpath(p: &Path) -> CString {
     CString::new(p.as_os_str().as_bytes()).expect("path without NUL")
 }
