@@ -108,36 +108,12 @@ pub fn inode_flags(
             out[..4].copy_from_slice(&to_xflags(shown).to_ne_bytes());
             sized(out, out_size)
         }
-        FlagsCommand::SetFlags => {
-            let wanted = u32_at(in_data, 0)?;
-            set_flags(
-                fs,
-                &h.node,
-                backing.as_raw_fd(),
-                backing_flags,
-                shown,
-                wanted,
-            )?;
-            Ok(Vec::new())
-        }
-        FlagsCommand::SetXattr => {
-            if in_data.len() < FSXATTR_SIZE {
-                return errno(libc::EINVAL);
-            }
-            let xflags = u32_at(in_data, 0)?;
-            // extsize, projid and cowextsize are shown as 0 and cannot be set.
-            let (extsize, projid, cowextsize) = (
-                u32_at(in_data, 4)?,
-                u32_at(in_data, 12)?,
-                u32_at(in_data, 16)?,
-            );
-            if xflags & !(FS_XFLAG_IMMUTABLE | FS_XFLAG_NOATIME | FS_XFLAG_NODUMP) != 0
-                || (extsize, projid, cowextsize) != (0, 0, 0)
-            {
-                return errno(libc::EOPNOTSUPP);
-            }
-            let xflag_bits = FS_IMMUTABLE_FL | FS_NOATIME_FL | FS_NODUMP_FL;
-            let wanted = (shown & !xflag_bits) | from_xflags(xflags);
+        FlagsCommand::SetFlags | FlagsCommand::SetXattr => {
+            let wanted = if command == FlagsCommand::SetFlags {
+                u32_at(in_data, 0)?
+            } else {
+                wanted_from_fsxattr(in_data, shown)?
+            };
             set_flags(
                 fs,
                 &h.node,
@@ -149,6 +125,28 @@ pub fn inode_flags(
             Ok(Vec::new())
         }
     }
+}
+
+/// The flags an FS_IOC_FSSETXATTR asks for, as the mount shows flags: `shown` with its
+/// immutable, noatime and nodump bits replaced. Anything else it could set (other xflags,
+/// extsize, a project id, cowextsize, all shown as 0) is EOPNOTSUPP.
+fn wanted_from_fsxattr(in_data: &[u8], shown: u32) -> FsResult<u32> {
+    if in_data.len() < FSXATTR_SIZE {
+        return errno(libc::EINVAL);
+    }
+    let xflags = u32_at(in_data, 0)?;
+    let (extsize, projid, cowextsize) = (
+        u32_at(in_data, 4)?,
+        u32_at(in_data, 12)?,
+        u32_at(in_data, 16)?,
+    );
+    if xflags & !(FS_XFLAG_IMMUTABLE | FS_XFLAG_NOATIME | FS_XFLAG_NODUMP) != 0
+        || (extsize, projid, cowextsize) != (0, 0, 0)
+    {
+        return errno(libc::EOPNOTSUPP);
+    }
+    let xflag_bits = FS_IMMUTABLE_FL | FS_NOATIME_FL | FS_NODUMP_FL;
+    Ok((shown & !xflag_bits) | from_xflags(xflags))
 }
 
 /// Sets `wanted` (as the mount shows flags) on `node`'s backing inode, open as `fd`, whose flags
