@@ -30,6 +30,8 @@ import tempfile
 import time
 import urllib.request
 
+from util import unmount
+
 TARBALL = "sed_4.9.orig.tar.xz"
 URL = f"http://deb.debian.org/debian/pool/main/s/sed/{TARBALL}"
 SHA256 = "6e226b732e1cd739464ad6862bd1a1aba42d7982922da7a53519631d24975181"
@@ -49,21 +51,6 @@ def fetch(cache):
     if digest != SHA256:
         sys.exit(f"{path}: SHA-256 {digest}, expected {SHA256}")
     return path
-
-
-def mounted(path):
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == path for line in f)
-
-
-def umount(path):
-    for _ in range(50):
-        if not mounted(path):
-            return
-        if subprocess.run(["umount", path], stderr=subprocess.DEVNULL).returncode == 0:
-            return
-        time.sleep(0.1)
-    subprocess.run(["umount", "-l", path])
 
 
 def timed(cmd, cwd):
@@ -101,7 +88,7 @@ def build_once(system, work, tarball):
         return r
     finally:
         if top == mnt:
-            umount(mnt)
+            unmount(mnt)
         if system == "deflatefs" and os.path.exists(f"{work}/deflatefs.log"):
             bad = [line for line in open(f"{work}/deflatefs.log")
                    if " WARN " in line or " ERROR " in line]
@@ -137,7 +124,7 @@ def main():
                 shutil.rmtree(work)
     finally:
         for mnt in [os.path.join(base, d, "mnt") for d in os.listdir(base)]:
-            umount(mnt)
+            unmount(mnt)
         shutil.rmtree(base, ignore_errors=True)
     med = {s: {k: statistics.median(r[k] for r in results[s]) for k in results[s][0]}
            for s in systems}

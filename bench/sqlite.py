@@ -22,6 +22,8 @@ import sys
 import threading
 import time
 
+from util import log, unmount
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_BIN = os.path.join(
     os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "deflatefs"
@@ -29,27 +31,6 @@ DEFAULT_BIN = os.path.join(
 SYSTEMS = ("plain", "bindfs", "deflatefs")
 MODES = ("wal", "delete")
 SUFFIXES = ("", "-wal", "-journal")
-
-
-def log(msg):
-    print(msg, file=sys.stderr, flush=True)
-
-
-def is_mounted(path):
-    path = os.path.realpath(path)
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == path for line in f)
-
-
-def unmount(path):
-    for attempt in range(50):
-        if not is_mounted(path):
-            return
-        subprocess.run(["umount", path], stderr=subprocess.DEVNULL)
-        if attempt > 10:
-            subprocess.run(["umount", "-l", path], stderr=subprocess.DEVNULL)
-        time.sleep(0.1)
-    raise RuntimeError(f"could not unmount {path}")
 
 
 class System:

@@ -111,6 +111,19 @@ def is_mounted(path):
     return path in mounts_under(path)
 
 
+def unmount(path):
+    """umount `path` until it is gone (lazily after 10 tries); raises if it stays mounted."""
+    path = os.path.realpath(path)
+    for attempt in range(50):
+        if not is_mounted(path):
+            return
+        subprocess.run(["umount", path], stderr=subprocess.DEVNULL)
+        if attempt > 10:
+            subprocess.run(["umount", "-l", path], stderr=subprocess.DEVNULL)
+        time.sleep(0.1)
+    raise RuntimeError(f"could not unmount {path}")
+
+
 def loadavg():
     with open("/proc/loadavg") as f:
         return " ".join(f.read().split()[:3])
