@@ -1,7 +1,8 @@
 //! Hostile and damaged backing files, through a mount (docs/FORMAT.md, "Foreign, damaged and
 //! changed files"):
-//! - a bad CRC, a bad deflate stream, pieces that overlap (duplicate entries for a chunk): EIO for
-//!   that chunk only, the rest reads, one log line per file however often it is read;
+//! - a bad CRC, a bad deflate stream, a duplicate entry for a chunk's piece, a piece after a
+//!   gap: EIO for that chunk only, the rest reads, one log line per file however often it is
+//!   read;
 //! - an index pointing outside the file, a commit with a size that overflows: the commit is not
 //!   used (the file opens at an earlier one, or reads EIO as a whole when none is left);
 //! - foreign gzip files and files that merely start like a container are plain files;
@@ -114,7 +115,9 @@ fn append_commit(p: &Path, entries: &[[u8; 64]], size: u64) {
 fn damage_gives_eio_for_the_affected_range_and_one_log_line_per_file() {
     let mut m = Mount::with_opts(&["chunk=16k", "cache=0"]);
     let data = varied_text(200_000, 1);
-    for name in ["crc", "deflate", "dup", "outside", "overflow", "index"] {
+    for name in [
+        "crc", "deflate", "dup", "gap", "outside", "overflow", "index",
+    ] {
         write_file(&m.path(name), &data);
     }
     m.unmount();
@@ -124,17 +127,26 @@ fn damage_gives_eio_for_the_affected_range_and_one_log_line_per_file() {
     // A damaged deflate stream (chunk 5).
     let (start, end) = data_member(&m.backing("deflate"), 5);
     flip(&m.backing("deflate"), (start + end) / 2);
-    // A piece that overlaps its chunk (chunk 2): an entry no writer would make.
+    // A duplicate entry for chunk 2 (its piece again, as an overlay of itself): no writer
+    // makes one, since every piece is a member of its own, stored after the ones before it.
+    {
+        let c = Container::open(File::open(m.backing("dup")).unwrap()).unwrap();
+        let mut dup = c.index().pieces(2)[0].clone();
+        dup.reset = false;
+        append_commit(&m.backing("dup"), &[dup.encode()], 200_000);
+    }
+    // A piece that leaves a gap after what its chunk stores (the last chunk, 12, holds 3,392
+    // bytes): pieces continue their chunk or lie over it.
     {
         let mut c = Container::open(
             OpenOptions::new()
                 .read(true)
                 .write(true)
-                .open(m.backing("dup"))
+                .open(m.backing("gap"))
                 .unwrap(),
         )
         .unwrap();
-        let (mem, e) = build_stored_member(2 * CHUNK as u64 + 100, false, b"overlapping");
+        let (mem, e) = build_stored_member(12 * CHUNK as u64 + 3_400, false, b"after a gap");
         c.append_member(&mem, e).unwrap();
         c.commit().unwrap();
     }
@@ -161,6 +173,7 @@ fn damage_gives_eio_for_the_affected_range_and_one_log_line_per_file() {
     assert_eq!(eio_chunks(&m.path("crc"), &data), vec![3]);
     assert_eq!(eio_chunks(&m.path("deflate"), &data), vec![5]);
     assert_eq!(eio_chunks(&m.path("dup"), &data), vec![2]);
+    assert_eq!(eio_chunks(&m.path("gap"), &data), vec![12]);
     // A commit that cannot be used: the file opens at the commit before (overflow: the commit
     // is not even recognised) or fails as a whole (outside: its index names no valid member).
     assert_eq!(fs::read(m.path("overflow")).unwrap(), data);

@@ -15,8 +15,8 @@ use super::record::{
 use super::{
     corrupt, ChunkIndex, ContainerError, IndexEntry, PieceKind, Result, AUX_MEMBER_LEN,
     CHECKPOINT_MAX_DELTAS, CHECKPOINT_MIN_ENTRIES, COMMIT_MEMBER_LEN, COMPACTION_MIN_LEN,
-    DATA_HEADER_LEN, HEADER_MEMBER_LEN, MAX_CHUNK_LOG2, MAX_INDEX_ENTRIES_PER_MEMBER,
-    MEMBER_TRAILER_LEN, MIN_CHUNK_LOG2,
+    DATA_HEADER_LEN, HEADER_MEMBER_LEN, MAX_CHUNK_LOG2, MAX_CHUNK_PIECES,
+    MAX_INDEX_ENTRIES_PER_MEMBER, MEMBER_TRAILER_LEN, MIN_CHUNK_LOG2,
 };
 
 const COMMIT_LEN: u64 = COMMIT_MEMBER_LEN as u64;
@@ -1124,13 +1124,14 @@ impl Container {
     }
 
     /// FORMAT.md "Compaction": the file is committed, the container is at least 1 MiB, and
-    /// either the stale bytes exceed half of it or chunks hold more than two pieces on average.
+    /// either the stale bytes exceed half of it or chunks hold more than [`MAX_CHUNK_PIECES`]
+    /// pieces on average.
     pub fn needs_compaction(&self) -> bool {
         if self.has_pending() || self.container_len < COMPACTION_MIN_LEN {
             return false;
         }
         self.stale_bytes() > self.container_len / 2
-            || self.index.live_entry_count() > 2 * self.index.chunk_count()
+            || self.index.live_entry_count() > MAX_CHUNK_PIECES * self.index.chunk_count()
     }
 
     /// Resets to an empty container in place (truncate-to-zero): ftruncate 0, then header and

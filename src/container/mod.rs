@@ -47,6 +47,10 @@ pub const MIN_CHUNK_LOG2: u8 = 12;
 pub const MAX_CHUNK_LOG2: u8 = 22;
 /// Compaction is only considered for containers at least this long.
 pub const COMPACTION_MIN_LEN: u64 = 1 << 20;
+/// A writer lays overlay pieces over a chunk only while it holds fewer than this many pieces
+/// (docs/FORMAT.md, "Writing"); compaction is due when the chunks hold more than this many
+/// pieces on average, which only appended pieces reach (a log fsync'd after every line).
+pub const MAX_CHUNK_PIECES: u64 = 16;
 /// Checkpoint policy: a checkpoint is written after this many delta commits, and when the
 /// entries written since the last checkpoint exceed `max(live entries, CHECKPOINT_MIN_ENTRIES)`.
 pub const CHECKPOINT_MAX_DELTAS: u64 = 1024;

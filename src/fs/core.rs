@@ -73,6 +73,10 @@ pub struct DeflateFs {
     next_handle: AtomicU64,
     ctx: Arc<FileContext>,
     shutting_down: AtomicBool,
+    /// Set when an fsync leaves a file due for compaction: the flusher then compacts at its
+    /// next pass (50 ms) instead of its once-a-second round, so a database that fsyncs
+    /// hundreds of times a second does not grow for a second past the threshold.
+    compaction_due: AtomicBool,
     /// Files checked by [`OpenMode::Recover`] in this mount (by node).
     recovered: Mutex<HashMap<u64, Recovered>>,
     /// Digests of plain files (containers keep theirs in their open state).
@@ -201,6 +205,7 @@ impl DeflateFs {
             next_handle: AtomicU64::new(1),
             ctx,
             shutting_down: AtomicBool::new(false),
+            compaction_due: AtomicBool::new(false),
             recovered: Mutex::new(HashMap::new()),
             plain_digests: PlainDigests::new(),
             probes: ProbeCache::new(),
@@ -1404,8 +1409,16 @@ impl DeflateFs {
 
     pub fn fsync(&self, fh: u64, datasync: bool) -> FsResult<()> {
         let h = self.handle(fh)?;
-        match &h.file {
-            Some(f) => f.fsync(datasync),
+        match h.file.as_deref() {
+            Some(f) => {
+                f.fsync(datasync)?;
+                if let OpenFile::Container(c) = f {
+                    if !self.opts.read_only && c.wants_compaction() {
+                        self.compaction_due.store(true, Ordering::Relaxed);
+                    }
+                }
+                Ok(())
+            }
             None => Ok(()),
         }
     }
@@ -1596,7 +1609,7 @@ impl DeflateFs {
                     // Commit every 5 s what writers left uncommitted, like ext4's commit interval.
                     fs.background_pass(tick.is_multiple_of(100));
                     // Files kept open are compacted within a second of crossing the threshold.
-                    if tick.is_multiple_of(20) {
+                    if tick.is_multiple_of(20) || fs.compaction_due.swap(false, Ordering::Relaxed) {
                         fs.compact_open_files();
                         fs.inodes.prune_retired();
                     }

@@ -27,8 +27,8 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 use super::cache::{ChunkCache, ChunkKey};
 use super::error::{FsError, FsResult};
 use crate::container::{
-    self, Container, IndexEntry, PieceKind, StoredLayout, DATA_HEADER_LEN, MAX_STORED_BLOCK,
-    MEMBER_TRAILER_LEN, STORED_BLOCK_OVERHEAD,
+    self, Container, IndexEntry, PieceKind, StoredLayout, DATA_HEADER_LEN, MAX_CHUNK_PIECES,
+    MAX_STORED_BLOCK, MEMBER_TRAILER_LEN, STORED_BLOCK_OVERHEAD,
 };
 use crate::digest::{chunk_cv, ChainingValue};
 use crate::engine::pool::{BufferPool, PoolBuf};
@@ -212,6 +212,12 @@ impl PlainFile {
     }
 }
 
+/// Pieces up to this long are compressed on the writer's thread (`Engine::run_now`).
+const INLINE_PIECE_MAX: usize = 16 << 10;
+
+/// [`DirtyChunk::changed`] when nothing changed.
+const UNCHANGED: (usize, usize) = (usize::MAX, 0);
+
 /// One chunk held in memory by the writer.
 struct DirtyChunk {
     /// Capacity: the chunk size; bytes `[..valid]` are the chunk's content.
@@ -221,8 +227,15 @@ struct DirtyChunk {
     persisted: usize,
     /// Content changed since it was last submitted.
     dirty: bool,
-    /// Something below `persisted` changed: the next piece must replace the chunk (RESET).
+    /// The chunk must be replaced as a whole (RESET) by the next piece: bytes beyond `valid` that
+    /// the container holds must not come back (truncation), or what it holds is not a prefix
+    /// of `buf`.
     rewrite: bool,
+    /// Bytes `[changed.0..changed.1]` hold every change since the chunk was last submitted
+    /// (`changed.0 > changed.1` when nothing changed). With `persisted > 0` and no `rewrite`, the
+    /// next piece need only cover them: an overlay piece when they start below `persisted`, an
+    /// appended piece when they start at it.
+    changed: (usize, usize),
     /// The chunk was read from the container to be changed in place (not written whole by a
     /// streaming writer): when it is submitted, a clean copy stays resident, so the next small
     /// write to it (a database rewriting the same pages) needs no read and decode.
@@ -428,7 +441,9 @@ impl ContainerFile {
         s.container = rebuilt;
         s.epoch = self.ctx.next_epoch();
         *self.reader.lock() = reader;
-        st.dirty.retain(|_, d| d.dirty);
+        // Chunks kept resident stay: the compacted container holds the same bytes for them, so
+        // a database that rewrites the same pages goes on without reading and decoding them
+        // again after every compaction. (Everything was flushed: none is dirty.)
         Ok(())
     }
 
@@ -666,27 +681,7 @@ impl ContainerFile {
             }
         }
         let mut out = vec![0u8; extent];
-        // A deflatefs writer stores a chunk as a RESET piece at its start followed by pieces that
-        // each continue where the previous ended (docs/FORMAT.md); anything else (overlapping or
-        // duplicate entries, gaps) is damage, not a version that was ever written.
-        let mut end_so_far = 0u64;
-        for p in pieces {
-            let at = p.logical_offset - chunk_start;
-            if p.reset {
-                end_so_far = 0;
-            }
-            if at != end_so_far {
-                return Err(FsError::with_context(
-                    libc::EIO,
-                    format!(
-                        "piece at {} does not continue its chunk (expected offset {})",
-                        p.logical_offset,
-                        chunk_start + end_so_far
-                    ),
-                ));
-            }
-            end_so_far = at + p.logical_len as u64;
-        }
+        check_piece_order(chunk_start, pieces)?;
         for p in pieces {
             if p.kind == PieceKind::Hole {
                 let start = (p.logical_offset - chunk_start) as usize;
@@ -954,13 +949,14 @@ impl ContainerFile {
                 st.dirty.insert(chunk, d);
             }
             let d = st.dirty.get_mut(&chunk).expect("just inserted");
-            if a > d.valid {
+            let from = if a > d.valid {
                 d.buf[d.valid..a].fill(0);
-            }
+                d.valid
+            } else {
+                a
+            };
             d.buf[a..b].copy_from_slice(src);
-            if a < d.persisted {
-                d.rewrite = true;
-            }
+            d.changed = (d.changed.0.min(from), d.changed.1.max(b));
             d.valid = d.valid.max(b);
             d.dirty = true;
             pos = chunk_start + b as u64;
@@ -1010,6 +1006,7 @@ impl ContainerFile {
                 persisted: 0,
                 dirty: false,
                 rewrite: true,
+                changed: UNCHANGED,
                 keep_after_submit: false,
             });
         }
@@ -1025,6 +1022,7 @@ impl ContainerFile {
             persisted,
             dirty: false,
             rewrite: persisted == 0,
+            changed: UNCHANGED,
             keep_after_submit: true,
         })
     }
@@ -1062,7 +1060,10 @@ impl ContainerFile {
     }
 
     /// Hands one dirty chunk to the engine. A chunk that was only appended to is sent as a piece
-    /// holding just the new bytes; anything else replaces the whole chunk.
+    /// holding just the new bytes; one changed inside what is stored, as an overlay piece holding
+    /// just the changed range while the chunk has room for it (`overlay_fits`): a 4 KiB page
+    /// rewritten by a database costs 4 KiB of compression, not the chunk's. Anything else
+    /// replaces the whole chunk.
     fn submit_chunk(&self, st: &mut MutexGuard<'_, WriteState>, chunk: u64) -> FsResult<()> {
         let cs = self.chunk_size();
         let chunk_start = chunk << self.chunk_log2;
@@ -1073,24 +1074,31 @@ impl ContainerFile {
             return Ok(());
         }
         let lost = self.store.inner.lock().lost.contains_key(&chunk);
-        let append_only = !d.rewrite && d.persisted > 0 && !lost;
-        // The entry's BLAKE3 chaining value covers the whole chunk: for an appended piece it is
-        // computed here from the chunk so far; for a whole-chunk piece, on the engine worker
-        // (`None`). With `digests=off` it is all zero: "not computed".
-        let (input, offset_in_chunk, reset, cv) = if append_only {
-            if d.valid == d.persisted {
+        // What the next piece covers when it need not replace the chunk: the bytes changed
+        // since the last submit, appended after what is stored or laid over it.
+        let partial = if !d.rewrite && d.persisted > 0 && !lost {
+            let (lo, hi) = d.changed;
+            if lo >= hi {
                 d.dirty = false;
                 return Ok(());
             }
-            let n = d.valid - d.persisted;
-            let mut input = self.take_job_buffer(n)?;
-            input.copy_from_slice(&d.buf[d.persisted..d.valid]);
+            (lo >= d.persisted || self.overlay_fits(chunk, hi - lo)).then_some((lo, hi))
+        } else {
+            None
+        };
+        let d = st.dirty.get_mut(&chunk).expect("present");
+        // The entry's BLAKE3 chaining value covers the whole chunk: for a partial piece it is
+        // computed here from the chunk so far; for a whole-chunk piece, on the engine worker
+        // (`None`). With `digests=off` it is all zero: "not computed".
+        let (input, offset_in_chunk, reset, cv) = if let Some((lo, hi)) = partial {
+            let mut input = self.take_job_buffer(hi - lo)?;
+            input.copy_from_slice(&d.buf[lo..hi]);
             let cv = if self.ctx.digests {
                 chunk_cv(chunk_start, &d.buf[..d.valid])
             } else {
                 [0; 32]
             };
-            (input, d.persisted, false, Some(cv))
+            (input, lo, false, Some(cv))
         } else if d.valid == cs && !lost && !d.keep_after_submit {
             // Written whole by a streaming writer: hand the buffer over instead of copying it.
             let d = st.dirty.remove(&chunk).expect("present");
@@ -1105,6 +1113,7 @@ impl ContainerFile {
             d.persisted = d.valid;
             d.dirty = false;
             d.rewrite = false;
+            d.changed = UNCHANGED;
         }
         let len = input.len();
         let output = self
@@ -1120,14 +1129,33 @@ impl ContainerFile {
             *s.inflight_chunks.entry(chunk).or_insert(0) += 1;
         }
         let logical_offset = chunk_start + offset_in_chunk as u64;
+        let op = Op::Compress {
+            level: self.ctx.level,
+            headroom: DATA_HEADER_LEN,
+            tailroom: MEMBER_TRAILER_LEN,
+        };
+        if len <= INLINE_PIECE_MAX {
+            // A piece this small (a database page, a log line) compresses in tens of
+            // microseconds: a round trip through a queue, two thread wake-ups, costs more than
+            // the work, and an fsync is waiting for it.
+            let c = self.ctx.engine.run_now(op, input, output);
+            land_compressed(
+                &self.store,
+                &self.label,
+                seq,
+                chunk,
+                logical_offset,
+                reset,
+                len,
+                cv,
+                c,
+            );
+            return Ok(());
+        }
         let store = self.store.clone();
         let label = self.label.clone();
         let job = Job {
-            op: Op::Compress {
-                level: self.ctx.level,
-                headroom: DATA_HEADER_LEN,
-                tailroom: MEMBER_TRAILER_LEN,
-            },
+            op,
             input,
             output,
             on_complete: Box::new(move |c: Completion| {
@@ -1146,6 +1174,20 @@ impl ContainerFile {
         };
         self.ctx.engine.submit(vec![job]);
         Ok(())
+    }
+
+    /// Whether a change of `len` bytes inside what `chunk` already stores may go in as an overlay
+    /// piece rather than a rewrite of the whole chunk: the chunk keeps at most
+    /// [`MAX_CHUNK_PIECES`] pieces, and its overlay pieces at most half of the chunk's bytes,
+    /// so reading it decodes at most 1.5 chunks and its backing space stays within about
+    /// 1.5x of the chunk's until a rewrite or compaction folds them in.
+    fn overlay_fits(&self, chunk: u64, len: usize) -> bool {
+        let s = self.store.inner.lock();
+        let pieces = s.container.index().pieces(chunk);
+        let inflight = s.inflight_chunks.get(&chunk).copied().unwrap_or(0) as usize;
+        let overlaid: usize = pieces.iter().skip(1).map(|p| p.logical_len as usize).sum();
+        ((pieces.len() + inflight) as u64) < MAX_CHUNK_PIECES
+            && overlaid + len <= self.chunk_size() / 2
     }
 
     /// A job input buffer of exactly `len` bytes, from the dirty pool.
@@ -1478,6 +1520,55 @@ fn frame_member(
         chaining_value: cv,
     };
     (output, entry)
+}
+
+/// Checks that a chunk's pieces are ones a deflatefs writer makes (docs/FORMAT.md, "Read a
+/// chunk"): a RESET piece starts at the chunk's first byte; every other piece starts within what
+/// the pieces before it reach (continuing them, or laid over them), and lies in a later member.
+/// Anything else (gaps, duplicate entries, members out of order) is damage, not a version that
+/// was ever written: an I/O error for the chunk.
+pub(crate) fn check_piece_order(chunk_start: u64, pieces: &[IndexEntry]) -> FsResult<()> {
+    let mut reach = 0u64;
+    let mut last_member: Option<u64> = None;
+    for p in pieces {
+        let at = p.logical_offset - chunk_start;
+        if p.reset {
+            reach = 0;
+            if at != 0 {
+                return Err(FsError::with_context(
+                    libc::EIO,
+                    format!(
+                        "replacing piece at {} does not start its chunk",
+                        p.logical_offset
+                    ),
+                ));
+            }
+        }
+        if at > reach {
+            return Err(FsError::with_context(
+                libc::EIO,
+                format!(
+                    "piece at {} leaves a gap in its chunk (stored bytes end at {})",
+                    p.logical_offset,
+                    chunk_start + reach
+                ),
+            ));
+        }
+        if p.kind != PieceKind::Hole {
+            if last_member.is_some_and(|m| p.member_offset <= m) {
+                return Err(FsError::with_context(
+                    libc::EIO,
+                    format!(
+                        "piece at {} is stored at {}, not after the piece before it",
+                        p.logical_offset, p.member_offset
+                    ),
+                ));
+            }
+            last_member = Some(p.member_offset);
+        }
+        reach = reach.max(at + p.logical_len as u64);
+    }
+    Ok(())
 }
 
 /// Appends `data[a..b]` to `out`, reading bytes beyond `data.len()` as zeros.
