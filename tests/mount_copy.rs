@@ -185,7 +185,7 @@ fn outcome(r: io::Result<u64>) -> String {
 
 /// Files the scenario leaves, compared byte for byte with ext4's.
 const SCENARIO_FILES: &[&str] = &[
-    "a", "b", "c", "d", "e", "f", "g", "holes", "i", "j", "k", "l", "n",
+    "a", "b", "c", "d", "e", "f", "g", "holes", "i", "j", "k", "l", "n", "o",
 ];
 
 /// copy_file_range cases run in `dir` (a mount or an ext4 directory): the results of each call,
@@ -269,6 +269,12 @@ fn scenario(dir: &Path) -> Vec<(String, String)> {
     );
     // A write into a copied chunk: the chunk is the copy's, nothing of before comes back.
     j.write_all_at(b"after the copy", 100).unwrap();
+    // A destination whose chunks are being compressed (a large write submits each chunk it
+    // fills at once): the copy must land after those jobs, not under them.
+    let o = open_rw(&p("o"));
+    o.write_all_at(&varied_text((4 * MIB) as usize, 15), 0)
+        .unwrap();
+    note("over data in flight", cfr(&a, 0, &o, 3 * MIB, MIB));
     // A source with unwritten data.
     let k = open_rw(&p("k"));
     k.write_all_at(&varied_text((400 * KIB + 3) as usize, 4), 0)
