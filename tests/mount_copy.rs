@@ -185,7 +185,7 @@ fn outcome(r: io::Result<u64>) -> String {
 
 /// Files the scenario leaves, compared byte for byte with ext4's.
 const SCENARIO_FILES: &[&str] = &[
-    "a", "b", "c", "d", "e", "f", "g", "holes", "i", "j", "k", "l", "n", "o",
+    "a", "b", "c", "d", "e", "f", "g", "holes", "i", "j", "k", "l", "n", "o", "p", "q",
 ];
 
 /// copy_file_range cases run in `dir` (a mount or an ext4 directory): the results of each call,
@@ -275,6 +275,22 @@ fn scenario(dir: &Path) -> Vec<(String, String)> {
     o.write_all_at(&varied_text((4 * MIB) as usize, 15), 0)
         .unwrap();
     note("over data in flight", cfr(&a, 0, &o, 3 * MIB, MIB));
+    // A source chunk changed in place after it was stored (a chunk of several pieces where
+    // small overwrites are stored as overlay pieces), copied to the same and another offset.
+    write_file(&p("p"), &varied_text((512 * KIB) as usize, 16));
+    {
+        let pw = open_rw(&p("p"));
+        pw.write_all_at(b"changed in place", 200 * KIB).unwrap();
+        pw.write_all_at(b"and again, nearby", 200 * KIB + 4000)
+            .unwrap();
+    }
+    let pr = open_ro(&p("p"));
+    let q = open_rw(&p("q"));
+    note("changed chunks, same offset", cfr(&pr, 0, &q, 0, 512 * KIB));
+    note(
+        "changed chunks, moved",
+        cfr(&pr, 0, &q, 640 * KIB, 512 * KIB),
+    );
     // A source with unwritten data.
     let k = open_rw(&p("k"));
     k.write_all_at(&varied_text((400 * KIB + 3) as usize, 4), 0)
@@ -324,7 +340,7 @@ fn copy_file_range_cases_match_ext4_and_survive_a_remount() {
     }
     // The copy of a sparse file keeps its holes (only the chunk with data takes a piece).
     assert_eq!(info_field(&m.path("i"), "holes"), "7");
-    for name in ["c", "e", "i", "j", "n"] {
+    for name in ["c", "e", "i", "j", "n", "q"] {
         assert_eq!(
             xattr(&m.path(name), "user.deflatefs.sha256"),
             tool_digest("sha256sum", &ext4.join(name)),
