@@ -2198,7 +2198,8 @@ fn isatty_seek_data_copy_file_range_and_poll_answer_like_ext4_without_warnings()
     assert_eq!(off, 0);
     let off = unsafe { libc::lseek(a.as_raw_fd(), 0, libc::SEEK_HOLE) };
     assert_eq!(off, data.len() as i64);
-    // copy_file_range within the mount copies the bytes (through the kernel's fallback).
+    // copy_file_range within the mount copies the bytes (the daemon copies the compressed
+    // members; tests/mount_copy.rs covers it).
     let b = create(&m.path("b"));
     let mut off_in: libc::loff_t = 0;
     let mut off_out: libc::loff_t = 0;

@@ -33,6 +33,32 @@ pub fn data_member_header(logical_offset: u64, reset: bool, stored: bool) -> [u8
     h
 }
 
+/// Moves a data member to another logical place by rewriting only its 16-byte payload: the
+/// piece's logical offset becomes `logical_offset`, the RESET flag is set when `reset` (other
+/// flag bits are kept), and the payload crc32 is recomputed. The deflate stream and the gzip
+/// trailer (CRC32 and ISIZE of the uncompressed bytes) stay valid as they are, which is what
+/// lets `copy_file_range` copy a piece without decompressing it. Returns the entry for the
+/// moved member, from the one it had (`entry` must describe `member`, as checked by
+/// [`parse_data_member`]); its chaining value is left as it was, for the caller to keep or zero.
+pub fn relocate_data_member(
+    member: &mut [u8],
+    entry: &IndexEntry,
+    logical_offset: u64,
+    reset: bool,
+) -> Result<IndexEntry> {
+    parse_data_member(member, entry)?;
+    let p = &mut member[FRAMING_LEN..DATA_HEADER_LEN];
+    p[0..8].copy_from_slice(&logical_offset.to_le_bytes());
+    let flags = u32_at(p, 8) | if reset { DATA_FLAG_RESET } else { 0 };
+    p[8..12].copy_from_slice(&flags.to_le_bytes());
+    let crc = libdeflater::crc32(&p[..12]);
+    p[12..16].copy_from_slice(&crc.to_le_bytes());
+    let mut moved = entry.clone();
+    moved.logical_offset = logical_offset;
+    moved.reset = entry.reset || reset;
+    Ok(moved)
+}
+
 /// The 8-byte gzip member trailer: CRC32 and ISIZE.
 pub fn member_trailer(crc32: u32, len: u32) -> [u8; MEMBER_TRAILER_LEN] {
     let mut t = [0u8; MEMBER_TRAILER_LEN];
@@ -590,6 +616,31 @@ mod tests {
                 assert_eq!(offset, 4096 + DATA_HEADER_LEN as u64 + 1)
             }
             other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_relocated_member_decodes_at_its_new_offset_with_the_same_stream() {
+        let data: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8 ^ b'a').collect();
+        let mut c = libdeflater::Compressor::new(libdeflater::CompressionLvl::new(1).unwrap());
+        for (mut m, e) in [
+            build_deflate_member(&mut c, 1, 4096 + 100, false, &data),
+            build_stored_member(8192, true, &data),
+        ] {
+            let before = m.clone();
+            let moved = relocate_data_member(&mut m, &e, 1 << 20, true).unwrap();
+            assert_eq!(moved.logical_offset, 1 << 20);
+            assert!(moved.reset);
+            assert_eq!((moved.kind, moved.crc32), (e.kind, e.crc32));
+            // Only the payload changed: the stream and trailer are byte for byte the same.
+            assert_eq!(m[..16], before[..16]);
+            assert_eq!(m[DATA_HEADER_LEN..], before[DATA_HEADER_LEN..]);
+            let mut out = vec![0u8; data.len()];
+            decode_piece(&m, &moved, &mut libdeflater::Decompressor::new(), &mut out).unwrap();
+            assert_eq!(out, data);
+            // The old entry no longer describes it, and a wrong entry is refused.
+            assert!(parse_data_member(&m, &e).is_err());
+            assert!(relocate_data_member(&mut m, &e, 0, true).is_err());
         }
     }
 }

@@ -20,7 +20,7 @@ pub use index::ChunkIndex;
 pub use member::{
     build_deflate_member, build_stored_member, data_member_header, decode_piece,
     decode_stored_blocks, encode_stored_blocks, member_trailer, parse_data_member,
-    stored_stream_len, StoredLayout, MAX_STORED_BLOCK, STORED_BLOCK_OVERHEAD,
+    relocate_data_member, stored_stream_len, StoredLayout, MAX_STORED_BLOCK, STORED_BLOCK_OVERHEAD,
 };
 pub use record::{
     header_member, index_member_len, AuxRecord, CommitRecord, IndexEntry, PieceKind,

@@ -14,6 +14,7 @@ use parking_lot::Mutex;
 use super::cache::ChunkCache;
 pub use super::caller::Caller;
 use super::caller::{AsCaller, MAY_READ, MAY_WRITE};
+use super::copy::CopyStats;
 use super::digests::{self, Lingering, PlainDigests, ProbeCache};
 use super::error::{errno, FsError, FsResult};
 use super::file::{ContainerFile, FileContext, OpenFile, PlainFile};
@@ -92,6 +93,8 @@ pub struct DeflateFs {
     /// The daemon runs as root, so it creates files under each caller's filesystem ids
     /// ([`AsCaller`]); a daemon without root creates them only for its own user.
     creates_as_caller: bool,
+    /// What copy_file_range did, for the engine report.
+    pub(super) copies: CopyStats,
 }
 
 fn time_to_timespec(t: Option<TimeSpec>) -> libc::timespec {
@@ -213,6 +216,7 @@ impl DeflateFs {
             names: NameLocks::default(),
             owner_uid: unsafe { libc::getuid() },
             creates_as_caller: unsafe { libc::geteuid() } == 0,
+            copies: CopyStats::default(),
         })
     }
 
@@ -1635,7 +1639,8 @@ impl DeflateFs {
              bytes_out={}\npool_capacity={}\npool_high_water={}\ndirty_capacity={}\n\
              dirty_high_water={}\nstored_reads_in_place={}\ninodes={}\ninode_fds={}\n\
              inode_fds_bound={}\ninode_fds_closed={}\ninode_fds_reopened={}\n\
-             inode_reopen={}\n",
+             inode_reopen={}\ncopy_requests={}\nmembers_copied={}\ncopied_as_members={}\n\
+             copied_as_bytes={}\n",
             st.backend,
             st.queues.len(),
             if e.verifies() { "on" } else { "off" },
@@ -1665,6 +1670,10 @@ impl DeflateFs {
             } else {
                 "name"
             },
+            self.copies.requests.load(Ordering::Relaxed),
+            self.copies.members.load(Ordering::Relaxed),
+            self.copies.member_bytes.load(Ordering::Relaxed),
+            self.copies.byte_copied.load(Ordering::Relaxed),
         )
     }
 }

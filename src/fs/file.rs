@@ -34,7 +34,9 @@ use crate::digest::{chunk_cv, ChainingValue};
 use crate::engine::pool::{BufferPool, PoolBuf};
 use crate::engine::{stored_stream_len, Completion, Done, Engine, Job, Op};
 
+mod copy;
 mod digests;
+pub use copy::MemberCopy;
 use digests::ShaTracker;
 
 /// What every open container needs from the mount.

@@ -61,6 +61,11 @@ impl ShaTracker {
         (self.valid && self.state.len() == size).then_some(&self.state)
     }
 
+    /// Whether the state hashes exactly the content of a file of `size` bytes.
+    pub(super) fn is_current(&self, size: u64) -> bool {
+        self.current(size).is_some()
+    }
+
     /// Whether a write at `offset` to a file of `size` bytes continues the hash.
     pub(super) fn continues_at(&self, offset: u64, size: u64) -> bool {
         self.current(size).is_some() && offset == size
