@@ -17,4 +17,5 @@ pub mod fusermount;
 pub mod logging;
 pub mod mount;
 pub mod options;
+pub mod panics;
 pub mod stat;

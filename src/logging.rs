@@ -103,7 +103,8 @@ fn default_filter(level: &str) -> EnvFilter {
     EnvFilter::new(format!("deflatefs={level},fuser=warn"))
 }
 
-/// Installs the global logger. `level` is error/warn/info/debug/trace.
+/// Installs the global logger, and the panic hook that logs panics through it
+/// ([`crate::panics::install_hook`]). `level` is error/warn/info/debug/trace.
 pub fn init(target: LogTarget, level: &str) -> Result<(), String> {
     let filter = EnvFilter::try_from_env("DEFLATEFS_LOG").unwrap_or_else(|_| default_filter(level));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
@@ -137,6 +138,7 @@ pub fn init(target: LogTarget, level: &str) -> Result<(), String> {
         // fuser's records above the subscriber's most verbose level are not even formatted.
         log::set_max_level(tracing::level_filters::LevelFilter::current().as_log());
     }
+    crate::panics::install_hook();
     Ok(())
 }
 

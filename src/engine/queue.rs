@@ -1,6 +1,5 @@
 //! Queue pairs: a bounded ring of job slots feeding one worker thread that owns one codec stream.
 
-use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicIsize, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -17,6 +16,7 @@ use super::job::{Completion, Done, EngineError, Job, Op};
 use super::software::{ReferenceVerifier, SoftwareCodec};
 use super::stored::{read_stored, stored_stream_len, write_stored};
 use super::{BackendHealth, EngineOptions};
+use crate::panics::message as panic_message;
 
 /// Counters of one queue, shared by its submitters and its worker. Aligned to keep queues' counters
 /// off each other's cache lines.
@@ -416,16 +416,6 @@ pub(super) struct JobReport {
     pub fault: Option<String>,
     /// The result came from the software fallback.
     pub software: bool,
-}
-
-fn panic_message(payload: &(dyn Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "non-string panic payload".to_string()
-    }
 }
 
 /// Runs one operation with `codec`. Compressed streams are checked with `verifier` if given. When
