@@ -1,4 +1,5 @@
-//! Panics in the daemon's background threads are logged and do not stop them.
+//! Panics in the daemon's background threads are logged and do not stop them, and log lines keep
+//! their level on the way to the journal.
 //!
 //! `DEFLATEFS_TEST_FLUSHER_PANICS=N` (read by the daemon at mount, testing only) makes the
 //! flusher's next N periodic commit passes panic.
@@ -7,9 +8,11 @@ mod common;
 
 use std::fs::File;
 use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{varied_text, Mount};
+use common::{deflatefs_mounts_at, varied_text, Mount, BIN};
 
 const FLUSHER_PANICS_ENV: &str = "DEFLATEFS_TEST_FLUSHER_PANICS";
 
@@ -77,5 +80,55 @@ fn a_panicking_periodic_commit_is_logged_and_commits_go_on() {
     assert!(
         std::fs::read(m.path("after")).unwrap() == after,
         "data written after the panic was not committed: periodic commits stopped"
+    );
+}
+
+/// A foreground daemon whose stderr systemd connected to the journal (JOURNAL_STREAM names
+/// stderr's device and inode) prefixes each line with its syslog priority, `<N>`, as
+/// sd-daemon(3) describes, so journald stores WARN as 4 and ERROR as 3 instead of everything at
+/// the default 6.
+#[test]
+fn a_daemon_logging_to_the_journal_stream_gives_each_line_its_priority() {
+    let m = Mount::unmounted(&[], false);
+    let stderr_path = m.dir.path().join("journal-stream");
+    let stderr = File::create(&stderr_path).unwrap();
+    let md = stderr.metadata().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["mount", "-f"])
+        .arg(&m.src)
+        .arg(&m.mnt)
+        .env("JOURNAL_STREAM", format!("{}:{}", md.dev(), md.ino()))
+        // A WARN line at mount and, 5 s later, ERROR lines.
+        .env(FLUSHER_PANICS_ENV, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    let text = || std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    let seen = wait_for(Duration::from_secs(20), || {
+        text().contains("injected flusher panic")
+    });
+    let _ = Command::new("umount").arg(&m.mnt).status();
+    let status = child.wait().unwrap();
+    if !deflatefs_mounts_at(&m.mnt).is_empty() {
+        let _ = Command::new("umount").arg("-l").arg(&m.mnt).status();
+    }
+    let out = text();
+    assert!(seen, "no flusher panic logged:\n{out}");
+    assert!(status.success(), "daemon exited with {status}:\n{out}");
+    let has = |prefix: &str, what: &str| {
+        out.lines()
+            .any(|l| l.starts_with(prefix) && l.contains(what))
+    };
+    assert!(has("<6>", "mounted"), "{out}");
+    assert!(has("<4>", FLUSHER_PANICS_ENV), "{out}");
+    assert!(has("<3>", "injected flusher panic"), "{out}");
+    assert!(
+        out.lines().all(|l| l.len() > 3
+            && l.starts_with('<')
+            && l.as_bytes()[2] == b'>'
+            && (b'0'..=b'7').contains(&l.as_bytes()[1])),
+        "a line without a priority prefix:\n{out}"
     );
 }
