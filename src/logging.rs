@@ -462,8 +462,7 @@ mod tests {
         assert!(e.contains("symlink"), "{e}");
 
         let fifo = dir.path().join("fifo");
-        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
         let e = open_log_file(fifo.to_str().unwrap()).unwrap_err();
         assert!(e.contains("fifo") || e.contains("regular"), "{e}");
 
@@ -483,7 +482,7 @@ mod tests {
 
     #[test]
     fn a_log_file_of_another_user_is_refused() {
-        if unsafe { libc::geteuid() } != 0 {
+        if !nix::unistd::geteuid().is_root() {
             return; // only root can make a file of another user's
         }
         let dir = tempfile::tempdir().unwrap();

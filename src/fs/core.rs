@@ -206,8 +206,8 @@ impl DeflateFs {
             probes: ProbeCache::new(),
             lingering: Lingering::new(),
             names: NameLocks::default(),
-            owner_uid: unsafe { libc::getuid() },
-            creates_as_caller: unsafe { libc::geteuid() } == 0,
+            owner_uid: nix::unistd::getuid().as_raw(),
+            creates_as_caller: nix::unistd::geteuid().is_root(),
         })
     }
 
@@ -662,6 +662,8 @@ impl DeflateFs {
         if node.kind == NodeKind::Symlink {
             // linkat through /proc would follow the link; hard-link the symlink itself.
             let empty = c"";
+            // SAFETY: both paths are NUL-terminated; the CString made for `newname` and the
+            // descriptors' guards are temporaries of this statement, so they outlive the call.
             let r = unsafe {
                 libc::linkat(
                     self.fd(&node)?.raw(),
