@@ -633,6 +633,21 @@ mod tests {
     use super::*;
     use crate::engine::software::SoftwareCodec;
 
+    #[test]
+    fn a_pinned_worker_runs_on_the_one_cpu_picked_for_it() {
+        let cpu = pick_cpu(0).expect("this process may run on some CPU");
+        let allowed = std::thread::spawn(move || {
+            pin_to_cpu(0, cpu);
+            let set = sched_getaffinity(Pid::from_raw(0)).unwrap();
+            (0..CpuSet::count())
+                .filter(|&c| set.is_set(c).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(allowed, [cpu]);
+    }
+
     /// Records the output size it was offered, then behaves like libdeflate.
     struct Spy {
         inner: SoftwareCodec,
