@@ -696,6 +696,8 @@ impl Mapped {
                 len: 0,
             });
         }
+        // SAFETY: a fresh read-only private mapping at an address the kernel picks, of `len`
+        // bytes of an open file; it aliases no Rust object.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -716,6 +718,10 @@ impl Mapped {
         if self.len == 0 {
             return &[];
         }
+        // SAFETY: `ptr` is a live PROT_READ mapping of `len` bytes (unmapped only in drop, and
+        // the slice borrows `self`). Its bytes are stable while borrowed because fsck refuses a
+        // source that is mounted: no daemon writes or truncates the file meanwhile. (Another
+        // process doing so would be outside the tool's contract: a truncation would SIGBUS.)
         unsafe { std::slice::from_raw_parts(self.ptr as *const u8, self.len) }
     }
 }
@@ -723,6 +729,7 @@ impl Mapped {
 impl Drop for Mapped {
     fn drop(&mut self) {
         if self.len > 0 {
+            // SAFETY: the mapping made in `new`, unmapped once; no slice of it outlives `self`.
             unsafe { libc::munmap(self.ptr, self.len) };
         }
     }
@@ -1115,6 +1122,10 @@ fn rebuild_inner(path: &Path, file: &File) -> io::Result<(Vec<String>, u64, u64)
 fn copy_metadata(from: &Path, to: &Path, md: &std::fs::Metadata) {
     let cto = CString::new(to.as_os_str().as_bytes()).expect("no NUL");
     let cfrom = CString::new(from.as_os_str().as_bytes()).expect("no NUL");
+    // SAFETY: every path and name is a NUL-terminated CString living across the calls; each
+    // buffer handed to llistxattr or lgetxattr is exactly as long as the size passed with it
+    // (a size of 0 with a null buffer only asks for the length); lsetxattr reads `vlen` bytes of
+    // `v`, which holds at least that many; utimensat reads the two timespecs of `times`.
     unsafe {
         libc::chown(cto.as_ptr(), md.uid(), md.gid());
         libc::chmod(cto.as_ptr(), md.mode() & 0o7777);

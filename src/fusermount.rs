@@ -77,6 +77,10 @@ pub fn mount(mountpoint: &Path, options: &str) -> Result<OwnedFd, String> {
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     // The socket is created close-on-exec; only the child's copy must survive exec.
+    // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
+    // calls are allowed: it makes two fcntl calls on a copied integer and reads errno, and
+    // neither allocates nor takes a lock. `theirs` stays open in the parent until after spawn,
+    // so the child's `their_fd` is the socket.
     unsafe {
         cmd.pre_exec(move || {
             let flags = libc::fcntl(their_fd, libc::F_GETFD);
@@ -117,15 +121,20 @@ fn receive_fd(sock: &UnixStream) -> io::Result<Option<OwnedFd>> {
         iov_base: byte.as_mut_ptr().cast(),
         iov_len: byte.len(),
     };
+    // SAFETY: CMSG_SPACE is arithmetic on its argument; it touches no memory.
     let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
     // u64 elements keep the control buffer aligned for cmsghdr.
     let mut control = vec![0u64; space.div_ceil(8)];
+    // SAFETY: msghdr is integers and raw pointers, for which all-zero bytes (null pointers,
+    // zero lengths) are a valid value.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
     msg.msg_control = control.as_mut_ptr().cast();
     msg.msg_controllen = space as _;
     loop {
+        // SAFETY: `msg` points at `iov` (one live 1-byte buffer) and at `control`, a live buffer
+        // of at least `space` bytes, aligned for cmsghdr; recvmsg writes only inside them.
         let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
         if n >= 0 {
             if n == 0 {
@@ -139,25 +148,36 @@ fn receive_fd(sock: &UnixStream) -> io::Result<Option<OwnedFd>> {
         }
     }
     let mut found = None;
+    // SAFETY: `msg` is the header recvmsg filled: its control pointer and the length the kernel
+    // set describe `control`, so CMSG_FIRSTHDR returns a header inside it, or null.
     let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
     while !cmsg.is_null() {
+        // SAFETY: a non-null header from CMSG_FIRSTHDR/CMSG_NXTHDR lies inside `control`, which
+        // is aligned for cmsghdr and outlives this borrow.
         let header = unsafe { &*cmsg };
         if header.cmsg_level == libc::SOL_SOCKET && header.cmsg_type == libc::SCM_RIGHTS {
+            // SAFETY: pointer arithmetic inside the same control message.
             let data = unsafe { libc::CMSG_DATA(cmsg) };
             let payload = header.cmsg_len as usize - (data as usize - cmsg as usize);
             let count = payload / std::mem::size_of::<libc::c_int>();
             for i in 0..count {
+                // SAFETY: `count` ints fit in the payload the kernel wrote after `data`, by the
+                // message's own cmsg_len; read_unaligned needs no alignment.
                 let fd = unsafe { std::ptr::read_unaligned(data.cast::<libc::c_int>().add(i)) };
                 if fd < 0 {
                     continue;
                 }
                 // Keep the first; close any extra descriptor rather than leak it.
+                // SAFETY: SCM_RIGHTS installed this descriptor in our table just now, for us
+                // alone: nothing else owns it.
                 let owned = unsafe { OwnedFd::from_raw_fd(fd) };
                 if found.is_none() {
                     found = Some(owned);
                 }
             }
         }
+        // SAFETY: `cmsg` is a header inside `msg`'s control buffer; CMSG_NXTHDR bounds-checks
+        // the next one against msg_controllen and returns null past the end.
         cmsg = unsafe { libc::CMSG_NXTHDR(&msg, cmsg) };
     }
     Ok(found)
@@ -206,13 +226,18 @@ mod tests {
             iov_base: byte.as_mut_ptr().cast(),
             iov_len: 1,
         };
+        // SAFETY: arithmetic only.
         let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
         let mut control = vec![0u64; space.div_ceil(8)];
+        // SAFETY: all-zero is a valid msghdr (null pointers, zero lengths).
         let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
         msg.msg_iov = &mut iov;
         msg.msg_iovlen = 1;
         msg.msg_control = control.as_mut_ptr().cast();
         msg.msg_controllen = space as _;
+        // SAFETY: `control` is `space` bytes, aligned, so the first header and its int of data
+        // fit in it (CMSG_FIRSTHDR is non-null for a buffer of at least one header); sendmsg
+        // reads the 1-byte `iov` and that control message.
         unsafe {
             let c = libc::CMSG_FIRSTHDR(&msg);
             (*c).cmsg_level = libc::SOL_SOCKET;

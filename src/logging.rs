@@ -5,6 +5,7 @@ use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::sync::Mutex;
 
+use tracing::{Level, Metadata};
 use tracing_log::AsLog;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
@@ -16,24 +17,38 @@ pub enum LogTarget {
     File(String),
 }
 
-/// A writer that hands each formatted line to syslog(3).
-#[derive(Clone, Copy)]
-struct SyslogWriter;
+/// The syslog(3) priority of a line at `level`, which is also the journal's priority for it.
+fn priority(level: &Level) -> libc::c_int {
+    match *level {
+        Level::ERROR => libc::LOG_ERR,
+        Level::WARN => libc::LOG_WARNING,
+        Level::INFO => libc::LOG_INFO,
+        Level::DEBUG | Level::TRACE => libc::LOG_DEBUG,
+    }
+}
 
-impl Write for SyslogWriter {
+/// Hands one line (no newline) on with its priority.
+type Sink = fn(libc::c_int, &str);
+
+/// Makes, for each event, a writer that knows the event's level: each line then reaches syslog or
+/// the journal with the matching priority. (The level is never guessed from the formatted text:
+/// a WARN line quoting a file named ERROR.log is still a warning.)
+#[derive(Clone, Copy)]
+struct PriorityWriter {
+    sink: Sink,
+}
+
+/// The writer of one event.
+struct PriorityLines {
+    priority: libc::c_int,
+    sink: Sink,
+}
+
+impl Write for PriorityLines {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let text = String::from_utf8_lossy(buf);
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            let priority = if line.contains("ERROR") {
-                libc::LOG_ERR
-            } else if line.contains("WARN") {
-                libc::LOG_WARNING
-            } else {
-                libc::LOG_INFO
-            };
-            if let Ok(c) = CString::new(line.replace('%', "%%")) {
-                unsafe { libc::syslog(priority, c.as_ptr()) };
-            }
+            (self.sink)(self.priority, line);
         }
         Ok(buf.len())
     }
@@ -43,11 +58,63 @@ impl Write for SyslogWriter {
     }
 }
 
-impl<'a> MakeWriter<'a> for SyslogWriter {
-    type Writer = SyslogWriter;
+impl<'a> MakeWriter<'a> for PriorityWriter {
+    type Writer = PriorityLines;
+
+    /// Only for output not tied to an event; tracing-subscriber's fmt layer asks for
+    /// [`MakeWriter::make_writer_for`] with each event's metadata.
     fn make_writer(&'a self) -> Self::Writer {
-        *self
+        PriorityLines {
+            priority: libc::LOG_INFO,
+            sink: self.sink,
+        }
     }
+
+    fn make_writer_for(&'a self, meta: &Metadata<'_>) -> Self::Writer {
+        PriorityLines {
+            priority: priority(meta.level()),
+            sink: self.sink,
+        }
+    }
+}
+
+/// syslog(3), through the connection [`init`] opened with openlog(3).
+fn to_syslog(priority: libc::c_int, line: &str) {
+    if let Ok(c) = CString::new(line) {
+        // SAFETY: "%s" is a valid format that consumes exactly one argument, a NUL-terminated
+        // string, and `c` is one that lives until syslog returns (syslog copies it). Passing the
+        // line as the format instead would let a `%` in a file name read missing arguments.
+        unsafe { libc::syslog(priority, c"%s".as_ptr(), c.as_ptr()) };
+    }
+}
+
+/// A line on stderr with the `<N>` prefix of sd-daemon(3), for stderr that systemd connected to
+/// the journal: journald strips the prefix and stores the line at priority N.
+fn to_journal_stream(priority: libc::c_int, line: &str) {
+    let _ = writeln!(io::stderr().lock(), "<{priority}>{line}");
+}
+
+/// Whether stderr is the journal stream systemd gave this process: `JOURNAL_STREAM` (set by
+/// systemd for a service whose stderr goes to the journal, systemd.exec(5)) names the device and
+/// inode of that stream. Comparing them with stderr's own, as systemd documents, ignores a
+/// variable inherited by a process whose stderr was redirected since.
+fn stderr_is_journal() -> bool {
+    let Ok(value) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    match nix::sys::stat::fstat(io::stderr()) {
+        Ok(st) => journal_stream_is(&value, st.st_dev, st.st_ino),
+        Err(_) => false,
+    }
+}
+
+/// Whether `JOURNAL_STREAM=value` ("DEVICE:INODE", both decimal) names device `dev`, inode `ino`.
+fn journal_stream_is(value: &str, dev: u64, ino: u64) -> bool {
+    let mut parts = value.split(':');
+    let (Some(d), Some(i), None) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    d.parse() == Ok(dev) && i.parse() == Ok(ino)
 }
 
 /// Opens (or creates) the log file of `log=FILE`. Log lines name files and users' actions, and a
@@ -73,7 +140,7 @@ pub fn open_log_file(path: &str) -> Result<std::fs::File, String> {
     let md = file
         .metadata()
         .map_err(|e| format!("cannot open log file {path}: {e}"))?;
-    let euid = unsafe { libc::geteuid() };
+    let euid = nix::unistd::geteuid().as_raw();
     let refuse = if !md.file_type().is_file() {
         Some("it is not a regular file".to_string())
     } else if md.uid() != euid {
@@ -103,23 +170,42 @@ fn default_filter(level: &str) -> EnvFilter {
     EnvFilter::new(format!("deflatefs={level},fuser=warn"))
 }
 
-/// Installs the global logger. `level` is error/warn/info/debug/trace.
+/// Installs the global logger, and the panic hook that logs panics through it
+/// ([`crate::panics::install_hook`]). `level` is error/warn/info/debug/trace.
+///
+/// Every line carries its level to where it goes: as the syslog priority (ERROR → LOG_ERR, WARN
+/// → LOG_WARNING, INFO → LOG_INFO, DEBUG and TRACE → LOG_DEBUG) for a daemon, and as the same
+/// priority in a `<N>` prefix on stderr when systemd connected stderr to the journal (a
+/// foreground daemon run as a service); as the level's name in the text otherwise.
 pub fn init(target: LogTarget, level: &str) -> Result<(), String> {
     let filter = EnvFilter::try_from_env("DEFLATEFS_LOG").unwrap_or_else(|_| default_filter(level));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     // `finish` and set_global_default, not `try_init`, which would install tracing-log's own
     // bridge for fuser's `log` records instead of ours.
     let result = match target {
+        LogTarget::Stderr if stderr_is_journal() => {
+            // The journal adds the time and knows the priority: neither goes in the text.
+            let subscriber = builder
+                .with_ansi(false)
+                .without_time()
+                .with_writer(PriorityWriter {
+                    sink: to_journal_stream,
+                })
+                .finish();
+            tracing::subscriber::set_global_default(subscriber)
+        }
         LogTarget::Stderr => {
             tracing::subscriber::set_global_default(builder.with_writer(io::stderr).finish())
         }
         LogTarget::Syslog => {
             static IDENT: &std::ffi::CStr = c"deflatefs";
+            // SAFETY: openlog keeps the ident pointer for later syslog calls; IDENT is a static,
+            // NUL-terminated string, valid for the rest of the process.
             unsafe { libc::openlog(IDENT.as_ptr(), libc::LOG_PID, libc::LOG_DAEMON) };
             let subscriber = builder
                 .with_ansi(false)
                 .without_time()
-                .with_writer(SyslogWriter)
+                .with_writer(PriorityWriter { sink: to_syslog })
                 .finish();
             tracing::subscriber::set_global_default(subscriber)
         }
@@ -137,6 +223,7 @@ pub fn init(target: LogTarget, level: &str) -> Result<(), String> {
         // fuser's records above the subscriber's most verbose level are not even formatted.
         log::set_max_level(tracing::level_filters::LevelFilter::current().as_log());
     }
+    crate::panics::install_hook();
     Ok(())
 }
 
@@ -274,6 +361,81 @@ mod tests {
             );
         }
     }
+    thread_local! {
+        static SENT: std::cell::RefCell<Vec<(libc::c_int, String)>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    /// A sink standing in for syslog(3): records (priority, line) on the calling thread.
+    fn record(priority: libc::c_int, line: &str) {
+        SENT.with(|s| s.borrow_mut().push((priority, line.to_string())));
+    }
+
+    /// What reaches the sink, as (priority, line), while `f` logs at level `trace` through the
+    /// subscriber the daemon uses for syslog.
+    fn sent_to_syslog(f: impl FnOnce()) -> Vec<(libc::c_int, String)> {
+        SENT.with(|s| s.borrow_mut().clear());
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(default_filter("trace"))
+            .with_ansi(false)
+            .without_time()
+            .with_writer(PriorityWriter { sink: record })
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        SENT.with(|s| s.borrow().clone())
+    }
+
+    #[test]
+    fn each_level_reaches_syslog_as_the_matching_priority() {
+        let sent = sent_to_syslog(|| {
+            tracing::error!("e");
+            tracing::warn!("w: cannot open ERROR.log");
+            tracing::info!("i: WARN is only a word here");
+            tracing::debug!("d");
+            tracing::trace!("t");
+            // A record of fuser's, through the bridge, keeps its level too.
+            FuserLogBridge::new().log(
+                &log::Record::builder()
+                    .target("fuser::request")
+                    .level(log::Level::Warn)
+                    .args(format_args!("fuser warns"))
+                    .build(),
+            );
+        });
+        let priorities: Vec<libc::c_int> = sent.iter().map(|(p, _)| *p).collect();
+        assert_eq!(
+            priorities,
+            [
+                libc::LOG_ERR,
+                libc::LOG_WARNING,
+                libc::LOG_INFO,
+                libc::LOG_DEBUG,
+                libc::LOG_DEBUG,
+                libc::LOG_WARNING
+            ],
+            "{sent:?}"
+        );
+        assert!(sent[1].1.ends_with("w: cannot open ERROR.log"), "{sent:?}");
+        assert!(sent[5].1.contains("fuser warns"), "{sent:?}");
+    }
+
+    #[test]
+    fn every_line_of_a_multi_line_event_gets_its_priority() {
+        let sent = sent_to_syslog(|| tracing::error!("first\nsecond"));
+        assert_eq!(sent.len(), 2, "{sent:?}");
+        assert!(sent.iter().all(|(p, _)| *p == libc::LOG_ERR), "{sent:?}");
+    }
+
+    #[test]
+    fn journal_stream_must_name_stderr_exactly() {
+        assert!(journal_stream_is("8:12345", 8, 12345));
+        assert!(!journal_stream_is("8:12345", 8, 12346));
+        assert!(!journal_stream_is("9:12345", 8, 12345));
+        assert!(!journal_stream_is("8:12345:1", 8, 12345));
+        assert!(!journal_stream_is("8", 8, 12345));
+        assert!(!journal_stream_is("", 8, 12345));
+    }
+
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     #[test]
@@ -300,8 +462,7 @@ mod tests {
         assert!(e.contains("symlink"), "{e}");
 
         let fifo = dir.path().join("fifo");
-        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
         let e = open_log_file(fifo.to_str().unwrap()).unwrap_err();
         assert!(e.contains("fifo") || e.contains("regular"), "{e}");
 
@@ -321,7 +482,7 @@ mod tests {
 
     #[test]
     fn a_log_file_of_another_user_is_refused() {
-        if unsafe { libc::geteuid() } != 0 {
+        if !nix::unistd::geteuid().is_root() {
             return; // only root can make a file of another user's
         }
         let dir = tempfile::tempdir().unwrap();

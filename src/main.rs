@@ -1,4 +1,5 @@
 //! `deflatefs`: parse the command line and dispatch.
+#![deny(clippy::undocumented_unsafe_blocks)]
 use deflatefs::cli::{parse_args, Command};
 use deflatefs::mount::{self, MountRequest};
 use deflatefs::options::MountOptions;

@@ -10,10 +10,21 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::mount::{umount2, MntFlags, MsFlags};
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::stat::{umask, Mode};
+use nix::unistd::{
+    access, dup2_stderr, dup2_stdin, dup2_stdout, geteuid, getgid, getuid, pipe2, setsid,
+    AccessFlags,
+};
 
 use crate::engine::{Engine, EngineConfig, EngineOptions};
 use crate::fs::fuse::FuseAdapter;
@@ -157,7 +168,7 @@ fn prepare(req: &MountRequest) -> Result<(OwnedFd, PathBuf, PathBuf), MountError
             if req.options.read_only { "" } else { ", write" }
         ));
     }
-    if unsafe { libc::geteuid() } != 0 && !accessible(&mountpoint, libc::W_OK) {
+    if !geteuid().is_root() && !accessible(&mountpoint, libc::W_OK) {
         return fail(format!(
             "mount point {}: permission denied (mounting without root needs write access to it)",
             mountpoint.display()
@@ -187,7 +198,7 @@ fn io_text(e: &std::io::Error) -> String {
 /// access(2) with the real ids (the daemon runs as the user who mounts).
 fn accessible(path: &Path, mode: libc::c_int) -> bool {
     match CString::new(path.as_os_str().as_bytes()) {
-        Ok(c) => unsafe { libc::access(c.as_ptr(), mode) == 0 },
+        Ok(c) => access(c.as_c_str(), AccessFlags::from_bits_truncate(mode)).is_ok(),
         Err(_) => false,
     }
 }
@@ -195,25 +206,13 @@ fn accessible(path: &Path, mode: libc::c_int) -> bool {
 /// Raises the soft descriptor limit to the hard one (never the hard limit itself: that is the
 /// administrator's, `ulimit -n` or systemd's LimitNOFILE) and returns the limit in force.
 fn raise_fd_limit() -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return 1024;
     };
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 1024;
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: lim.rlim_max,
-                rlim_max: lim.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                lim.rlim_cur = lim.rlim_max;
-            }
-        }
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        return hard;
     }
-    lim.rlim_cur
+    soft
 }
 
 /// The descriptor bound for cached inodes: `fds=N`, but at most half the process limit (the
@@ -230,7 +229,7 @@ fn kernel_mount(
     mountpoint: &Path,
     opts: &MountOptions,
 ) -> Result<OwnedFd, MountError> {
-    if unsafe { libc::geteuid() } != 0 {
+    if !geteuid().is_root() {
         return user_mount(source, mountpoint, opts);
     }
     let dev = std::fs::OpenOptions::new()
@@ -240,29 +239,22 @@ fn kernel_mount(
         .map_err(|e| MountError(format!("cannot open /dev/fuse: {e}")))?;
     let fd: OwnedFd = dev.into();
     let data = kernel_mount_data(fd.as_raw_fd(), opts);
-    let mut flags = libc::MS_NOSUID | libc::MS_NODEV;
+    let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     if opts.read_only {
-        flags |= libc::MS_RDONLY;
+        flags |= MsFlags::MS_RDONLY;
     }
     if opts.noexec {
-        flags |= libc::MS_NOEXEC;
+        flags |= MsFlags::MS_NOEXEC;
     }
-    let csrc = CString::new(source.as_os_str().as_bytes()).expect("checked");
-    let cmnt = CString::new(mountpoint.as_os_str().as_bytes()).expect("checked");
-    let ctype = CString::new(FS_TYPE).expect("static");
-    let cdata = CString::new(data).expect("no NUL");
-    let r = unsafe {
-        libc::mount(
-            csrc.as_ptr(),
-            cmnt.as_ptr(),
-            ctype.as_ptr(),
-            flags,
-            cdata.as_ptr() as *const libc::c_void,
-        )
-    };
-    if r != 0 {
-        let e = std::io::Error::last_os_error();
-        let hint = if e.raw_os_error() == Some(libc::EPERM) {
+    if let Err(errno) = nix::mount::mount(
+        Some(source),
+        mountpoint,
+        Some(FS_TYPE),
+        flags,
+        Some(data.as_str()),
+    ) {
+        let e = std::io::Error::from(errno);
+        let hint = if errno == Errno::EPERM {
             " (mounting needs root)"
         } else {
             ""
@@ -280,8 +272,8 @@ fn kernel_mount(
 fn kernel_mount_data(fd: std::os::fd::RawFd, opts: &MountOptions) -> String {
     let mut data = format!(
         "fd={fd},rootmode=40000,user_id={},group_id={}",
-        unsafe { libc::getuid() },
-        unsafe { libc::getgid() }
+        getuid(),
+        getgid()
     );
     if opts.allow_other {
         data.push_str(",allow_other");
@@ -359,7 +351,7 @@ pub fn unmount_if_ours(mountpoint: &Path, mount_id: u64) {
             return;
         }
     }
-    if unsafe { libc::geteuid() } != 0 {
+    if !geteuid().is_root() {
         if let Err(e) = crate::fusermount::unmount(mountpoint, false) {
             tracing::warn!(
                 "unmount of {} failed ({e}); detaching it lazily",
@@ -371,14 +363,13 @@ pub fn unmount_if_ours(mountpoint: &Path, mount_id: u64) {
         }
         return;
     }
-    let c = CString::new(mountpoint.as_os_str().as_bytes()).expect("checked");
-    if unsafe { libc::umount2(c.as_ptr(), 0) } != 0 {
-        let e = std::io::Error::last_os_error();
+    if let Err(errno) = umount2(mountpoint, MntFlags::empty()) {
+        let e = std::io::Error::from(errno);
         tracing::warn!(
             "unmount of {} failed ({e}); detaching it lazily",
             mountpoint.display()
         );
-        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        let _ = umount2(mountpoint, MntFlags::MNT_DETACH);
     }
 }
 
@@ -397,13 +388,21 @@ fn raise_readahead_later(mount_id: u64) {
         .name("dfs-readahead".into())
         .spawn(move || {
             std::thread::sleep(std::time::Duration::from_millis(200));
-            let Some((major, minor)) = mount_dev(mount_id) else {
-                return;
-            };
-            let path = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
-            match std::fs::write(&path, READ_AHEAD_KB.to_string()) {
-                Ok(()) => tracing::debug!("{path} = {READ_AHEAD_KB}"),
-                Err(e) => tracing::debug!("cannot raise {path}: {e}"),
+            // One-shot: a panic here only costs the larger read-ahead, so it is logged, not retried.
+            let raised = crate::panics::catch(|| {
+                let (major, minor) = mount_dev(mount_id)?;
+                let path = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
+                match std::fs::write(&path, READ_AHEAD_KB.to_string()) {
+                    Ok(()) => tracing::debug!("{path} = {READ_AHEAD_KB}"),
+                    Err(e) => tracing::debug!("cannot raise {path}: {e}"),
+                }
+                Some(())
+            });
+            if let Err(msg) = raised {
+                tracing::error!(
+                    "thread dfs-readahead panicked: {msg}; the mount keeps the kernel's \
+                     default read-ahead"
+                );
             }
         });
 }
@@ -419,16 +418,14 @@ fn mount_dev(mount_id: u64) -> Option<(u32, u32)> {
 
 /// Blocks SIGTERM/SIGINT/SIGHUP in this thread and every thread started after it, so one
 /// dedicated thread can wait for them.
-fn block_signals() -> libc::sigset_t {
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGHUP);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    }
+fn block_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGHUP);
+    // Cannot fail: SIG_BLOCK is a valid `how` and the set is ours.
+    let _ = set.thread_block();
+    set
 }
 
 /// The warning a mount without `default_permissions` gets, on stderr and in the log: the opt-out
@@ -437,7 +434,7 @@ fn permissions_warning(opts: &MountOptions, source: &Path, mountpoint: &Path) ->
     if opts.default_permissions {
         return None;
     }
-    let owner = unsafe { libc::getuid() };
+    let owner = getuid();
     Some(if opts.allow_other {
         format!(
             "warning: no_default_permissions with allow_other: the kernel checks no permissions \
@@ -487,13 +484,17 @@ pub fn run(req: MountRequest) -> i32 {
         };
     }
     // Daemon: the parent waits on a pipe until the child reports the mount live (or an error).
-    let mut fds = [0; 2];
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        eprintln!("deflatefs: pipe: {}", std::io::Error::last_os_error());
-        return 1;
-    }
-    let mut rd = unsafe { File::from_raw_fd(fds[0]) };
-    let wr = unsafe { File::from_raw_fd(fds[1]) };
+    let (rd, wr) = match pipe2(OFlag::O_CLOEXEC) {
+        Ok((rd, wr)) => (File::from(rd), File::from(wr)),
+        Err(e) => {
+            eprintln!("deflatefs: pipe: {}", std::io::Error::from(e));
+            return 1;
+        }
+    };
+    let mut rd = rd;
+    // SAFETY: no other thread exists yet in this process (the engine, the flusher and the FUSE
+    // workers start in `serve`, after the fork), so the child cannot inherit a lock held by a
+    // thread that does not exist in it; it goes on running ordinary Rust code.
     match unsafe { libc::fork() } {
         -1 => {
             eprintln!("deflatefs: fork: {}", std::io::Error::last_os_error());
@@ -501,7 +502,8 @@ pub fn run(req: MountRequest) -> i32 {
         }
         0 => {
             drop(rd);
-            unsafe { libc::setsid() };
+            // Cannot fail: a forked child is never a process group leader.
+            let _ = setsid();
             redirect_stdio();
             let target = match &req.options.log_file {
                 Some(f) => LogTarget::File(f.clone()),
@@ -510,6 +512,8 @@ pub fn run(req: MountRequest) -> i32 {
             let mut wr = wr;
             if let Err(e) = logging::init(target, &req.options.log_level) {
                 let _ = wr.write_all(format!("ERR {e}").as_bytes());
+                // SAFETY: _exit only ends the process; it runs no atexit handlers or destructors
+                // (none of the parent's must run twice), which is why it is used, not exit.
                 unsafe { libc::_exit(1) };
             }
             // Like any daemon: keep no directory busy (the caller's cwd may be on a filesystem
@@ -523,6 +527,7 @@ pub fn run(req: MountRequest) -> i32 {
                     1
                 }
             };
+            // SAFETY: as above; the daemon has written back and committed everything by now.
             unsafe { libc::_exit(code) }
         }
         _child => {
@@ -545,16 +550,14 @@ pub fn run(req: MountRequest) -> i32 {
 }
 
 fn redirect_stdio() {
-    let null = c"/dev/null";
-    unsafe {
-        let fd = libc::open(null.as_ptr(), libc::O_RDWR);
-        if fd >= 0 {
-            libc::dup2(fd, 0);
-            libc::dup2(fd, 1);
-            libc::dup2(fd, 2);
-            if fd > 2 {
-                libc::close(fd);
-            }
+    // Not close-on-exec: if 0, 1 or 2 was closed, the descriptor itself becomes one of them.
+    if let Ok(null) = nix::fcntl::open(c"/dev/null", OFlag::O_RDWR, Mode::empty()) {
+        let _ = dup2_stdin(&null);
+        let _ = dup2_stdout(&null);
+        let _ = dup2_stderr(&null);
+        if null.as_raw_fd() <= 2 {
+            // It is stdin, stdout or stderr now: keep it open.
+            let _ = null.into_raw_fd();
         }
     }
 }
@@ -621,7 +624,7 @@ fn serve_inner(
     let opts = &opts;
     // The kernel has already applied the caller's umask to the modes in create/mkdir/mknod
     // requests; the daemon's own umask must not strip bits a second time.
-    unsafe { libc::umask(0) };
+    umask(Mode::empty());
     let signals = block_signals();
     let backend = crate::engine::accel::select(&opts.accel)
         .map_err(|e| MountError(format!("compression engine (accel={}): {e}", opts.accel)))?;
@@ -723,13 +726,24 @@ fn serve_inner(
         std::thread::Builder::new()
             .name("dfs-signals".into())
             .spawn(move || loop {
-                let mut sig = 0;
-                if unsafe { libc::sigwait(&signals, &mut sig) } != 0 {
+                let Ok(sig) = signals.wait() else {
                     continue;
-                }
+                };
                 tracing::info!("signal {sig}: writing back and unmounting");
-                fs.flush_all();
-                unmount_if_ours(&mountpoint, mount_id);
+                // This thread must outlive a panic: the signals stay blocked in every thread,
+                // so without it the next SIGTERM would be ignored and the daemon unstoppable.
+                // A panicking write-back still unmounts, as asked; the main thread writes back
+                // once more after the session ends, and what fails then is logged there.
+                if let Err(msg) = crate::panics::catch(|| fs.flush_all()) {
+                    tracing::error!(
+                        "thread dfs-signals: writing back panicked: {msg}; unmounting anyway"
+                    );
+                }
+                if let Err(msg) = crate::panics::catch(|| unmount_if_ours(&mountpoint, mount_id)) {
+                    tracing::error!(
+                        "thread dfs-signals: unmounting panicked: {msg}; still waiting for signals"
+                    );
+                }
             })
             .map_err(|e| MountError(format!("signal thread: {e}")))?;
     }

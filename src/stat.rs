@@ -99,6 +99,8 @@ fn lgetxattr(path: &Path, name: &str) -> std::io::Result<Vec<u8>> {
     let n = CString::new(name)?;
     let mut buf = vec![0u8; 512];
     loop {
+        // SAFETY: `p` and `n` are NUL-terminated CStrings living across the call; lgetxattr
+        // writes at most `buf.len()` bytes into `buf`, which is that long.
         let r = unsafe {
             libc::lgetxattr(
                 p.as_ptr(),

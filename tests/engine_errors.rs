@@ -334,6 +334,58 @@ fn panicking_codec_fails_its_job_and_later_jobs_succeed() {
     assert_eq!(pool.in_use(), 0, "buffers of failed jobs come back");
 }
 
+/// A codec panics, and so does the backend when the worker asks it for a fresh codec: the job
+/// still completes (with the codec's panic), and the worker, which keeps its old codec, runs
+/// later jobs. Before the reopen was guarded, the second panic killed the worker with the job's
+/// completion unsent, and its submitter waited forever.
+#[test]
+fn a_panic_reopening_the_codec_fails_the_job_and_keeps_the_worker() {
+    let (backend, control) = FaultBackend::new(Arc::new(SoftwareBackend::new()));
+    control.add(Fault {
+        op: FaultOp::Deflate,
+        trigger: FaultTrigger::InputPrefix(b"PANIC".to_vec()),
+        action: FaultAction::Panic,
+    });
+    let engine = engine_with(Arc::new(backend), 1);
+    let pool = BufferPool::new(1 << 20);
+    control.panic_on_open(1);
+
+    let mut poisoned = b"PANIC".to_vec();
+    poisoned.extend(text(5000));
+    let [mut input, output] = pool
+        .take_many([poisoned.len(), stored_stream_len(poisoned.len())])
+        .unwrap();
+    input.copy_from_slice(&poisoned);
+    let ticket = engine.submit_with_ticket(
+        Op::Compress {
+            level: 6,
+            headroom: 0,
+            tailroom: 0,
+        },
+        input,
+        output,
+    );
+    let c = ticket
+        .wait_timeout(std::time::Duration::from_secs(20))
+        .unwrap_or_else(|_| panic!("the job never completed: the worker died"));
+    assert!(
+        matches!(c.result, Err(EngineError::Codec(CodecError::Panicked(ref m))) if m.contains("injected Deflate")),
+        "{:?}",
+        c.result
+    );
+    assert_eq!(
+        control.opens(),
+        1,
+        "the reopen panicked: the old codec stays"
+    );
+    drop(c);
+
+    let data = text(5000);
+    assert_engine_works(&engine, &pool, &data);
+    assert_eq!(engine.stats().jobs_failed(), 1);
+    assert_eq!(pool.in_use(), 0, "buffers of the failed job come back");
+}
+
 #[test]
 fn failing_codec_error_is_passed_through() {
     let (backend, control) = FaultBackend::new(Arc::new(SoftwareBackend::new()));

@@ -89,10 +89,10 @@ pub fn select(accel: &Accel) -> Result<Arc<dyn Backend>, String> {
             for name in ACCELERATOR_LIBRARIES {
                 match open_tested(&Accel::Zlib(name.to_string())) {
                     Ok(b) => return Ok(b),
-                    Err(e) => log::debug!("accel=auto: {e}"),
+                    Err(e) => tracing::debug!("accel=auto: {e}"),
                 }
             }
-            log::info!("accel=auto: no accelerator library passed its self-test; using sw");
+            tracing::info!("accel=auto: no accelerator library passed its self-test; using sw");
             open_tested(&Accel::Sw)
         }
         other => open_tested(other),

@@ -56,6 +56,8 @@ pub struct Fault {
 pub struct FaultControl {
     faults: Mutex<Vec<Fault>>,
     opens: AtomicUsize,
+    /// Calls to `open_queue` still to panic (see [`FaultControl::panic_on_open`]).
+    open_panics: AtomicUsize,
     deflate_calls: AtomicU64,
     inflate_calls: AtomicU64,
     fired: AtomicU64,
@@ -124,6 +126,12 @@ impl FaultControl {
             }
         }
         None
+    }
+
+    /// Makes the next `n` calls to the backend's `open_queue` panic, as a driver might when asked
+    /// for a fresh queue after a crash: the engine must complete the job at hand anyway.
+    pub fn panic_on_open(&self, n: usize) {
+        self.open_panics.store(n, Ordering::SeqCst);
     }
 
     /// Codecs opened so far (one per queue, plus one per reopen after a panic).
@@ -229,6 +237,13 @@ impl Backend for FaultBackend {
     }
 
     fn open_queue(&self) -> Result<Box<dyn Codec>, CodecError> {
+        let panics = &self.control.open_panics;
+        if panics
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            panic!("injected open_queue panic");
+        }
         let inner = self.inner.open_queue()?;
         self.control.opens.fetch_add(1, Ordering::SeqCst);
         Ok(Box::new(FaultCodec {

@@ -121,12 +121,12 @@ impl BackendHealth {
             Op::Compress { .. } => "compress",
             Op::Decompress { .. } => "decompress",
         };
-        log::warn!(
+        tracing::warn!(
             "backend {} fault #{n} (queue {queue}, {kind}): {what}; job redone in software",
             self.backend
         );
         if self.limit > 0 && n >= self.limit && !self.disabled.swap(true, Ordering::Relaxed) {
-            log::error!(
+            tracing::error!(
                 "backend {} disabled after {n} faults: every later job runs in software (libdeflate)",
                 self.backend
             );
@@ -503,7 +503,7 @@ impl Engine {
                 continue;
             }
             if handle.join().is_err() {
-                log::error!("an engine queue worker panicked outside a job");
+                tracing::error!("an engine queue worker panicked outside a job");
             }
         }
     }

@@ -1,6 +1,5 @@
 //! Queue pairs: a bounded ring of job slots feeding one worker thread that owns one codec stream.
 
-use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicIsize, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -8,6 +7,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
+use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
+use nix::unistd::Pid;
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use super::backend::{Backend, Codec, CodecError};
@@ -15,6 +16,7 @@ use super::job::{Completion, Done, EngineError, Job, Op};
 use super::software::{ReferenceVerifier, SoftwareCodec};
 use super::stored::{read_stored, stored_stream_len, write_stored};
 use super::{BackendHealth, EngineOptions};
+use crate::panics::message as panic_message;
 
 /// Counters of one queue, shared by its submitters and its worker. Aligned to keep queues' counters
 /// off each other's cache lines.
@@ -214,14 +216,9 @@ pub(super) fn start_queue(
 /// The CPU queue `index` is pinned to: the `index`-th CPU (modulo their number) this process may
 /// run on.
 fn pick_cpu(index: usize) -> Option<usize> {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity fills it.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    let r = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
-    if r != 0 {
-        return None;
-    }
-    let allowed: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
-        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+    let set = sched_getaffinity(Pid::from_raw(0)).ok()?;
+    let allowed: Vec<usize> = (0..CpuSet::count())
+        .filter(|&c| set.is_set(c).unwrap_or(false))
         .collect();
     (!allowed.is_empty()).then(|| allowed[index % allowed.len()])
 }
@@ -229,16 +226,13 @@ fn pick_cpu(index: usize) -> Option<usize> {
 /// Pins the calling thread to `cpu` (the `affinity` option): a queue's jobs then run, and
 /// complete, on one CPU, as on a device that signals completions to the CPU that submitted.
 fn pin_to_cpu(index: usize, cpu: usize) {
-    // SAFETY: plain libc calls on a set we own.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0 {
-        log::warn!(
-            "queue {index}: cannot pin the worker to CPU {cpu}: {}",
-            std::io::Error::last_os_error()
-        );
-    } else {
-        log::debug!("queue {index}: worker pinned to CPU {cpu}");
+    let mut set = CpuSet::new();
+    let pinned = set
+        .set(cpu)
+        .and_then(|()| sched_setaffinity(Pid::from_raw(0), &set));
+    match pinned {
+        Err(e) => tracing::warn!("queue {index}: cannot pin the worker to CPU {cpu}: {e}"),
+        Ok(()) => tracing::debug!("queue {index}: worker pinned to CPU {cpu}"),
     }
 }
 
@@ -258,12 +252,23 @@ struct Worker {
 
 impl Worker {
     /// Runs jobs until the ring is closed and empty (shutdown drains).
+    ///
+    /// A worker never dies of a panic: one in a codec, in the bookkeeping around it, or in a
+    /// completion callback is caught in [`Worker::run_job`], logged, and turned into a failed job,
+    /// so every accepted job completes and no request waits forever on a dead queue. The guard
+    /// here only catches what would escape that (a bug in this loop itself).
     fn run(mut self) {
         while let Ok(job) = self.rx.recv() {
             self.slots.notify();
-            self.run_job(job);
+            if let Err(payload) = catch_unwind(AssertUnwindSafe(|| self.run_job(job))) {
+                tracing::error!(
+                    "queue {}: worker panicked outside a job: {}; the worker goes on",
+                    self.index,
+                    panic_message(payload.as_ref())
+                );
+            }
         }
-        log::debug!("queue {} worker exits", self.index);
+        tracing::debug!("queue {} worker exits", self.index);
     }
 
     fn run_job(&mut self, job: Job) {
@@ -273,49 +278,65 @@ impl Worker {
             mut output,
             on_complete,
         } = job;
+        // Everything up to the callback runs under one guard that only borrows the buffers: a
+        // panic anywhere in it still leaves the job whole, to be completed with an error.
+        let result = catch_unwind(AssertUnwindSafe(|| self.run_op(&op, &input, &mut output)))
+            .unwrap_or_else(|payload| {
+                let msg = panic_message(payload.as_ref());
+                tracing::error!(
+                    "queue {}: worker panicked running {op:?}: {msg}; the job fails",
+                    self.index
+                );
+                Err(EngineError::Codec(CodecError::Panicked(msg)))
+            });
+        let c = &self.counters;
+        c.count(&op, input.len(), &result);
+        c.occupancy.fetch_sub(1, Ordering::Relaxed);
+
+        let completion = Completion {
+            result,
+            input,
+            output,
+        };
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(move || on_complete(completion))) {
+            tracing::error!(
+                "queue {}: completion callback panicked: {}",
+                self.index,
+                panic_message(payload.as_ref())
+            );
+        }
+    }
+
+    /// Runs one job's operation: on the backend's codec (checked, with the software fallback if
+    /// configured), or in software once the backend is disabled. Updates the fault counters.
+    fn run_op(&mut self, op: &Op, input: &[u8], output: &mut [u8]) -> Result<Done, EngineError> {
         let mut report = JobReport::default();
         let disabled = self.fallback.is_some() && self.health.is_disabled();
         let result = if disabled {
             // The backend was disabled after repeated faults: software does everything.
             let sw = self.fallback.as_mut().expect("checked");
             report.software = true;
-            run_guarded(
-                self.index,
-                sw,
-                None,
-                None,
-                &op,
-                &input,
-                &mut output,
-                &mut report,
-            )
+            run_guarded(self.index, sw, None, None, op, input, output, &mut report)
         } else {
             match catch_unwind(AssertUnwindSafe(|| {
                 execute(
                     self.codec.as_mut(),
                     self.verifier.as_mut(),
                     self.fallback.as_mut().map(|c| c as &mut dyn Codec),
-                    &op,
-                    &input,
-                    &mut output,
+                    op,
+                    input,
+                    output,
                     &mut report,
                 )
             })) {
                 Ok(result) => result,
                 Err(payload) => {
                     let msg = panic_message(payload.as_ref());
-                    log::error!(
+                    tracing::error!(
                         "queue {}: codec panicked running {op:?}: {msg}; reopening the codec",
                         self.index
                     );
-                    // The codec may be left inconsistent by the unwind: replace it.
-                    match self.backend.open_queue() {
-                        Ok(fresh) => self.codec = fresh,
-                        Err(e) => log::error!(
-                            "queue {}: cannot reopen codec ({e}); keeping the old one",
-                            self.index
-                        ),
-                    }
+                    self.reopen_codec();
                     match self.fallback.as_mut() {
                         Some(sw) => {
                             report = JobReport {
@@ -323,16 +344,7 @@ impl Worker {
                                 software: true,
                                 ..report
                             };
-                            run_guarded(
-                                self.index,
-                                sw,
-                                None,
-                                None,
-                                &op,
-                                &input,
-                                &mut output,
-                                &mut report,
-                            )
+                            run_guarded(self.index, sw, None, None, op, input, output, &mut report)
                         }
                         None => Err(EngineError::Codec(CodecError::Panicked(msg))),
                     }
@@ -346,25 +358,29 @@ impl Worker {
         }
         if let Some(fault) = report.fault.take() {
             c.faults.fetch_add(1, Ordering::Relaxed);
-            self.health.record_fault(self.index, &op, &fault);
+            self.health.record_fault(self.index, op, &fault);
         }
         if report.software {
             c.software_jobs.fetch_add(1, Ordering::Relaxed);
         }
-        c.count(&op, input.len(), &result);
-        c.occupancy.fetch_sub(1, Ordering::Relaxed);
+        result
+    }
 
-        let completion = Completion {
-            result,
-            input,
-            output,
-        };
-        if let Err(payload) = catch_unwind(AssertUnwindSafe(move || on_complete(completion))) {
-            log::error!(
-                "queue {}: completion callback panicked: {}",
+    /// Replaces the codec after it panicked: the unwind may have left it inconsistent. A backend
+    /// that fails, or panics, to open a new one leaves the old one in place (the job that
+    /// panicked still completes, with its error or from the fallback).
+    fn reopen_codec(&mut self) {
+        match catch_unwind(AssertUnwindSafe(|| self.backend.open_queue())) {
+            Ok(Ok(fresh)) => self.codec = fresh,
+            Ok(Err(e)) => tracing::error!(
+                "queue {}: cannot reopen codec ({e}); keeping the old one",
+                self.index
+            ),
+            Err(payload) => tracing::error!(
+                "queue {}: reopening the codec panicked ({}); keeping the old one",
                 self.index,
                 panic_message(payload.as_ref())
-            );
+            ),
         }
     }
 }
@@ -386,7 +402,7 @@ fn run_guarded(
     }))
     .unwrap_or_else(|payload| {
         let msg = panic_message(payload.as_ref());
-        log::error!("queue {index}: software codec panicked running {op:?}: {msg}");
+        tracing::error!("queue {index}: software codec panicked running {op:?}: {msg}");
         Err(EngineError::Codec(CodecError::Panicked(msg)))
     })
 }
@@ -400,16 +416,6 @@ pub(super) struct JobReport {
     pub fault: Option<String>,
     /// The result came from the software fallback.
     pub software: bool,
-}
-
-fn panic_message(payload: &(dyn Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "non-string panic payload".to_string()
-    }
 }
 
 /// Runs one operation with `codec`. Compressed streams are checked with `verifier` if given. When
@@ -531,7 +537,7 @@ fn compress(
             }
             None if report.verify_failed => {
                 // Never hand out a stream that does not decode to its input: store instead.
-                log::error!("{fault}; writing stored blocks instead");
+                tracing::error!("{fault}; writing stored blocks instead");
             }
             None => return Err(EngineError::Codec(CodecError::Failed(fault))),
         }
@@ -626,6 +632,21 @@ fn decompress(
 mod tests {
     use super::*;
     use crate::engine::software::SoftwareCodec;
+
+    #[test]
+    fn a_pinned_worker_runs_on_the_one_cpu_picked_for_it() {
+        let cpu = pick_cpu(0).expect("this process may run on some CPU");
+        let allowed = std::thread::spawn(move || {
+            pin_to_cpu(0, cpu);
+            let set = sched_getaffinity(Pid::from_raw(0)).unwrap();
+            (0..CpuSet::count())
+                .filter(|&c| set.is_set(c).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(allowed, [cpu]);
+    }
 
     /// Records the output size it was offered, then behaves like libdeflate.
     struct Spy {

@@ -87,6 +87,8 @@ struct ZlibLib {
 // SAFETY: the handle and function pointers are immutable after loading; zlib's functions are
 // thread-safe on distinct streams, and each stream is used by one thread at a time.
 unsafe impl Send for ZlibLib {}
+// SAFETY: as for Send: shared references only read the immutable handle, version string and
+// function pointers; calls through them from several threads each work on their own stream.
 unsafe impl Sync for ZlibLib {}
 
 impl Drop for ZlibLib {
@@ -102,6 +104,8 @@ fn dlerror() -> String {
     if e.is_null() {
         "unknown dlopen error".into()
     } else {
+        // SAFETY: a non-null dlerror result is a NUL-terminated string that stays valid until
+        // the next dl* call on this thread; it is copied out before any.
         unsafe { CStr::from_ptr(e) }.to_string_lossy().into_owned()
     }
 }
@@ -127,7 +131,11 @@ impl ZlibLib {
             })
         };
         let loaded = (|| {
-            // SAFETY (all transmutes): the zlib API's documented signatures (zlib.h).
+            // SAFETY: each transmute turns a non-null symbol address into a function pointer of
+            // the signature zlib.h documents for that name (the types above), the same size as
+            // a data pointer on Linux. zlibVersion takes nothing and returns a static string,
+            // read only after the null check. `handle` stays open as long as the ZlibLib the
+            // pointers end up in (dlclose only in its Drop, or below if loading fails).
             unsafe {
                 let version_fn =
                     std::mem::transmute::<*mut c_void, VersionFn>(need("zlibVersion")?);
@@ -246,8 +254,9 @@ impl ZlibCodec {
     fn deflater(&mut self, level: u32) -> Result<&mut ZStream, CodecError> {
         let lib = &*self.lib;
         let reusable = match (&mut self.deflater, lib.deflate_reset) {
-            // SAFETY: an initialised stream of this library.
             (Some((strm, l)), Some(reset)) if *l == level => {
+                // SAFETY: a stream initialised by this library's deflateInit2_, still in the
+                // Box it was initialised in (zlib's state points back at it).
                 (unsafe { reset(&mut **strm) }) == Z_OK
             }
             _ => false,
@@ -298,6 +307,8 @@ impl ZlibCodec {
         // SAFETY: end the initialised stream, then initialise a fresh one in the same box.
         unsafe { (lib.inflate_end)(&mut *self.inflater) };
         *self.inflater = *ZStream::zeroed();
+        // SAFETY: a zeroed stream at the Box's fixed address (it must not move once
+        // initialised), this library's own version string and our struct size.
         let r = unsafe {
             (lib.inflate_init2)(
                 &mut *self.inflater,

@@ -93,16 +93,20 @@ impl Caller {
 
 fn setfsuid(uid: u32) -> u32 {
     // The raw system call: it changes only the calling thread, which is what we want here.
+    // SAFETY: setfsuid takes one integer and touches no memory of ours.
     unsafe { libc::syscall(libc::SYS_setfsuid, uid as libc::c_long) as u32 }
 }
 
 fn setfsgid(gid: u32) -> u32 {
+    // SAFETY: setfsgid takes one integer and touches no memory of ours.
     unsafe { libc::syscall(libc::SYS_setfsgid, gid as libc::c_long) as u32 }
 }
 
 /// setgroups(2) for the calling thread only. glibc's wrapper would apply it to every thread of
 /// the daemon (its set*id broadcast), which must never happen while other requests run.
 fn set_thread_groups(groups: &[libc::gid_t]) -> bool {
+    // SAFETY: the kernel reads `groups.len()` gid_t values from `groups`, a live slice of exactly
+    // that many; the raw syscall's arguments are the kernel's (int size, const gid_t *list).
     unsafe {
         libc::syscall(
             libc::SYS_setgroups,
@@ -113,17 +117,8 @@ fn set_thread_groups(groups: &[libc::gid_t]) -> bool {
 }
 
 fn thread_groups() -> Option<Vec<libc::gid_t>> {
-    let n = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
-    if n < 0 {
-        return None;
-    }
-    let mut groups = vec![0; n as usize];
-    let n = unsafe { libc::getgroups(n, groups.as_mut_ptr()) };
-    if n < 0 {
-        return None;
-    }
-    groups.truncate(n as usize);
-    Some(groups)
+    let groups = nix::unistd::getgroups().ok()?;
+    Some(groups.into_iter().map(|g| g.as_raw()).collect())
 }
 
 /// The calling thread acting with a caller's filesystem uid, gid and supplementary groups,
@@ -202,6 +197,7 @@ mod tests {
     use super::*;
 
     fn stat(uid: u32, gid: u32, mode: u32) -> libc::stat {
+        // SAFETY: libc::stat is plain integers, for which all-zero bytes are a valid value.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         st.st_uid = uid;
         st.st_gid = gid;
@@ -253,8 +249,8 @@ mod tests {
     #[test]
     fn supplementary_groups_come_from_proc() {
         let me = Caller {
-            uid: unsafe { libc::getuid() },
-            gid: unsafe { libc::getgid() },
+            uid: nix::unistd::getuid().as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
             pid: std::process::id(),
         };
         assert!(me.groups().is_some());

@@ -214,8 +214,8 @@ impl DeflateFs {
             probes: ProbeCache::new(),
             lingering: Lingering::new(),
             names: NameLocks::default(),
-            owner_uid: unsafe { libc::getuid() },
-            creates_as_caller: unsafe { libc::geteuid() } == 0,
+            owner_uid: nix::unistd::getuid().as_raw(),
+            creates_as_caller: nix::unistd::geteuid().is_root(),
             copies: CopyStats::default(),
         })
     }
@@ -671,6 +671,8 @@ impl DeflateFs {
         if node.kind == NodeKind::Symlink {
             // linkat through /proc would follow the link; hard-link the symlink itself.
             let empty = c"";
+            // SAFETY: both paths are NUL-terminated; the CString made for `newname` and the
+            // descriptors' guards are temporaries of this statement, so they outlive the call.
             let r = unsafe {
                 libc::linkat(
                     self.fd(&node)?.raw(),
@@ -1258,12 +1260,15 @@ impl DeflateFs {
         if !self.inodes.hold(node) {
             return;
         }
-        let result = self.compact(node, c);
+        // Guarded here, not only by the flusher's loop, so that the reference taken above is
+        // given back whatever happens.
+        let result = crate::panics::catch(|| self.compact(node, c));
         self.inodes.forget(node.id, 1);
         match result {
-            Ok(true) => tracing::info!("{}: compacted", node.label()),
-            Ok(false) => {}
-            Err(e) => tracing::warn!(
+            Err(msg) => self.file_panicked(node, open, "compaction", &msg),
+            Ok(Ok(true)) => tracing::info!("{}: compacted", node.label()),
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => tracing::warn!(
                 "{}: compaction failed, file left as it was: {e}",
                 node.label()
             ),
@@ -1540,23 +1545,45 @@ impl DeflateFs {
         for node in self.lingering.expired() {
             self.put_state(&node);
         }
-        let files: Vec<Arc<OpenFile>> = self
+        let files: Vec<(Arc<Node>, Arc<OpenFile>)> = self
             .handles
             .lock()
             .values()
-            .filter_map(|h| h.file.clone())
+            .filter_map(|h| Some((h.node.clone(), h.file.clone()?)))
             .collect();
         let pool = &self.ctx.dirty_pool;
         let pressure = pool.in_use() * 2 > pool.capacity();
-        for f in files {
-            if pressure {
-                f.relieve_pressure();
-            }
-            if commit {
-                if let OpenFile::Container(c) = f.as_ref() {
-                    c.try_periodic_commit();
+        for (node, f) in files {
+            // One file's panic must not cost the other files their commit.
+            let pass = crate::panics::catch(|| {
+                if pressure {
+                    f.relieve_pressure();
                 }
+                if commit {
+                    if let OpenFile::Container(c) = f.as_ref() {
+                        c.try_periodic_commit();
+                    }
+                }
+            });
+            if let Err(msg) = pass {
+                self.file_panicked(&node, &f, "write-back", &msg);
             }
+        }
+    }
+
+    /// After a panic in the background write-back or compaction of `file`: the unwind may have
+    /// dropped data that was on its way to the backing file, or left the open state writing to a
+    /// container that a compaction replaced, so nothing may claim this file durable any more.
+    /// Every later fsync of it fails with EIO (until it is opened afresh); the other files go on.
+    fn file_panicked(&self, node: &Node, file: &OpenFile, what: &str, msg: &str) {
+        tracing::error!(
+            "{}: {what} panicked on thread {}: {msg}; every later fsync of this file fails with \
+             EIO",
+            node.label(),
+            crate::panics::thread_name()
+        );
+        if let OpenFile::Container(c) = file {
+            c.fail_syncs(FsError::new(libc::EIO));
         }
     }
 
@@ -1597,12 +1624,21 @@ impl DeflateFs {
     }
 
     /// Runs the background flusher until shutdown.
+    ///
+    /// A panic in a pass is caught and logged at ERROR, and the flusher goes on: periodic commits
+    /// never stop silently. A file whose own write-back panicked is marked failed
+    /// ([`DeflateFs::background_pass`]); a pass that panics outside any one file (the loop's own work)
+    /// has nothing half-done to undo, so the next one simply runs. A commit that a panic cut
+    /// short is retried at the next pass rather than 5 s later, and after a panic the flusher
+    /// pauses a second, so a pass that panics every time logs once a second, not 20 times.
     pub fn spawn_flusher(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
+        let mut injected = injected_flusher_panics();
         std::thread::Builder::new()
             .name("dfs-flusher".into())
             .spawn(move || {
                 let mut tick = 0u64;
+                let mut commit_due = false;
                 loop {
                     std::thread::sleep(Duration::from_millis(50));
                     let Some(fs) = weak.upgrade() else { return };
@@ -1611,11 +1647,33 @@ impl DeflateFs {
                     }
                     tick += 1;
                     // Commit every 5 s what writers left uncommitted, like ext4's commit interval.
-                    fs.background_pass(tick.is_multiple_of(100));
-                    // Files kept open are compacted within a second of crossing the threshold.
-                    if tick.is_multiple_of(20) || fs.compaction_due.swap(false, Ordering::Relaxed) {
-                        fs.compact_open_files();
-                        fs.inodes.prune_retired();
+                    let commit = commit_due || tick.is_multiple_of(100);
+                    let pass = crate::panics::catch(|| {
+                        if commit && injected > 0 {
+                            injected -= 1;
+                            panic!("injected flusher panic ({FLUSHER_PANICS_ENV})");
+                        }
+                        fs.background_pass(commit);
+                        // Files kept open are compacted within a second of crossing the threshold.
+                        if tick.is_multiple_of(20)
+                            || fs.compaction_due.swap(false, Ordering::Relaxed)
+                        {
+                            fs.compact_open_files();
+                            fs.inodes.prune_retired();
+                        }
+                    });
+                    commit_due = pass.is_err() && commit;
+                    if let Err(msg) = pass {
+                        tracing::error!(
+                            "thread dfs-flusher panicked: {msg}; it goes on{}",
+                            if commit_due {
+                                ", retrying the periodic commit in 1 s"
+                            } else {
+                                ""
+                            }
+                        );
+                        drop(fs);
+                        std::thread::sleep(Duration::from_secs(1));
                     }
                 }
             })
@@ -1676,4 +1734,20 @@ impl DeflateFs {
             self.copies.byte_copied.load(Ordering::Relaxed),
         )
     }
+}
+
+/// Testing only: the environment variable (read at mount) whose value N makes the flusher's next N
+/// periodic commit passes panic, to show that a panic neither stops periodic commits nor goes
+/// unlogged (tests/mount_flusher.rs).
+pub const FLUSHER_PANICS_ENV: &str = "DEFLATEFS_TEST_FLUSHER_PANICS";
+
+fn injected_flusher_panics() -> u32 {
+    let n = std::env::var(FLUSHER_PANICS_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if n > 0 {
+        tracing::warn!("{FLUSHER_PANICS_ENV}={n}: the next {n} periodic commits panic (testing)");
+    }
+    n
 }

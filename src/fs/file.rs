@@ -791,7 +791,10 @@ impl ContainerFile {
         iov[n_iov] = io(&mut trailer);
         n_iov += 1;
         let file = self.reader();
-        // SAFETY: each iovec points into a live buffer of its stated length, none overlapping.
+        // SAFETY: the first `n_iov` iovecs each point into a live local buffer (`header`,
+        // `block_headers`, `trailer`) or a disjoint part of `out`, with that part's exact
+        // length, and none of them is touched again until preadv returns; `file` keeps the
+        // descriptor open across the call; n_iov <= 2 * MAX_BLOCKS + 2, well under IOV_MAX.
         let n = unsafe {
             libc::preadv(
                 std::os::fd::AsRawFd::as_raw_fd(&*file),

@@ -470,6 +470,7 @@ impl Filesystem for FuseAdapter {
             let next = offset + i as u64 + 1;
             let name = e.name.as_encoded_bytes();
             if name == b"." || name == b".." {
+                // SAFETY: libc::stat is plain integers, for which all-zero bytes are valid.
                 let mut attr = to_attr(&unsafe { std::mem::zeroed() });
                 attr.ino = INodeNo(if name == b"." { ino.0 } else { e.ino });
                 attr.kind = FileType::Directory;

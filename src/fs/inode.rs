@@ -709,6 +709,9 @@ fn file_handle(fd: RawFd) -> Option<Box<[u8]>> {
     let mut buf = vec![0u8; 8 + MAX_HANDLE_SZ];
     buf[..4].copy_from_slice(&(MAX_HANDLE_SZ as u32).to_ne_bytes());
     let mut mount_id: libc::c_int = 0;
+    // SAFETY: the empty path is NUL-terminated; `buf` starts with handle_bytes = MAX_HANDLE_SZ
+    // and has room for the 8-byte header plus that many bytes, which is all the kernel writes
+    // (it copies bytes, so the u8 buffer's alignment does not matter); `mount_id` is a live int.
     let r = unsafe {
         libc::syscall(
             libc::SYS_name_to_handle_at,
@@ -732,9 +735,13 @@ fn open_by_handle(mount_fd: RawFd, handle: &[u8]) -> FsResult<OwnedFd> {
     // The kernel reads the header's handle_bytes and then that many bytes: keep them aligned
     // as `struct file_handle` is.
     let mut aligned = vec![0u32; handle.len().div_ceil(4)];
-    let bytes =
-        unsafe { std::slice::from_raw_parts_mut(aligned.as_mut_ptr() as *mut u8, handle.len()) };
-    bytes.copy_from_slice(handle);
+    for (word, chunk) in aligned.iter_mut().zip(handle.chunks(4)) {
+        let mut b = [0u8; 4];
+        b[..chunk.len()].copy_from_slice(chunk);
+        *word = u32::from_ne_bytes(b);
+    }
+    // SAFETY: `aligned` holds the whole handle as made by `file_handle` (header and
+    // handle_bytes bytes of f_handle), so the kernel reads only inside it.
     let fd = unsafe {
         libc::syscall(
             libc::SYS_open_by_handle_at,
@@ -746,6 +753,7 @@ fn open_by_handle(mount_fd: RawFd, handle: &[u8]) -> FsResult<OwnedFd> {
     if fd < 0 {
         return Err(FsError::new(sys::last_errno()));
     }
+    // SAFETY: `fd` was just returned by open_by_handle_at, is open, and nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 

@@ -202,8 +202,10 @@ pub fn copy_kept_flags(from: RawFd, to: RawFd) -> FsResult<()> {
 /// than accepted and failed at write-back. (Append-only is refused too: the daemon does not only
 /// append to a container.) One statx, no open.
 pub fn writes_refused(fd: RawFd) -> FsResult<bool> {
+    // SAFETY: libc::statx is plain integers, for which all-zero bytes are a valid value.
     let mut stx: libc::statx = unsafe { std::mem::zeroed() };
-    // SAFETY: statx fills `stx`; the empty path with AT_EMPTY_PATH names `fd` itself.
+    // SAFETY: statx writes one struct statx into `stx`, a live one; the empty path is
+    // NUL-terminated and, with AT_EMPTY_PATH, names `fd` itself.
     let r = unsafe { libc::statx(fd, c"".as_ptr(), libc::AT_EMPTY_PATH, 0, &mut stx) };
     if r != 0 {
         return errno(sys::last_errno());

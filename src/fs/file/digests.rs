@@ -116,9 +116,9 @@ pub(super) struct DigestState {
 
 impl DigestState {
     pub(super) fn new(file: &std::fs::File) -> Box<DigestState> {
-        let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+        let flags = nix::fcntl::fcntl(file, nix::fcntl::FcntlArg::F_GETFL);
         Box::new(DigestState {
-            writable: flags >= 0 && flags & libc::O_ACCMODE != libc::O_RDONLY,
+            writable: flags.is_ok_and(|f| f & libc::O_ACCMODE != libc::O_RDONLY),
             sha_recompute: Mutex::new(()),
             memo: Mutex::new(HashMap::new()),
             last_blake3: Mutex::new(None),
@@ -337,6 +337,7 @@ impl ContainerFile {
                 tv_nsec: before.st_mtime_nsec,
             },
         ];
+        // SAFETY: futimens reads the two timespecs of `times`, a live array of two.
         if unsafe { libc::futimens(fd, times.as_ptr()) } != 0 {
             return Err(FsError::new(crate::fs::sys::last_errno()));
         }
