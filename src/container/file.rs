@@ -1106,17 +1106,19 @@ impl Container {
     }
 
     /// Bytes a compaction would reclaim: `container_len` minus the length of the compacted
-    /// container (header, the live data members, and a checkpoint of the live entries). This
-    /// counts superseded members and all commit metadata except that one checkpoint; it
-    /// assumes compaction keeps the existing members as they are.
+    /// container (header, the live data members but the overlay pieces, and a checkpoint of the
+    /// live entries). This counts superseded members, overlay pieces and all commit metadata
+    /// except that one checkpoint; it assumes compaction keeps the other members as they are.
     pub fn stale_bytes(&self) -> u64 {
         let aux = if self.committed_aux.is_some() {
             AUX_MEMBER_LEN as u64
         } else {
             0
         };
+        // Overlay pieces are folded into their chunk's one member by a compaction, which then
+        // takes about the size of the chunk's first piece alone.
         let compacted = HEADER_LEN
-            + self.index.live_stored_bytes()
+            + (self.index.live_stored_bytes() - self.index.overlay_stored_bytes())
             + index_members_len(self.index.live_entry_count())
             + aux
             + COMMIT_LEN;

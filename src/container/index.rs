@@ -9,25 +9,67 @@ use super::{IndexEntry, PieceKind};
 #[derive(Clone, Debug)]
 enum Slot {
     One(IndexEntry),
-    Many(Vec<IndexEntry>),
+    /// `reach`: the logical end of the furthest piece.
+    Many {
+        pieces: Vec<IndexEntry>,
+        reach: u64,
+    },
+}
+
+fn piece_end(e: &IndexEntry) -> u64 {
+    e.logical_offset + e.logical_len as u64
 }
 
 impl Slot {
     fn as_slice(&self) -> &[IndexEntry] {
         match self {
             Slot::One(e) => std::slice::from_ref(e),
-            Slot::Many(v) => v,
+            Slot::Many { pieces, .. } => pieces,
         }
     }
 
-    fn push(&mut self, e: IndexEntry) {
+    fn reach(&self) -> u64 {
+        match self {
+            Slot::One(e) => piece_end(e),
+            Slot::Many { reach, .. } => *reach,
+        }
+    }
+
+    /// Adds a piece after the others; returns whether it is an overlay piece (it starts below
+    /// what the pieces before it reach, so it replaces stored bytes instead of adding some).
+    fn push(&mut self, e: IndexEntry) -> bool {
+        let overlay = e.logical_offset < self.reach();
+        let reach = self.reach().max(piece_end(&e));
         match self {
             Slot::One(first) => {
                 let first = first.clone();
-                *self = Slot::Many(vec![first, e]);
+                *self = Slot::Many {
+                    pieces: vec![first, e],
+                    reach,
+                };
             }
-            Slot::Many(v) => v.push(e),
+            Slot::Many { pieces, reach: r } => {
+                pieces.push(e);
+                *r = reach;
+            }
         }
+        overlay
+    }
+
+    /// Stored bytes of the overlay pieces (see [`Slot::push`]).
+    fn overlay_stored(&self) -> u64 {
+        let Slot::Many { pieces, .. } = self else {
+            return 0;
+        };
+        let mut reach = 0;
+        let mut sum = 0;
+        for (i, p) in pieces.iter().enumerate() {
+            if i > 0 && p.logical_offset < reach {
+                sum += p.stored_len as u64;
+            }
+            reach = reach.max(piece_end(p));
+        }
+        sum
     }
 }
 
@@ -42,6 +84,7 @@ pub struct ChunkIndex {
     chunks: BTreeMap<u64, Slot>,
     live_entries: u64,
     live_stored: u64,
+    overlay_stored: u64,
 }
 
 impl ChunkIndex {
@@ -54,6 +97,7 @@ impl ChunkIndex {
             chunks: BTreeMap::new(),
             live_entries: 0,
             live_stored: 0,
+            overlay_stored: 0,
         }
     }
 
@@ -98,6 +142,7 @@ impl ChunkIndex {
     }
 
     fn forget(&mut self, slot: &Slot) {
+        self.overlay_stored -= slot.overlay_stored();
         for e in slot.as_slice() {
             self.live_entries -= 1;
             self.live_stored -= e.stored_len as u64;
@@ -120,7 +165,10 @@ impl ChunkIndex {
         let replaced = match self.chunks.entry(chunk) {
             Entry::Occupied(mut o) if e.reset => Some(std::mem::replace(o.get_mut(), Slot::One(e))),
             Entry::Occupied(mut o) => {
-                o.get_mut().push(e);
+                let stored = e.stored_len as u64;
+                if o.get_mut().push(e) {
+                    self.overlay_stored += stored;
+                }
                 None
             }
             Entry::Vacant(v) => {
@@ -169,6 +217,12 @@ impl ChunkIndex {
     pub fn live_stored_bytes(&self) -> u64 {
         self.live_stored
     }
+
+    /// Stored length of the live overlay pieces (pieces laid over bytes their chunk already
+    /// stored): a compaction, which writes each chunk as one piece, gets about this much back.
+    pub fn overlay_stored_bytes(&self) -> u64 {
+        self.overlay_stored
+    }
 }
 
 #[cfg(test)]
@@ -203,6 +257,24 @@ mod tests {
         assert_eq!(ix.pieces(0), &[piece(0, 4096, true, 400)]);
         assert_eq!(ix.live_entry_count(), 1);
         assert_eq!(ix.live_stored_bytes(), 100);
+    }
+
+    #[test]
+    fn overlay_pieces_are_counted_until_their_chunk_is_replaced() {
+        let mut idx = ChunkIndex::new(12);
+        idx.apply(piece(0, 2000, true, 100)); // each stored in 100 bytes (see `piece`)
+        idx.apply(piece(2000, 1000, false, 200)); // continues the chunk: not an overlay
+        assert_eq!(idx.overlay_stored_bytes(), 0);
+        idx.apply(piece(100, 10, false, 300)); // over stored bytes
+        idx.apply(piece(2990, 500, false, 400)); // starts below the reach (3000)
+        assert_eq!(idx.overlay_stored_bytes(), 200);
+        idx.apply(piece(4096, 10, true, 500));
+        idx.apply(piece(4100, 10, false, 600));
+        assert_eq!(idx.overlay_stored_bytes(), 300);
+        idx.apply(piece(0, 4096, true, 700));
+        assert_eq!(idx.overlay_stored_bytes(), 100);
+        idx.set_size(4096);
+        assert_eq!(idx.overlay_stored_bytes(), 0);
     }
 
     #[test]
