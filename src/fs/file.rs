@@ -1041,8 +1041,12 @@ impl ContainerFile {
         if let Some(b) = pool.try_take(cs) {
             return Ok(b);
         }
+        // Clean resident chunks only spare reads and decoding; give their memory back first.
+        st.dirty.retain(|_, d| d.dirty);
+        if let Some(b) = pool.try_take(cs) {
+            return Ok(b);
+        }
         self.submit_all(st)?;
-        // Clean resident chunks only speed up appends; give their memory back.
         st.dirty.retain(|_, d| d.dirty);
         loop {
             if let Some(b) = pool.take_timeout(cs, Duration::from_millis(20)) {
@@ -1096,12 +1100,24 @@ impl ContainerFile {
         // computed here from the chunk so far; for a whole-chunk piece, on the engine worker
         // (`None`). With `digests=off` it is all zero: "not computed".
         let (input, offset_in_chunk, reset, cv) = if let Some((lo, hi)) = partial {
-            let mut input = self.take_job_buffer(hi - lo)?;
-            input.copy_from_slice(&d.buf[lo..hi]);
             let cv = if self.ctx.digests {
                 chunk_cv(chunk_start, &d.buf[..d.valid])
             } else {
                 [0; 32]
+            };
+            let input = match self.try_take_job_buffer(hi - lo) {
+                Some(mut input) => {
+                    input.copy_from_slice(&d.buf[lo..hi]);
+                    input
+                }
+                None => {
+                    // No dirty memory for a copy: the chunk gives up its own buffer (a writer
+                    // waiting here for memory that only its own chunks hold would wait forever).
+                    let mut buf = st.dirty.remove(&chunk).expect("present").buf;
+                    buf.copy_within(lo..hi, 0);
+                    buf.set_len(hi - lo);
+                    buf
+                }
             };
             (input, lo, false, Some(cv))
         } else if d.valid == cs && !lost && !d.keep_after_submit {
@@ -1109,8 +1125,19 @@ impl ContainerFile {
             let d = st.dirty.remove(&chunk).expect("present");
             (d.buf, 0, true, None)
         } else {
-            let mut input = self.take_job_buffer(d.valid)?;
-            input.copy_from_slice(&d.buf[..d.valid]);
+            let input = match self.try_take_job_buffer(d.valid) {
+                Some(mut input) => {
+                    input.copy_from_slice(&d.buf[..d.valid]);
+                    input
+                }
+                None => {
+                    // As above: hand the chunk's buffer over rather than wait for a copy's.
+                    let d = st.dirty.remove(&chunk).expect("present");
+                    let mut buf = d.buf;
+                    buf.set_len(d.valid);
+                    buf
+                }
+            };
             (input, 0, true, None)
         };
         let cv = if self.ctx.digests { cv } else { Some([0; 32]) };
@@ -1195,15 +1222,11 @@ impl ContainerFile {
             && overlaid + len <= self.chunk_size() / 2
     }
 
-    /// A job input buffer of exactly `len` bytes, from the dirty pool.
-    fn take_job_buffer(&self, len: usize) -> FsResult<PoolBuf> {
-        let mut b = self
-            .ctx
-            .dirty_pool
-            .take(len.max(1))
-            .map_err(|e| FsError::with_context(libc::EIO, format!("{e}")))?;
+    /// A job input buffer of exactly `len` bytes from the dirty pool, if it has room now.
+    fn try_take_job_buffer(&self, len: usize) -> Option<PoolBuf> {
+        let mut b = self.ctx.dirty_pool.try_take(len.max(1))?;
         b.set_len(len);
-        Ok(b)
+        Some(b)
     }
 
     /// Waits until every submitted job of this file has landed in the container.
