@@ -224,8 +224,8 @@ fn random_overwrites_read_back_like_the_model_after_remount_and_kill() {
     fsck_clean(&mut m, "f");
 }
 
-/// Random 4 KiB overwrites all over a file sixteen times the dirty pool (8 MiB, the least): the pool fills with
-/// chunks kept in memory, and a writer that needs one more must give memory back (drop clean
+/// Random 4 KiB overwrites all over a file sixteen times the dirty pool (8 MiB, the least): the
+/// pool fills with chunks kept in memory, and a writer that needs one more must give memory back (drop clean
 /// chunks, hand a dirty chunk's own buffer to the engine) instead of waiting for memory only it
 /// holds. fio randwrite on the benchmark's 256 MiB file hung this way once clean chunks were
 /// kept across compactions. The writes run on a thread with a deadline.

@@ -1166,14 +1166,12 @@ impl ContainerFile {
             headroom: DATA_HEADER_LEN,
             tailroom: MEMBER_TRAILER_LEN,
         };
-        if len <= INLINE_PIECE_MAX {
-            // A piece this small (a database page, a log line) compresses in tens of
-            // microseconds: a round trip through a queue, two thread wake-ups, costs more than
-            // the work, and an fsync is waiting for it.
-            let c = self.ctx.engine.run_now(op, input, output);
+        let store = self.store.clone();
+        let label = self.label.clone();
+        let land = move |c: Completion| {
             land_compressed(
-                &self.store,
-                &self.label,
+                &store,
+                &label,
                 seq,
                 chunk,
                 logical_offset,
@@ -1181,28 +1179,20 @@ impl ContainerFile {
                 len,
                 cv,
                 c,
-            );
+            )
+        };
+        if len <= INLINE_PIECE_MAX {
+            // A piece this small (a database page, a log line) compresses in tens of
+            // microseconds: a round trip through a queue, two thread wake-ups, costs more than
+            // the work, and an fsync is waiting for it.
+            land(self.ctx.engine.run_now(op, input, output));
             return Ok(());
         }
-        let store = self.store.clone();
-        let label = self.label.clone();
         let job = Job {
             op,
             input,
             output,
-            on_complete: Box::new(move |c: Completion| {
-                land_compressed(
-                    &store,
-                    &label,
-                    seq,
-                    chunk,
-                    logical_offset,
-                    reset,
-                    len,
-                    cv,
-                    c,
-                )
-            }),
+            on_complete: Box::new(land),
         };
         self.ctx.engine.submit(vec![job]);
         Ok(())
