@@ -1078,6 +1078,13 @@ impl Container {
         Ok(())
     }
 
+    /// Records that an fdatasync of this container's file (through any descriptor of it)
+    /// completed after the container was `len` bytes long: what [`Container::sync_data`] does
+    /// after its own fdatasync, for a caller that synced without holding the container.
+    pub fn mark_synced(&self, len: u64) {
+        self.synced_len.fetch_max(len, Ordering::Relaxed);
+    }
+
     /// Reads the complete data member of `entry` into `buf` (`buf.len() == entry.stored_len`).
     pub fn read_member(&self, entry: &IndexEntry, buf: &mut [u8]) -> Result<()> {
         if entry.kind == PieceKind::Hole || entry.member_offset == u64::MAX {

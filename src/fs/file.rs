@@ -14,6 +14,35 @@
 //! - A chunk that was only appended to since it was last stored is written as a non-RESET piece
 //!   holding just the new bytes (see docs/FORMAT.md), so a log fsync'd after every line stays a
 //!   valid in-order gzip stream.
+//!
+//! # Locks
+//!
+//! Per open container, in the order they are taken (a thread holding one may take a later one,
+//! never an earlier one):
+//!
+//! 1. `compaction` (`try_compaction_turn`): one compaction of the file at a time.
+//! 2. `change_turn`: serialises everything that changes the file: `write`, `truncate`, `flush`
+//!    and `fsync`, the periodic commit and `relieve_pressure` (both only with `try_lock`),
+//!    compaction, copies into and out of it, the digests' one-pass fallback. It may be held
+//!    across disk I/O, decoding, engine waits and fdatasync. Readers and `stat` never take it.
+//! 3. `state` ([`WriteState`]: size, resident chunks, the write cursor): held only for short
+//!    sections that copy bytes or update maps. Its holder lets go of it (with
+//!    `MutexGuard::unlocked`) around every read or decode of a stored chunk, every wait for the
+//!    buffer pools or the engine, compression of small pieces, and fdatasync. Because only the
+//!    holder of `change_turn` changes what `state` holds, the holder finds it as it left it.
+//! 4. `store.inner` ([`StoreInner`]: the container, landing order, jobs in flight, errors, the
+//!    reading descriptor): short sections, plus the append of a landed member and the write of
+//!    a commit record (page-cache writes of at most a chunk). Never across fdatasync or
+//!    decoding. Engine completions take only this lock, so landing never waits for a writer.
+//! 5. Leaf locks, taken alone: `readahead.pending`, the chunk cache's, the digest memo's.
+//!
+//! What a reader relies on: it notes under `state` which chunks are resident (and copies their
+//! bytes) and, for the others, the newest job in flight; then, without `state`, it waits for
+//! those jobs and decodes. A writer moves a chunk from "resident" to "in flight" within one hold
+//! of `state`, and a truncation shrinks the size in the same hold that drops chunks beyond it,
+//! so a read always sees every write that completed before it began. Index pieces and the
+//! descriptor they are read through are taken in one hold of `store.inner`, so a compaction
+//! that switches containers meanwhile never mixes them.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
@@ -278,6 +307,14 @@ struct StoreInner {
     ready: BTreeMap<u64, Ready>,
     inflight: u64,
     inflight_chunks: HashMap<u64, u32>,
+    /// For each chunk with jobs in flight, the sequence number of its newest one: a reader that
+    /// found the chunk in flight waits for that job (`next_append` past it), not for the chunk
+    /// to fall idle, which a writer rewriting it in a loop could put off indefinitely.
+    newest_inflight: HashMap<u64, u64>,
+    /// A descriptor of the container's file for reading members without holding this lock.
+    /// Replaced together with `container` by a compaction, so pieces taken from the index
+    /// and this descriptor, taken under one hold of the lock, always belong together.
+    reader: Arc<File>,
     /// First write-back error since the last flush; reported by the next flush or fsync (and
     /// by every write until then).
     error: Option<FsError>,
@@ -310,11 +347,15 @@ pub struct ContainerFile {
     node: u64,
     label: String,
     ctx: Arc<FileContext>,
+    /// Taken first by everything that changes the file: write, truncate, flush and fsync, the
+    /// periodic commit, compaction, copies into it. It may be held across disk I/O, engine
+    /// waits and fdatasync; readers never take it. See "Locks" in the module docs.
+    change_turn: Mutex<()>,
+    /// Size, dirty chunks and the write cursor. Held only for short sections that copy bytes
+    /// or update maps, never across disk I/O, decoding, engine waits or fdatasync: every
+    /// reader and `stat` takes it.
     state: Mutex<WriteState>,
     store: Arc<Store>,
-    /// A second descriptor for reading members without holding the store lock (replaced, with the
-    /// container, by compaction).
-    reader: Mutex<Arc<File>>,
     chunk_log2: u8,
     readahead: Arc<Readahead>,
     /// Digest state that is not part of the write path (see `digests.rs`).
@@ -331,7 +372,7 @@ impl ContainerFile {
         ctx: Arc<FileContext>,
         container: Container,
     ) -> FsResult<ContainerFile> {
-        let reader = Mutex::new(Arc::new(container.file().try_clone()?));
+        let reader = Arc::new(container.file().try_clone()?);
         let epoch = ctx.next_epoch();
         let chunk_log2 = container.chunk_log2();
         let size = container.size();
@@ -357,6 +398,8 @@ impl ContainerFile {
                     ready: BTreeMap::new(),
                     inflight: 0,
                     inflight_chunks: HashMap::new(),
+                    newest_inflight: HashMap::new(),
+                    reader,
                     error: None,
                     lost: BTreeMap::new(),
                     sync_failed: None,
@@ -364,7 +407,7 @@ impl ContainerFile {
                 }),
                 landed: Condvar::new(),
             }),
-            reader,
+            change_turn: Mutex::new(()),
             chunk_log2,
             readahead: Arc::new(Readahead::default()),
             digests,
@@ -377,7 +420,7 @@ impl ContainerFile {
     }
 
     fn reader(&self) -> Arc<File> {
-        self.reader.lock().clone()
+        self.store.inner.lock().reader.clone()
     }
 
     /// Whether the container has enough stale bytes or pieces to be worth compacting.
@@ -404,8 +447,11 @@ impl ContainerFile {
     /// are, others are decoded and recompressed), then calls `install`, which must put `dest` in
     /// the original's place; only if that succeeds does this file switch to the new container.
     pub fn compact(&self, dest: File, install: impl FnOnce() -> FsResult<()>) -> FsResult<()> {
+        // Writers wait for the whole compaction; readers and `stat` only for the switch.
+        let _turn = self.change_turn.lock();
         let mut st = self.state.lock();
         self.flush_locked(&mut st, false)?;
+        drop(st);
         let (chunks, size, aux) = {
             let s = self.store.inner.lock();
             let chunks: Vec<u64> = s.container.index().data_chunks().collect();
@@ -442,7 +488,7 @@ impl ContainerFile {
         let mut s = self.store.inner.lock();
         s.container = rebuilt;
         s.epoch = self.ctx.next_epoch();
-        *self.reader.lock() = reader;
+        s.reader = reader;
         // Chunks kept resident stay: the compacted container holds the same bytes for them, so
         // a database that rewrites the same pages goes on without reading and decoding them
         // again after every compaction. (Everything was flushed: none is dirty.)
@@ -542,6 +588,13 @@ impl ContainerFile {
     }
 
     /// Appends to `out` the bytes at `offset..offset + size` (short at end of file).
+    ///
+    /// Under `st` it takes only what it must: the size, the bytes of resident chunks, and for
+    /// each stored chunk the newest job in flight for it. Then it lets go of `st` while stored
+    /// chunks are read and decoded, so other readers, writers and `stat` go on meanwhile. A
+    /// read sees every write that completed before it began (resident, or in flight and waited
+    /// for, or landed); a write running at the same time it may see or not, chunk by chunk,
+    /// as on a local filesystem.
     fn read_locked_into(
         &self,
         st: &mut MutexGuard<'_, WriteState>,
@@ -553,75 +606,112 @@ impl ContainerFile {
             return Ok(());
         }
         let end = st.size.min(offset + size as u64);
-        out.reserve((end - offset) as usize);
+        let base = out.len();
+        out.resize(base + (end - offset) as usize, 0);
         let cs = self.chunk_size() as u64;
         let first = offset >> self.chunk_log2;
         let last = (end - 1) >> self.chunk_log2;
         let sequential = offset == st.last_read_end || offset == 0;
-        if last > first || sequential {
-            // Decode the other chunks of this request in parallel across the queues, and (for a
-            // sequential reader) the next ones too, while this thread decodes the first itself
-            // (a small file's only chunk never makes a round trip through a queue).
-            let ahead = if sequential {
+        st.last_read_end = end;
+        // Decode the other chunks of this request in parallel across the queues, and (for a
+        // sequential reader) the next ones too, while this thread decodes the first itself
+        // (a small file's only chunk never makes a round trip through a queue).
+        let ahead = if last > first || sequential {
+            let beyond = if sequential {
                 self.ctx.readahead_chunks as u64
             } else {
                 0
             };
-            self.start_readahead(st, first + 1, last - first + ahead);
-        }
-        let mut pos = offset;
-        while pos < end {
-            let chunk = pos >> self.chunk_log2;
-            let chunk_start = chunk << self.chunk_log2;
-            let a = (pos - chunk_start) as usize;
-            let b = ((end - chunk_start).min(cs)) as usize;
-            if let Some(d) = st.dirty.get(&chunk) {
-                copy_with_zero_tail(out, &d.buf[..d.valid], a, b);
-            } else {
-                let data = self.load_chunk(chunk)?;
-                copy_with_zero_tail(out, &data, a, b);
+            self.readahead_candidates(st, first + 1, last - first + beyond)
+        } else {
+            Vec::new()
+        };
+        let mut loads = Vec::new();
+        {
+            let s = self.store.inner.lock();
+            let mut pos = offset;
+            while pos < end {
+                let chunk = pos >> self.chunk_log2;
+                let chunk_start = chunk << self.chunk_log2;
+                let a = (pos - chunk_start) as usize;
+                let b = ((end - chunk_start).min(cs)) as usize;
+                let at = base + (pos - offset) as usize;
+                if let Some(d) = st.dirty.get(&chunk) {
+                    fill_from(&mut out[at..at + (b - a)], &d.buf[..d.valid], a);
+                } else {
+                    loads.push(PendingLoad {
+                        chunk,
+                        from: a,
+                        at,
+                        len: b - a,
+                        after: s.newest_inflight.get(&chunk).copied(),
+                    });
+                }
+                pos = chunk_start + b as u64;
             }
-            pos = chunk_start + b as u64;
         }
-        st.last_read_end = end;
-        Ok(())
+        if loads.is_empty() && ahead.is_empty() {
+            return Ok(());
+        }
+        MutexGuard::unlocked(st, || {
+            self.start_readahead(&ahead);
+            for l in loads {
+                let data = self.load_chunk_after(l.chunk, l.after)?;
+                fill_from(&mut out[l.at..l.at + l.len], &data, l.from);
+            }
+            Ok(())
+        })
     }
 
-    /// Waits until no job of this file touching `chunk` is still in flight.
-    fn wait_chunk_idle(&self, chunk: u64) {
+    /// The sequence number of the newest job in flight for `chunk`, if any.
+    fn newest_job(&self, chunk: u64) -> Option<u64> {
+        self.store.inner.lock().newest_inflight.get(&chunk).copied()
+    }
+
+    /// Waits until the job numbered `seq` (and so every job before it: they land in order) has
+    /// landed in the container.
+    fn wait_landed(&self, seq: Option<u64>) {
+        let Some(seq) = seq else {
+            return;
+        };
         let mut s = self.store.inner.lock();
-        while s.inflight_chunks.get(&chunk).copied().unwrap_or(0) > 0 {
+        while s.next_append <= seq {
             self.store.landed.wait(&mut s);
         }
     }
 
-    fn chunk_key(&self, chunk: u64) -> (Vec<IndexEntry>, Option<ChunkKey>) {
-        let s = self.store.inner.lock();
-        let pieces = s.container.index().pieces(chunk).to_vec();
-        let key = pieces.last().map(|last| ChunkKey {
-            node: self.node,
-            epoch: s.epoch,
-            chunk,
-            last_member_offset: last.member_offset,
-            pieces: pieces.len() as u32,
-        });
-        (pieces, key)
+    /// Waits until every job of this file submitted so far for `chunk` has landed.
+    fn wait_chunk_idle(&self, chunk: u64) {
+        self.wait_landed(self.newest_job(chunk));
     }
 
     /// The stored content of a chunk (without the dirty overlay), as far as its pieces reach;
-    /// callers treat bytes beyond the returned length as zeros.
+    /// callers treat bytes beyond the returned length as zeros. Waits for the chunk's jobs in
+    /// flight first: its newest stored version is wanted.
     fn load_chunk(&self, chunk: u64) -> FsResult<Arc<Vec<u8>>> {
-        self.wait_chunk_idle(chunk);
-        if let Some(e) = self.store.inner.lock().lost.get(&chunk) {
-            return Err(FsError::with_context(
-                libc::EIO,
-                format!(
-                    "{}: chunk {chunk} was not stored (write-back failed: {e})",
-                    self.label
-                ),
-            ));
-        }
-        let (pieces, key) = self.chunk_key(chunk);
+        self.load_chunk_after(chunk, self.newest_job(chunk))
+    }
+
+    /// [`Self::load_chunk`] of the version that job `after` (if any) stores or a later one.
+    /// Takes no lock across its I/O and decoding; the index pieces and the descriptor they
+    /// are read through are taken together, so a compaction meanwhile cannot mix them.
+    fn load_chunk_after(&self, chunk: u64, after: Option<u64>) -> FsResult<Arc<Vec<u8>>> {
+        self.wait_landed(after);
+        let (pieces, key, file) = {
+            let s = self.store.inner.lock();
+            if let Some(e) = s.lost.get(&chunk) {
+                return Err(FsError::with_context(
+                    libc::EIO,
+                    format!(
+                        "{}: chunk {chunk} was not stored (write-back failed: {e})",
+                        self.label
+                    ),
+                ));
+            }
+            let pieces = s.container.index().pieces(chunk).to_vec();
+            let key = self.chunk_key(&s, chunk, &pieces);
+            (pieces, key, s.reader.clone())
+        };
         let Some(key) = key else {
             return Ok(Arc::new(Vec::new()));
         };
@@ -639,11 +729,22 @@ impl ContainerFile {
             return Ok(hit);
         }
         let data = self
-            .decode_pieces(chunk, &pieces)
+            .decode_pieces(&file, chunk, &pieces)
             .map_err(|e| self.report_damage(chunk, e))?;
         let data = Arc::new(data);
         self.ctx.cache.insert(key, data.clone());
         Ok(data)
+    }
+
+    /// The cache key of `chunk` stored as `pieces` (None for a chunk with no pieces).
+    fn chunk_key(&self, s: &StoreInner, chunk: u64, pieces: &[IndexEntry]) -> Option<ChunkKey> {
+        pieces.last().map(|last| ChunkKey {
+            node: self.node,
+            epoch: s.epoch,
+            chunk,
+            last_member_offset: last.member_offset,
+            pieces: pieces.len() as u32,
+        })
     }
 
     fn report_damage(&self, chunk: u64, e: FsError) -> FsError {
@@ -664,7 +765,7 @@ impl ContainerFile {
         e
     }
 
-    fn decode_pieces(&self, chunk: u64, pieces: &[IndexEntry]) -> FsResult<Vec<u8>> {
+    fn decode_pieces(&self, file: &File, chunk: u64, pieces: &[IndexEntry]) -> FsResult<Vec<u8>> {
         let chunk_start = chunk << self.chunk_log2;
         let extent = pieces
             .iter()
@@ -679,7 +780,7 @@ impl ContainerFile {
             {
                 // The common case, one piece from the chunk's start: its decoded bytes are the
                 // chunk, taken out of the pool as they are.
-                return Ok(self.decode_piece(p)?.into_vec());
+                return Ok(self.decode_piece(file, p)?.into_vec());
             }
         }
         let mut out = vec![0u8; extent];
@@ -691,7 +792,7 @@ impl ContainerFile {
                 out[start.min(end)..end].fill(0);
                 continue;
             }
-            let output = self.decode_piece(p)?;
+            let output = self.decode_piece(file, p)?;
             let start = (p.logical_offset - chunk_start) as usize;
             let end = start + output.len();
             if end > out.len() {
@@ -705,14 +806,14 @@ impl ContainerFile {
         Ok(out)
     }
 
-    fn decode_piece(&self, p: &IndexEntry) -> FsResult<PoolBuf> {
+    fn decode_piece(&self, file: &File, p: &IndexEntry) -> FsResult<PoolBuf> {
         if let Some(layout) = StoredLayout::of(p) {
             let out = self
                 .ctx
                 .job_pool
                 .take(p.logical_len as usize)
                 .map_err(|e| FsError::with_context(libc::EIO, format!("{e}")))?;
-            if let Some(out) = self.read_stored_in_place(p, &layout, out) {
+            if let Some(out) = self.read_stored_in_place(file, p, &layout, out) {
                 return Ok(out);
             }
         }
@@ -722,8 +823,7 @@ impl ContainerFile {
             .job_pool
             .take_many([p.stored_len as usize, p.logical_len as usize])
             .map_err(|e| FsError::with_context(libc::EIO, format!("{e}")))?;
-        self.reader()
-            .read_exact_at(&mut input, p.member_offset)
+        file.read_exact_at(&mut input, p.member_offset)
             .map_err(|e| {
                 let ctx = format!("reading member at {}", p.member_offset);
                 if e.kind() == std::io::ErrorKind::UnexpectedEof {
@@ -756,6 +856,7 @@ impl ContainerFile {
     /// whole and gives the exact verdict (a different but valid block split, or the damage).
     fn read_stored_in_place(
         &self,
+        file: &File,
         p: &IndexEntry,
         layout: &StoredLayout,
         mut out: PoolBuf,
@@ -790,14 +891,13 @@ impl ContainerFile {
         }
         iov[n_iov] = io(&mut trailer);
         n_iov += 1;
-        let file = self.reader();
         // SAFETY: the first `n_iov` iovecs each point into a live local buffer (`header`,
         // `block_headers`, `trailer`) or a disjoint part of `out`, with that part's exact
         // length, and none of them is touched again until preadv returns; `file` keeps the
         // descriptor open across the call; n_iov <= 2 * MAX_BLOCKS + 2, well under IOV_MAX.
         let n = unsafe {
             libc::preadv(
-                std::os::fd::AsRawFd::as_raw_fd(&*file),
+                std::os::fd::AsRawFd::as_raw_fd(file),
                 iov.as_ptr(),
                 n_iov as libc::c_int,
                 p.member_offset as libc::off_t,
@@ -815,34 +915,32 @@ impl ContainerFile {
         Some(out)
     }
 
-    /// Submits decompression of up to `count` chunks from `first` on that are stored in one piece
-    /// and not cached, so the reader finds them ready (or waits for the job instead of redoing it).
-    fn start_readahead(&self, st: &WriteState, first: u64, count: u64) {
-        let last_chunk = if st.size == 0 {
-            return;
-        } else {
-            (st.size - 1) >> self.chunk_log2
-        };
+    /// The chunks of `first..first + count` within the file that are not resident: what
+    /// read-ahead may decode.
+    fn readahead_candidates(&self, st: &WriteState, first: u64, count: u64) -> Vec<u64> {
+        if st.size == 0 {
+            return Vec::new();
+        }
+        let last_chunk = (st.size - 1) >> self.chunk_log2;
         let end = first.saturating_add(count).min(last_chunk + 1);
+        (first..end).filter(|c| !st.dirty.contains_key(c)).collect()
+    }
+
+    /// Submits decompression of those of `chunks` that are stored in one piece and not cached,
+    /// so the reader finds them ready (or waits for the job instead of redoing it). Takes no
+    /// file lock across its I/O; a chunk rewritten meanwhile is decoded at the version it had,
+    /// under that version's cache key, which the newer version never matches.
+    fn start_readahead(&self, chunks: &[u64]) {
         let pool = &self.ctx.job_pool;
-        for chunk in first..end {
-            if st.dirty.contains_key(&chunk) {
-                continue;
-            }
-            let (pieces, key) = {
+        for &chunk in chunks {
+            let (pieces, key, file) = {
                 let s = self.store.inner.lock();
                 if s.inflight_chunks.contains_key(&chunk) {
                     continue;
                 }
                 let pieces = s.container.index().pieces(chunk).to_vec();
-                let key = pieces.last().map(|last| ChunkKey {
-                    node: self.node,
-                    epoch: s.epoch,
-                    chunk,
-                    last_member_offset: last.member_offset,
-                    pieces: pieces.len() as u32,
-                });
-                (pieces, key)
+                let key = self.chunk_key(&s, chunk, &pieces);
+                (pieces, key, s.reader.clone())
             };
             let (Some(key), [p]) = (key, pieces.as_slice()) else {
                 continue;
@@ -869,7 +967,7 @@ impl ContainerFile {
                     release(&self.readahead);
                     break;
                 };
-                if let Some(out) = self.read_stored_in_place(p, &layout, out) {
+                if let Some(out) = self.read_stored_in_place(&file, p, &layout, out) {
                     self.ctx.cache.insert(key, Arc::new(out.into_vec()));
                 }
                 release(&self.readahead);
@@ -883,7 +981,7 @@ impl ContainerFile {
                 release(&self.readahead);
                 break;
             };
-            let stream = match self.reader().read_exact_at(&mut input, p.member_offset) {
+            let stream = match file.read_exact_at(&mut input, p.member_offset) {
                 Ok(()) => container::parse_data_member(&input, p).ok(),
                 Err(_) => None,
             };
@@ -916,6 +1014,7 @@ impl ContainerFile {
     // ---- writing ----
 
     fn write(&self, offset: u64, data: &[u8], append: bool) -> FsResult<usize> {
+        let _turn = self.change_turn.lock();
         let mut st = self.state.lock();
         if let Some(e) = self.store.inner.lock().error.clone() {
             // Data written earlier could not be stored (ENOSPC, EIO): say so now, as a local
@@ -1015,7 +1114,9 @@ impl ContainerFile {
                 keep_after_submit: false,
             });
         }
-        let stored = self.load_chunk(chunk)?;
+        // The change turn keeps every other writer out meanwhile: only readers run, and they
+        // change nothing this relies on.
+        let stored = MutexGuard::unlocked(st, || self.load_chunk(chunk))?;
         let n = stored.len().min(logical_len);
         buf[..n].copy_from_slice(&stored[..n]);
         buf[n..logical_len].fill(0);
@@ -1048,11 +1149,11 @@ impl ContainerFile {
         }
         self.submit_all(st)?;
         st.dirty.retain(|_, d| d.dirty);
-        loop {
+        Ok(MutexGuard::unlocked(st, || loop {
             if let Some(b) = pool.take_timeout(cs, Duration::from_millis(20)) {
-                return Ok(b);
+                return b;
             }
-        }
+        }))
     }
 
     fn submit_all(&self, st: &mut MutexGuard<'_, WriteState>) -> FsResult<()> {
@@ -1095,6 +1196,19 @@ impl ContainerFile {
         } else {
             None
         };
+        // The output buffer first, the one thing that may have to wait: nothing has changed
+        // yet, so readers meanwhile find the chunk resident as it was.
+        let in_len = match partial {
+            Some((lo, hi)) => hi - lo,
+            None => d.valid,
+        };
+        let out_len = DATA_HEADER_LEN + stored_stream_len(in_len) + MEMBER_TRAILER_LEN;
+        let output = match self.ctx.job_pool.try_take(out_len) {
+            Some(output) => output,
+            None => MutexGuard::unlocked(st, || self.ctx.job_pool.take(out_len))
+                .map_err(|e| FsError::with_context(libc::EIO, format!("{e}")))?,
+        };
+        // Still resident: only this thread, which holds the change turn, removes chunks.
         let d = st.dirty.get_mut(&chunk).expect("present");
         // The entry's BLAKE3 chaining value covers the whole chunk: for a partial piece it is
         // computed here from the chunk so far; for a whole-chunk piece, on the engine worker
@@ -1148,17 +1262,16 @@ impl ContainerFile {
             d.changed = UNCHANGED;
         }
         let len = input.len();
-        let output = self
-            .ctx
-            .job_pool
-            .take(DATA_HEADER_LEN + stored_stream_len(len) + MEMBER_TRAILER_LEN)
-            .map_err(|e| FsError::with_context(libc::EIO, format!("{e}")))?;
+        debug_assert_eq!(len, in_len);
         let seq = st.next_seq;
         st.next_seq += 1;
         {
+            // In the same hold of `st` as the chunk left `dirty` (or was marked persisted): a
+            // reader never finds its latest content in neither place.
             let mut s = self.store.inner.lock();
             s.inflight += 1;
             *s.inflight_chunks.entry(chunk).or_insert(0) += 1;
+            s.newest_inflight.insert(chunk, seq);
         }
         let logical_offset = chunk_start + offset_in_chunk as u64;
         let op = Op::Compress {
@@ -1181,20 +1294,23 @@ impl ContainerFile {
                 c,
             )
         };
-        if len <= INLINE_PIECE_MAX {
-            // A piece this small (a database page, a log line) compresses in tens of
-            // microseconds: a round trip through a queue, two thread wake-ups, costs more than
-            // the work, and an fsync is waiting for it.
-            land(self.ctx.engine.run_now(op, input, output));
-            return Ok(());
-        }
-        let job = Job {
-            op,
-            input,
-            output,
-            on_complete: Box::new(land),
-        };
-        self.ctx.engine.submit(vec![job]);
+        MutexGuard::unlocked(st, || {
+            if len <= INLINE_PIECE_MAX {
+                // A piece this small (a database page, a log line) compresses in tens of
+                // microseconds: a round trip through a queue, two thread wake-ups, costs more
+                // than the work, and an fsync is waiting for it.
+                land(self.ctx.engine.run_now(op, input, output));
+                return;
+            }
+            let job = Job {
+                op,
+                input,
+                output,
+                on_complete: Box::new(land),
+            };
+            // May wait while every queue is full: never with `st` held.
+            self.ctx.engine.submit(vec![job]);
+        });
         Ok(())
     }
 
@@ -1229,13 +1345,15 @@ impl ContainerFile {
 
     /// Writes back everything and commits; with `durable`, also fdatasyncs the container.
     fn flush(&self, durable: bool) -> FsResult<()> {
+        let _turn = self.change_turn.lock();
         let mut st = self.state.lock();
         self.flush_locked(&mut st, durable)
     }
 
+    /// [`Self::flush`] for a caller that holds the change turn and `st`.
     fn flush_locked(&self, st: &mut MutexGuard<'_, WriteState>, durable: bool) -> FsResult<()> {
         self.submit_all(st)?;
-        self.drain();
+        MutexGuard::unlocked(st, || self.drain());
         // Lost chunks still in memory are written again, whole.
         let retry: Vec<u64> = {
             let s = self.store.inner.lock();
@@ -1253,7 +1371,7 @@ impl ContainerFile {
                 d.persisted = 0;
             }
             self.submit_all(st)?;
-            self.drain();
+            MutexGuard::unlocked(st, || self.drain());
         }
         let mut s = self.store.inner.lock();
         if let Some(e) = s.error.take() {
@@ -1292,19 +1410,28 @@ impl ContainerFile {
         // not be on disk yet; but when every byte the container holds was fdatasync'd already,
         // another fdatasync has nothing to write (a database fsyncs files it did not change).
         if durable && !s.container.is_synced() {
-            if let Err(e) = s.container.sync_data() {
+            // Outside every lock a reader needs: only holders of the change turn, which this
+            // caller has, append to or replace the container, so what the fdatasync covers
+            // cannot move meanwhile.
+            let (file, len) = (s.reader.clone(), s.container.container_len());
+            drop(s);
+            let synced = MutexGuard::unlocked(st, || file.sync_data());
+            let mut s = self.store.inner.lock();
+            if let Err(e) = synced {
                 let e = FsError::from(e).context(format!("{}: fdatasync", self.label));
                 tracing::error!("{e}");
                 s.sync_failed = Some(e.clone());
                 return Err(e);
             }
+            s.container.mark_synced(len);
         }
         Ok(())
     }
 
     fn truncate(&self, size: u64) -> FsResult<()> {
+        let _turn = self.change_turn.lock();
         let mut st = self.state.lock();
-        self.drain();
+        MutexGuard::unlocked(&mut st, || self.drain());
         if size != st.size {
             st.generation += 1;
             if size == 0 {
@@ -1321,10 +1448,14 @@ impl ContainerFile {
             let cs = self.chunk_size() as u64;
             let first_gone = size.div_ceil(cs);
             st.dirty.retain(|c, _| *c < first_gone);
+            // Shrunk for readers at once, in the same hold of `st` that dropped the chunks
+            // beyond it: a reader while the rest runs (unlocked) must not find those chunks
+            // at their stored versions, older than writes that completed before this.
+            st.size = size;
             // What was written before the shrink lands before it, so the commit that records
             // the shrink on its own (see `Container::set_size`) is a state the file really had.
             self.submit_all(&mut st)?;
-            self.drain();
+            MutexGuard::unlocked(&mut st, || self.drain());
             self.store.inner.lock().lost.retain(|c, _| *c < first_gone);
             let partial = size >> self.chunk_log2;
             let keep = (size - (partial << self.chunk_log2)) as usize;
@@ -1387,9 +1518,10 @@ impl ContainerFile {
     }
 
     fn relieve_pressure(&self) {
-        let Some(mut st) = self.state.try_lock() else {
+        let Some(_turn) = self.change_turn.try_lock() else {
             return;
         };
+        let mut st = self.state.lock();
         if self.submit_all(&mut st).is_ok() {
             st.dirty.retain(|_, d| d.dirty);
         }
@@ -1397,9 +1529,10 @@ impl ContainerFile {
 
     /// Commits if anything was written and not yet committed (periodic commit). Skips a busy file.
     pub fn try_periodic_commit(&self) {
-        let Some(mut st) = self.state.try_lock() else {
+        let Some(_turn) = self.change_turn.try_lock() else {
             return;
         };
+        let mut st = self.state.lock();
         let pending = {
             let s = self.store.inner.lock();
             s.container.has_pending() || s.inflight > 0
@@ -1497,6 +1630,7 @@ fn land_compressed(
             *n -= 1;
             if *n == 0 {
                 s.inflight_chunks.remove(&chunk);
+                s.newest_inflight.remove(&chunk);
             }
         }
     }
@@ -1589,27 +1723,38 @@ pub(crate) fn check_piece_order(chunk_start: u64, pieces: &[IndexEntry]) -> FsRe
     Ok(())
 }
 
-/// Appends `data[a..b]` to `out`, reading bytes beyond `data.len()` as zeros.
-fn copy_with_zero_tail(out: &mut Vec<u8>, data: &[u8], a: usize, b: usize) {
-    let have = data.len().min(b);
-    if a < have {
-        out.extend_from_slice(&data[a..have]);
+/// Fills `dst` with `data[from..from + dst.len()]`, reading bytes beyond `data.len()` as zeros.
+fn fill_from(dst: &mut [u8], data: &[u8], from: usize) {
+    let have = data.len().saturating_sub(from).min(dst.len());
+    if have > 0 {
+        dst[..have].copy_from_slice(&data[from..from + have]);
     }
-    let zeros = b - a.max(have);
-    out.resize(out.len() + zeros, 0);
+    dst[have..].fill(0);
+}
+
+/// A stored chunk a read needs, noted under the state lock and loaded after it is let go.
+struct PendingLoad {
+    chunk: u64,
+    /// Where in the chunk the read's bytes start.
+    from: usize,
+    /// Where in the output they go, and how many.
+    at: usize,
+    len: usize,
+    /// The chunk's newest job in flight when the read began: its result must be seen.
+    after: Option<u64>,
 }
 
 #[cfg(test)]
 mod tests {
-    use super::copy_with_zero_tail;
+    use super::fill_from;
 
     #[test]
     fn bytes_beyond_stored_content_read_as_zeros() {
-        let mut out = Vec::new();
-        copy_with_zero_tail(&mut out, b"abc", 1, 6);
-        assert_eq!(out, b"bc\0\0\0");
-        let mut out = Vec::new();
-        copy_with_zero_tail(&mut out, b"abc", 4, 6);
-        assert_eq!(out, b"\0\0");
+        let mut out = [9u8; 5];
+        fill_from(&mut out, b"abc", 1);
+        assert_eq!(&out, b"bc\0\0\0");
+        let mut out = [9u8; 2];
+        fill_from(&mut out, b"abc", 4);
+        assert_eq!(&out, b"\0\0");
     }
 }

@@ -175,6 +175,7 @@ impl ContainerFile {
     /// members moved to the destination offset that `d0` gives the first.
     fn copy_out(&self, s0: u64, d0: u64, len: u64) -> FsResult<Batch> {
         let cs = self.chunk_size() as u64;
+        let _turn = self.change_turn.lock();
         let mut st = self.state.lock();
         let mut batch = Batch {
             chunks: Vec::new(),
@@ -216,7 +217,7 @@ impl ContainerFile {
         if st.dirty.get(&chunk).is_some_and(|d| d.dirty) {
             self.submit_chunk(st, chunk)?;
         }
-        self.wait_chunk_idle(chunk);
+        MutexGuard::unlocked(st, || self.wait_chunk_idle(chunk));
         let (pieces, reader) = {
             let s = self.store.inner.lock();
             if s.lost.contains_key(&chunk) {
@@ -224,10 +225,7 @@ impl ContainerFile {
             }
             // The reader is taken with the index under the store lock, which is how compaction
             // switches both: the member offsets always belong to this descriptor's file.
-            (
-                s.container.index().pieces(chunk).to_vec(),
-                self.reader.lock().clone(),
-            )
+            (s.container.index().pieces(chunk).to_vec(), s.reader.clone())
         };
         let extent = pieces
             .iter()
@@ -288,6 +286,7 @@ impl ContainerFile {
             .checked_add(want)
             .filter(|e| *e <= i64::MAX as u64)
             .ok_or(FsError::new(libc::EFBIG))?;
+        let _turn = self.change_turn.lock();
         let mut st = self.state.lock();
         if let Some(e) = self.store.inner.lock().error.clone() {
             // As for a write: earlier data could not be stored, say so now.
@@ -305,8 +304,10 @@ impl ContainerFile {
         // Every byte of the chunk is replaced (or lies beyond the new end): what is in memory
         // for it goes, and jobs already submitted for it must land before the copy does, or
         // they would land on top of it.
+        // (Waited for before the chunk leaves `dirty`, and `st` then held until the copy's
+        // pieces are in: a reader meanwhile finds the chunk's latest content, never older.)
+        MutexGuard::unlocked(&mut st, || self.wait_chunk_idle(chunk));
         st.dirty.remove(&chunk);
-        self.wait_chunk_idle(chunk);
         let mut s = self.store.inner.lock();
         let had_data = !s.container.index().pieces(chunk).is_empty();
         let mut members = 0u64;

@@ -155,8 +155,10 @@ impl ContainerFile {
     /// carries a chaining value that covers the chunk; files of at most one chunk are hashed
     /// from their bytes.
     pub fn blake3(&self) -> FsResult<[u8; 32]> {
+        // Writers wait (the digest is of one state of the file); readers go on.
+        let _turn = self.change_turn.lock();
         let mut st = self.state.lock();
-        self.drain();
+        MutexGuard::unlocked(&mut st, || self.drain());
         let version = (self.store.inner.lock().epoch, st.generation);
         if let Some((v, digest)) = *self.digests.last_blake3.lock() {
             if v == version {
@@ -214,7 +216,9 @@ impl ContainerFile {
                     match source {
                         Source::Hole => zero_cv(start, len),
                         Source::Entry(cv) => cv,
-                        Source::Data(key) => self.cv_from_data(c, key, len)?,
+                        Source::Data(key) => {
+                            MutexGuard::unlocked(st, || self.cv_from_data(c, key, len))?
+                        }
                     }
                 };
                 tree.push(cv);
@@ -261,12 +265,14 @@ impl ContainerFile {
             };
             // Writers and readers go on meanwhile; the result counts only if nothing changed.
             let state = Self::hash_stream(size, |off, n| self.read(off, n))?;
+            let _turn = self.change_turn.lock();
             let mut st = self.state.lock();
             if st.generation == generation && st.size == size {
                 return Ok(self.install_sha(&mut st, state));
             }
         }
         // The file keeps changing: hold writers off for one pass.
+        let _turn = self.change_turn.lock();
         let mut st = self.state.lock();
         let size = st.size;
         let state = Self::hash_stream(size, |off, n| self.read_locked(&mut st, off, n))?;
@@ -353,8 +359,9 @@ impl ContainerFile {
 
     /// The `user.deflatefs.info` description, with `disk` bytes allocated to the backing file.
     pub fn info(&self, disk: u64) -> FileInfo {
-        let st = self.state.lock();
-        self.drain();
+        let _turn = self.change_turn.lock();
+        let mut st = self.state.lock();
+        MutexGuard::unlocked(&mut st, || self.drain());
         let s = self.store.inner.lock();
         let mut info =
             FileInfo::for_container(s.container.index(), s.container.container_len(), disk);
