@@ -607,10 +607,17 @@ impl ContainerFile {
         }
         let end = st.size.min(offset + size as u64);
         let base = out.len();
-        out.resize(base + (end - offset) as usize, 0);
         let cs = self.chunk_size() as u64;
         let first = offset >> self.chunk_log2;
         let last = (end - 1) >> self.chunk_log2;
+        // With no chunk of the range resident (a cold or streaming read), the output is
+        // appended to in order once the chunks are loaded: no zero-fill of it beforehand.
+        let any_resident = st.dirty.range(first..=last).next().is_some();
+        if any_resident {
+            out.resize(base + (end - offset) as usize, 0);
+        } else {
+            out.reserve((end - offset) as usize);
+        }
         let sequential = offset == st.last_read_end || offset == 0;
         st.last_read_end = end;
         // Decode the other chunks of this request in parallel across the queues, and (for a
@@ -657,7 +664,12 @@ impl ContainerFile {
             self.start_readahead(&ahead);
             for l in loads {
                 let data = self.load_chunk_after(l.chunk, l.after)?;
-                fill_from(&mut out[l.at..l.at + l.len], &data, l.from);
+                if any_resident {
+                    fill_from(&mut out[l.at..l.at + l.len], &data, l.from);
+                } else {
+                    debug_assert_eq!(out.len(), l.at);
+                    append_from(out, &data, l.from, l.len);
+                }
             }
             Ok(())
         })
@@ -1732,6 +1744,15 @@ fn fill_from(dst: &mut [u8], data: &[u8], from: usize) {
     dst[have..].fill(0);
 }
 
+/// Appends `data[from..from + len]` to `out`, reading bytes beyond `data.len()` as zeros.
+fn append_from(out: &mut Vec<u8>, data: &[u8], from: usize, len: usize) {
+    let have = data.len().saturating_sub(from).min(len);
+    if have > 0 {
+        out.extend_from_slice(&data[from..from + have]);
+    }
+    out.resize(out.len() + (len - have), 0);
+}
+
 /// A stored chunk a read needs, noted under the state lock and loaded after it is let go.
 struct PendingLoad {
     chunk: u64,
@@ -1746,7 +1767,7 @@ struct PendingLoad {
 
 #[cfg(test)]
 mod tests {
-    use super::fill_from;
+    use super::{append_from, fill_from};
 
     #[test]
     fn bytes_beyond_stored_content_read_as_zeros() {
@@ -1756,5 +1777,10 @@ mod tests {
         let mut out = [9u8; 2];
         fill_from(&mut out, b"abc", 4);
         assert_eq!(&out, b"\0\0");
+        let mut out = b"x".to_vec();
+        append_from(&mut out, b"abc", 1, 5);
+        assert_eq!(out, b"xbc\0\0\0");
+        append_from(&mut out, b"abc", 4, 1);
+        assert_eq!(out, b"xbc\0\0\0\0");
     }
 }
