@@ -12,6 +12,7 @@ use deflatefs::container::{
     build_stored_member, header_member, Container, ContainerError, IndexEntry, COMMIT_MEMBER_LEN,
     HEADER_MEMBER_LEN,
 };
+use deflatefs::fs::error::ToErrno;
 
 /// Incompressible bytes.
 fn pattern(n: usize, seed: u8) -> Vec<u8> {
@@ -347,7 +348,7 @@ fn failed_writes_leave_state_unchanged() {
     let before: Vec<IndexEntry> = c.index().live_entries().cloned().collect();
     let (m, e) = build_stored_member(9000, false, b"more");
     let err = c.append_member(&m, e).unwrap_err();
-    assert_eq!(err.errno(), libc::EBADF);
+    assert_eq!(err.to_errno(), libc::EBADF);
     assert_eq!(c.container_len(), before_len);
     assert_eq!(
         c.index().live_entries().cloned().collect::<Vec<_>>(),
@@ -419,7 +420,7 @@ fn probe_tells_containers_from_other_files() {
     std::fs::write(s.path("v9"), h).unwrap();
     let err = Container::probe(&rw(&s.path("v9"))).unwrap_err();
     assert!(matches!(err, ContainerError::UnsupportedVersion(9)));
-    assert_eq!(err.errno(), libc::EIO);
+    assert_eq!(err.to_errno(), libc::EIO);
 }
 
 #[test]

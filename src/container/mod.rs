@@ -70,16 +70,6 @@ pub enum ContainerError {
     NotAContainer,
 }
 
-impl ContainerError {
-    /// The errno to report to the kernel: the OS error for I/O errors, else EIO.
-    pub fn errno(&self) -> i32 {
-        match self {
-            ContainerError::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
-            _ => libc::EIO,
-        }
-    }
-}
-
 /// Result type of the container layer.
 pub type Result<T> = std::result::Result<T, ContainerError>;
 

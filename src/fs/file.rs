@@ -526,7 +526,7 @@ impl ContainerFile {
                 len,
                 DATA_HEADER_LEN + stored_stream_len(len) + MEMBER_TRAILER_LEN,
             ])
-            .map_err(|e| FsError::with_context(libc::EIO, format!("{e}")))?;
+            .map_err(FsError::from)?;
         input.copy_from_slice(&data);
         let op = Op::Compress {
             level: self.ctx.level,
@@ -534,9 +534,9 @@ impl ContainerFile {
             tailroom: MEMBER_TRAILER_LEN,
         };
         let c = self.ctx.engine.submit_with_ticket(op, input, output).wait();
-        let done = c.result.map_err(|e| {
-            FsError::with_context(libc::EIO, format!("compacting chunk {chunk}: {e}"))
-        })?;
+        let done = c
+            .result
+            .map_err(|e| FsError::from(e).context(format!("compacting chunk {chunk}")))?;
         let cv = if self.ctx.digests {
             chunk_cv(chunk_start, &data)
         } else {
@@ -824,7 +824,7 @@ impl ContainerFile {
                 .ctx
                 .job_pool
                 .take(p.logical_len as usize)
-                .map_err(|e| FsError::with_context(libc::EIO, format!("{e}")))?;
+                .map_err(FsError::from)?;
             if let Some(out) = self.read_stored_in_place(file, p, &layout, out) {
                 return Ok(out);
             }
@@ -834,7 +834,7 @@ impl ContainerFile {
             .ctx
             .job_pool
             .take_many([p.stored_len as usize, p.logical_len as usize])
-            .map_err(|e| FsError::with_context(libc::EIO, format!("{e}")))?;
+            .map_err(FsError::from)?;
         file.read_exact_at(&mut input, p.member_offset)
             .map_err(|e| {
                 let ctx = format!("reading member at {}", p.member_offset);
@@ -853,10 +853,7 @@ impl ContainerFile {
         let done = self.ctx.engine.run_now(op, input, output);
         match done.result {
             Ok(_) => Ok(done.output),
-            Err(e) => Err(FsError::with_context(
-                libc::EIO,
-                format!("member at {}: {e}", p.member_offset),
-            )),
+            Err(e) => Err(FsError::from(e).context(format!("member at {}", p.member_offset))),
         }
     }
 
@@ -1218,7 +1215,7 @@ impl ContainerFile {
         let output = match self.ctx.job_pool.try_take(out_len) {
             Some(output) => output,
             None => MutexGuard::unlocked(st, || self.ctx.job_pool.take(out_len))
-                .map_err(|e| FsError::with_context(libc::EIO, format!("{e}")))?,
+                .map_err(FsError::from)?,
         };
         // Still resident: only this thread, which holds the change turn, removes chunks.
         let d = st.dirty.get_mut(&chunk).expect("present");
@@ -1595,10 +1592,7 @@ fn land_compressed(
             }
         }
         Err(e) => Ready::Failed {
-            error: FsError::with_context(
-                libc::EIO,
-                format!("{label}: compressing chunk {chunk}: {e}"),
-            ),
+            error: FsError::from(e).context(format!("{label}: compressing chunk {chunk}")),
             chunk,
         },
     };
