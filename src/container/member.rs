@@ -632,6 +632,106 @@ mod tests {
     }
 
     #[test]
+    fn stored_pieces_read_in_place_exactly_when_intact() {
+        use std::os::unix::fs::FileExt;
+        for len in [1usize, 65535, 65536, 200_000] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 13 + len) as u8).collect();
+            let (m, mut e) = build_stored_member(4096, true, &data);
+            e.member_offset = 1000;
+            let layout = StoredLayout::of(&e).expect("deflatefs's own layout");
+            let file = tempfile::tempfile().unwrap();
+            file.write_all_at(&[0xaa; 1000], 0).unwrap();
+            file.write_all_at(&m, 1000).unwrap();
+            let mut out = vec![0u8; len];
+            layout.read_in_place(&file, &e, &mut out).unwrap();
+            assert_eq!(out, data, "len {len}");
+            // Every flipped byte of the member is refused: framing, block headers, payload.
+            for at in [
+                0,
+                20,
+                DATA_HEADER_LEN,
+                DATA_HEADER_LEN + 2,
+                m.len() / 2,
+                m.len() - 1,
+            ] {
+                file.write_all_at(&[m[at] ^ 0x10], 1000 + at as u64)
+                    .unwrap();
+                let r = layout.read_in_place(&file, &e, &mut out);
+                assert!(r.is_err(), "len {len}: flipped byte {at} read in place");
+                file.write_all_at(&m[at..at + 1], 1000 + at as u64).unwrap();
+            }
+            // A member cut short by the end of the file, and a buffer of the wrong size.
+            file.set_len(1000 + m.len() as u64 - 1).unwrap();
+            assert!(layout.read_in_place(&file, &e, &mut out).is_err());
+            file.write_all_at(&m[m.len() - 1..], 1000 + m.len() as u64 - 1)
+                .unwrap();
+            assert!(layout.read_in_place(&file, &e, &mut out[1..]).is_err());
+            layout.read_in_place(&file, &e, &mut out).unwrap();
+        }
+    }
+
+    #[test]
+    fn framing_a_stream_in_place_writes_header_and_trailer_around_it() {
+        let data: Vec<u8> = b"framed in place "
+            .iter()
+            .cycle()
+            .take(70_000)
+            .copied()
+            .collect();
+        // A stream left at DATA_HEADER_LEN by a compressor, with room after it.
+        let mut buf = vec![0x55u8; data_member_len(stored_stream_len(data.len())) + 100];
+        let len = encode_stored_blocks(&data, &mut buf[DATA_HEADER_LEN..]);
+        let stream_bytes = buf[DATA_HEADER_LEN..DATA_HEADER_LEN + len].to_vec();
+        let crc = libdeflater::crc32(&data);
+        let stream = PieceStream {
+            len,
+            crc32: crc,
+            stored: true,
+            level: 0,
+            window_log2: 0,
+        };
+        let cv = [7u8; 32];
+        let e = frame_data_member(&mut buf, 1 << 20, false, data.len() as u32, stream, cv);
+        let total = DATA_HEADER_LEN + len + MEMBER_TRAILER_LEN;
+        assert_eq!(e.stored_len as usize, total);
+        assert_eq!(
+            buf[..DATA_HEADER_LEN],
+            data_member_header(1 << 20, false, true)
+        );
+        assert_eq!(
+            buf[DATA_HEADER_LEN..DATA_HEADER_LEN + len],
+            stream_bytes[..]
+        );
+        assert_eq!(buf[total - 8..total - 4], crc.to_le_bytes());
+        assert_eq!(buf[total - 4..total], (data.len() as u32).to_le_bytes());
+        assert!(
+            buf[total..].iter().all(|&b| b == 0x55),
+            "nothing written after it"
+        );
+        assert_eq!(
+            (e.logical_offset, e.logical_len, e.crc32, e.reset),
+            (1 << 20, data.len() as u32, crc, false)
+        );
+        assert_eq!(
+            (e.kind, e.member_offset, e.chaining_value),
+            (PieceKind::Stored, u64::MAX, cv)
+        );
+        let mut out = vec![0u8; data.len()];
+        let mut d = libdeflater::Decompressor::new();
+        decode_piece(&buf[..total], &e, &mut d, &mut out).unwrap();
+        assert_eq!(out, data);
+        // A deflate stream's entry says how it was made.
+        let mut c = libdeflater::Compressor::new(libdeflater::CompressionLvl::new(6).unwrap());
+        let (m, dm) = build_deflate_member(&mut c, 6, 0, true, &data);
+        assert_eq!(
+            (dm.kind, dm.level, dm.window_log2),
+            (PieceKind::Deflate, 6, 15)
+        );
+        decode_piece(&m, &dm, &mut d, &mut out).unwrap();
+        assert_eq!(out, data);
+    }
+
+    #[test]
     fn a_relocated_member_decodes_at_its_new_offset_with_the_same_stream() {
         let data: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8 ^ b'a').collect();
         let mut c = libdeflater::Compressor::new(libdeflater::CompressionLvl::new(1).unwrap());
