@@ -21,7 +21,7 @@ use super::member::{DATA_FLAG_RESET, DATA_FLAG_STORED};
 use super::record::{
     index_member_len, member_starts_at, parse_index_member_rest, u32_at, u64_at, AuxRecord,
     CommitRecord, FRAMING_LEN, GZIP_ID, MAGIC, RECORD_COMMIT, RECORD_DATA, RECORD_HEADER,
-    RECORD_INDEX,
+    RECORD_INDEX, SUBFIELD_ID1,
 };
 use super::stored::stored_stream_len;
 use super::{
@@ -33,7 +33,7 @@ use super::{
 pub fn looks_like_header_member(b: &[u8]) -> bool {
     b.len() >= 24
         && b[..10] == GZIP_ID
-        && b[12] == b'D'
+        && b[12] == SUBFIELD_ID1
         && b[13] == RECORD_HEADER
         && &b[16..24] == MAGIC
 }
@@ -521,5 +521,79 @@ mod tests {
         let mut out = vec![0u8; 100];
         let mut d = libdeflater::Decompressor::new();
         assert!(decode_piece(&m, &e, &mut d, &mut out).is_err());
+    }
+
+    /// A container of 4 KiB chunks: after the creation's checkpoint (commit 1), commit 2 stores
+    /// chunks 0, 1 and 2, commit 3 replaces chunk 1. Returns its bytes and the offsets of commit
+    /// 2's index member and of commit 2.
+    fn three_commits() -> (Vec<u8>, usize, usize) {
+        let file = tempfile::tempfile().unwrap();
+        let mut c = Container::create(file.try_clone().unwrap(), 12).unwrap();
+        for chunk in 0..3u64 {
+            let (m, e) = build_stored_member(chunk << 12, true, &[chunk as u8 + 1; 4096]);
+            c.append_member(&m, e).unwrap();
+        }
+        c.set_size(3 << 12);
+        let index2 = c.container_len() as usize;
+        c.commit().unwrap();
+        let commit2 = c.container_len() as usize - COMMIT_MEMBER_LEN;
+        let (m, e) = build_stored_member(1 << 12, true, &[9; 4096]);
+        c.append_member(&m, e).unwrap();
+        c.commit().unwrap();
+        let mut b = vec![0u8; c.container_len() as usize];
+        file.read_exact_at(&mut b, 0).unwrap();
+        (b, index2, commit2)
+    }
+
+    /// Chunk `chunk`'s only piece in `rec`, decoded from `b`.
+    fn chunk_content(b: &[u8], rec: &Salvage, chunk: u64) -> Vec<u8> {
+        let [p] = rec.index.pieces(chunk) else {
+            panic!("chunk {chunk} has {} pieces", rec.index.pieces(chunk).len());
+        };
+        let m = &b[p.member_offset as usize..(p.member_offset + p.stored_len as u64) as usize];
+        let mut out = vec![0u8; p.logical_len as usize];
+        decode_piece(m, p, &mut libdeflater::Decompressor::new(), &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn replaying_a_scan_recovers_what_the_commits_name() {
+        let (b, _, _) = three_commits();
+        let scan = scan_members(&b, guess_chunk_log2(&b));
+        assert!(scan.garbage.is_empty());
+        let rec = replay_scan(&scan, 12);
+        assert_eq!((rec.commits, rec.uncommitted), (3, 0));
+        assert!(rec.lost_indexes.is_empty() && rec.poisoned.is_empty());
+        assert_eq!(rec.index.size(), 3 << 12);
+        for (chunk, want) in [(0, 1u8), (1, 9), (2, 3)] {
+            assert_eq!(
+                chunk_content(&b, &rec, chunk),
+                vec![want; 4096],
+                "chunk {chunk}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_lost_index_takes_the_data_members_before_it_and_poisons_what_they_lost() {
+        let (mut b, index2, commit2) = three_commits();
+        // Commit 2's index member no longer parses: it is no member, so the data member before
+        // it (chunk 2's) has no end the scan can find either.
+        b[index2 + FRAMING_LEN + 10] ^= 0xff;
+        let scan = scan_members(&b, 12);
+        let damaged: Vec<u64> = (scan.found.iter())
+            .filter_map(|f| match f {
+                FoundMember::Damaged { logical_offset, .. } => Some(*logical_offset),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(damaged, vec![2 << 12]);
+        let rec = replay_scan(&scan, 12);
+        assert_eq!(rec.commits, 3);
+        assert_eq!(rec.lost_indexes, vec![(2, commit2 as u64)]);
+        assert_eq!(rec.poisoned.iter().copied().collect::<Vec<_>>(), vec![2]);
+        // Chunk 0 comes from the data members before commit 2, chunk 1 from commit 3's index.
+        assert_eq!(chunk_content(&b, &rec, 0), vec![1; 4096]);
+        assert_eq!(chunk_content(&b, &rec, 1), vec![9; 4096]);
     }
 }
