@@ -23,7 +23,7 @@
 //! Exit code: 0 nothing found, 1 problems found (repaired or not: the report says which), 2 could
 //! not run (bad arguments, source mounted, unreadable).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{self, IsTerminal, Write};
@@ -33,17 +33,12 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::container::member::{DATA_FLAG_RESET, DATA_FLAG_STORED};
-use crate::container::record::{
-    member_starts_at, parse_index_member_rest, u32_at, u64_at, AuxRecord, CommitRecord,
-    FRAMING_LEN, GZIP_ID, MAGIC, RECORD_COMMIT, RECORD_DATA, RECORD_HEADER, RECORD_INDEX,
+pub use crate::container::salvage::lost_header;
+use crate::container::salvage::{
+    audit_history, file_lost_header, guess_chunk_log2, looks_like_header_member, poison_member,
+    replay_scan, scan_members, MemberScan, Salvage,
 };
-use crate::container::{
-    build_stored_member, decode_piece, decode_stored_blocks, member_trailer, parse_data_member,
-    ChunkIndex, Container, ContainerError, IndexEntry, PieceKind, AUX_MEMBER_LEN,
-    COMMIT_MEMBER_LEN, DATA_HEADER_LEN, HEADER_MEMBER_LEN, MAX_CHUNK_LOG2, MEMBER_TRAILER_LEN,
-    MIN_CHUNK_LOG2,
-};
+use crate::container::{decode_piece, Container, ContainerError, PieceKind, HEADER_MEMBER_LEN};
 
 /// Prefix of deflatefs' own temporary files in a backing directory.
 const INTERNAL_PREFIX: &str = ".deflatefs-";
@@ -296,97 +291,6 @@ fn run_inner(opts: &FsckOptions, out: &mut dyn Write) -> io::Result<Summary> {
     Ok(summary)
 }
 
-/// Whether the first bytes look like a deflatefs header member (framing and magic), valid or not.
-fn looks_like_our_header(b: &[u8]) -> bool {
-    b.len() >= 24
-        && b[..10] == GZIP_ID
-        && b[12] == b'D'
-        && b[13] == RECORD_HEADER
-        && &b[16..24] == MAGIC
-}
-
-/// How far into a file that does not begin with a header [`lost_header`] looks for the end of a
-/// zero-filled prefix.
-const LOST_HEADER_SCAN: usize = 4 << 20;
-
-/// Whether `b`, the bytes of a file that does not begin with a valid header member, is a
-/// deflatefs container whose header was lost: overwritten or zeroed in place, or (after a power
-/// cut, for a file never fsync'd) the first blocks lost and read back as zeros while later ones
-/// survived. Any of:
-/// - a deflatefs member (framing and crc32 checked) starts where a header member ends;
-/// - the file begins with zeros and a deflatefs member starts right after them;
-/// - the file ends with a commit member that records its own offset as exactly that position.
-///
-/// A plain file matches only if it embeds valid deflatefs members at exactly those places. A
-/// file of zeros alone (a creation cut short) does not match.
-pub fn lost_header(b: &[u8]) -> bool {
-    lost_header_in(b.len() as u64, |at, n| {
-        let at = (at as usize).min(b.len());
-        b[at..b.len().min(at + n)].to_vec()
-    })
-}
-
-/// [`lost_header`] for a file, reading only the parts it needs.
-fn file_lost_header(file: &File) -> bool {
-    let Ok(md) = file.metadata() else {
-        return false;
-    };
-    lost_header_in(md.len(), |at, n| {
-        let mut buf = vec![0u8; n];
-        let mut got = 0;
-        while got < n {
-            match file.read_at(&mut buf[got..], at + got as u64) {
-                Ok(0) | Err(_) => break,
-                Ok(k) => got += k,
-            }
-        }
-        buf.truncate(got);
-        buf
-    })
-}
-
-/// The test of [`lost_header`] over a file of `len` bytes read through `read(offset, len)`.
-fn lost_header_in(len: u64, read: impl Fn(u64, usize) -> Vec<u8>) -> bool {
-    // Enough for any member but a data member's stream: an index member's payload length is a
-    // u16; a data member is recognised by its header alone.
-    const WINDOW: usize = FRAMING_LEN + (u16::MAX as usize) + 10;
-    if len < (HEADER_MEMBER_LEN + FRAMING_LEN) as u64 {
-        return false;
-    }
-    let head = read(0, HEADER_MEMBER_LEN + WINDOW);
-    if member_starts_at(&head, HEADER_MEMBER_LEN) {
-        return true;
-    }
-    // The end of a zero-filled prefix, if there is one.
-    let mut z = None;
-    let mut at = 0u64;
-    while at < len.min(LOST_HEADER_SCAN as u64) {
-        let block = read(at, 1 << 20);
-        if block.is_empty() {
-            break;
-        }
-        if let Some(i) = block.iter().position(|&x| x != 0) {
-            z = Some(at + i as u64);
-            break;
-        }
-        at += block.len() as u64;
-    }
-    if let Some(z) = z.filter(|z| *z > 0) {
-        if member_starts_at(&read(z, WINDOW), 0) {
-            return true;
-        }
-    }
-    let Some(pos) = len.checked_sub(COMMIT_MEMBER_LEN as u64) else {
-        return false;
-    };
-    let tail = read(pos, COMMIT_MEMBER_LEN);
-    pos >= HEADER_MEMBER_LEN as u64
-        && tail.len() == COMMIT_MEMBER_LEN
-        && tail[..10] == GZIP_ID
-        && tail[13] == RECORD_COMMIT
-        && CommitRecord::decode(&tail, pos).is_ok_and(|c| c.offset == pos)
-}
-
 fn check_file(path: &Path, repair: bool, summary: &mut Summary) -> Findings {
     let mut f = Findings::default();
     let file = match open_for(path, repair) {
@@ -402,7 +306,7 @@ fn check_file(path: &Path, repair: bool, summary: &mut Summary) -> Findings {
     let n = read_prefix(&file, &mut head);
     match Container::probe(&file) {
         Ok(false) => {
-            let problem = if looks_like_our_header(&head[..n]) {
+            let problem = if looks_like_header_member(&head[..n]) {
                 Some(
                     "starts like a deflatefs container but its header member is damaged \
                      (served as a plain file until repaired)",
@@ -468,7 +372,7 @@ fn check_file(path: &Path, repair: bool, summary: &mut Summary) -> Findings {
             c.container_len()
         ));
     }
-    let history = check_history(&file, &c);
+    let history = audit_history(&c);
     let history_damaged = !history.is_empty();
     f.problems.extend(history);
     let bad = check_data(&c);
@@ -537,76 +441,6 @@ fn read_prefix(file: &File, buf: &mut [u8]) -> usize {
     n
 }
 
-/// Checks the commit chain beyond what a read needs (from the last checkpoint back to the first
-/// commit), every index member on the way, and the last commit's auxiliary member.
-fn check_history(file: &File, c: &Container) -> Vec<String> {
-    let mut problems = Vec::new();
-    let last_off = c.container_len() - COMMIT_MEMBER_LEN as u64;
-    let mut b = [0u8; COMMIT_MEMBER_LEN];
-    if file.read_exact_at(&mut b, last_off).is_err() {
-        return vec!["cannot read the last commit".into()];
-    }
-    let Ok(mut cur) = CommitRecord::decode(&b, last_off) else {
-        return vec!["the last commit does not decode".into()];
-    };
-    if cur.aux != u64::MAX {
-        let mut a = [0u8; AUX_MEMBER_LEN];
-        let ok =
-            file.read_exact_at(&mut a, cur.aux).is_ok() && AuxRecord::decode(&a, cur.aux).is_ok();
-        if !ok {
-            problems.push(format!(
-                "auxiliary member at {} is damaged (its digest state is recomputed)",
-                cur.aux
-            ));
-        }
-    }
-    let mut steps = 0u64;
-    loop {
-        if let Err(e) = crate::container::file::read_commit_entries(file, &cur, c.chunk_log2()) {
-            problems.push(format!(
-                "index of commit {} (at {}): {e}",
-                cur.seq, cur.offset
-            ));
-        }
-        if cur.prev == u64::MAX {
-            if cur.seq != 1 && !cur.checkpoint {
-                problems.push(format!(
-                    "commit {} (at {}) has no predecessor and is not a checkpoint",
-                    cur.seq, cur.offset
-                ));
-            }
-            break;
-        }
-        steps += 1;
-        if steps > 10_000_000 {
-            problems.push("commit chain too long".into());
-            break;
-        }
-        if cur.prev >= cur.offset || file.read_exact_at(&mut b, cur.prev).is_err() {
-            problems.push(format!(
-                "commit {} (at {}) points to an unreadable previous commit at {}",
-                cur.seq, cur.offset, cur.prev
-            ));
-            break;
-        }
-        match CommitRecord::decode(&b, cur.prev) {
-            Ok(p) if p.seq.checked_add(1) == Some(cur.seq) => cur = p,
-            Ok(p) => {
-                problems.push(format!(
-                    "commit sequence {} at {} is followed by {} at {} (older history)",
-                    p.seq, p.offset, cur.seq, cur.offset
-                ));
-                break;
-            }
-            Err(e) => {
-                problems.push(format!("older commit history damaged: {e}"));
-                break;
-            }
-        }
-    }
-    problems
-}
-
 /// Decodes every live piece; returns the chunks that cannot be read and why.
 fn check_data(c: &Container) -> Vec<(u64, String)> {
     let mut bad = Vec::new();
@@ -665,22 +499,6 @@ fn check_data(c: &Container) -> Vec<(u64, String)> {
 // ---------------------------------------------------------------------------------------------
 // Rebuilding by scanning the members
 
-/// A member found by the scan.
-enum Found {
-    /// A data member that decodes: its entry (member offset and stored length filled in).
-    Data(IndexEntry),
-    /// A data member that does not decode (its payload says which chunk it belonged to).
-    Damaged {
-        offset: u64,
-        logical_offset: u64,
-    },
-    Index {
-        offset: u64,
-        entries: Vec<IndexEntry>,
-    },
-    Commit(CommitRecord),
-}
-
 /// The file, mapped read-only.
 struct Mapped {
     ptr: *mut libc::c_void,
@@ -735,307 +553,33 @@ impl Drop for Mapped {
     }
 }
 
-/// The next position after `from` where a member starts (or the end of the file).
-fn next_member(b: &[u8], from: usize) -> usize {
-    let mut i = from;
-    while i + FRAMING_LEN <= b.len() {
-        match b[i..].iter().position(|&x| x == 0x1f) {
-            None => return b.len(),
-            Some(k) => i += k,
-        }
-        if member_starts_at(b, i) {
-            return i;
-        }
-        i += 1;
-    }
-    b.len()
-}
-
-/// Tries to read a data member starting at `pos` and ending at `end`; its entry if it decodes.
-fn data_member(
-    b: &[u8],
-    pos: usize,
-    end: usize,
-    chunk_log2: u8,
-    d: &mut libdeflater::Decompressor,
-) -> Option<IndexEntry> {
-    if end - pos < DATA_HEADER_LEN + 2 + MEMBER_TRAILER_LEN {
-        return None;
-    }
-    let logical_offset = u64_at(b, pos + 16);
-    let flags = u32_at(b, pos + 24);
-    let crc = u32_at(b, end - 8);
-    let isize = u32_at(b, end - 4) as u64;
-    let cs = 1u64 << chunk_log2;
-    if isize > cs - (logical_offset & (cs - 1)) || logical_offset > i64::MAX as u64 {
-        return None;
-    }
-    let stored = flags & DATA_FLAG_STORED != 0;
-    let e = IndexEntry {
-        logical_offset,
-        logical_len: isize as u32,
-        member_offset: pos as u64,
-        stored_len: (end - pos) as u32,
-        crc32: crc,
-        kind: if stored {
-            PieceKind::Stored
-        } else {
-            PieceKind::Deflate
-        },
-        reset: flags & DATA_FLAG_RESET != 0,
-        level: 0,
-        window_log2: if stored { 0 } else { 15 },
-        chaining_value: [0; 32],
-    };
-    let m = &b[pos..end];
-    parse_data_member(m, &e).ok()?;
-    let mut out = vec![0u8; isize as usize];
-    if stored {
-        let n = decode_stored_blocks(&m[DATA_HEADER_LEN..m.len() - MEMBER_TRAILER_LEN], &mut out)
-            .ok()?;
-        (n == out.len() && libdeflater::crc32(&out) == crc).then_some(e)
-    } else {
-        decode_piece(m, &e, d, &mut out).ok().map(|_| e)
-    }
-}
-
-/// Scans the members of a container from just after its header.
-fn scan(b: &[u8], chunk_log2: u8) -> (Vec<Found>, Vec<(usize, usize)>) {
-    let mut found = Vec::new();
-    let mut garbage = Vec::new();
-    let mut d = libdeflater::Decompressor::new();
-    let max_member = DATA_HEADER_LEN
-        + crate::container::stored_stream_len(1 << chunk_log2)
-        + MEMBER_TRAILER_LEN
-        + 1024;
-    let mut pos = HEADER_MEMBER_LEN.min(b.len());
-    while pos < b.len() {
-        if !member_starts_at(b, pos) {
-            let next = next_member(b, pos + 1);
-            garbage.push((pos, next));
-            pos = next;
-            continue;
-        }
-        match b[pos + 13] {
-            RECORD_DATA => {
-                // Its end is where a later member starts: try the candidates in order.
-                let mut end = next_member(b, pos + DATA_HEADER_LEN);
-                let mut ok = None;
-                loop {
-                    if let Some(e) = data_member(b, pos, end, chunk_log2, &mut d) {
-                        ok = Some(e);
-                        break;
-                    }
-                    if end >= b.len() || end - pos > max_member {
-                        break;
-                    }
-                    end = next_member(b, end + 1);
-                }
-                match ok {
-                    Some(e) => {
-                        pos += e.stored_len as usize;
-                        found.push(Found::Data(e));
-                    }
-                    None => {
-                        found.push(Found::Damaged {
-                            offset: pos as u64,
-                            logical_offset: u64_at(b, pos + 16),
-                        });
-                        pos = next_member(b, pos + DATA_HEADER_LEN);
-                    }
-                }
-            }
-            RECORD_COMMIT => {
-                let c = CommitRecord::decode(&b[pos..pos + COMMIT_MEMBER_LEN], pos as u64)
-                    .expect("checked");
-                found.push(Found::Commit(c));
-                pos += COMMIT_MEMBER_LEN;
-            }
-            RECORD_INDEX => {
-                let plen = u16::from_le_bytes([b[pos + 14], b[pos + 15]]) as usize;
-                let end = pos + FRAMING_LEN + plen + 10;
-                let entries = parse_index_member_rest(&b[pos + FRAMING_LEN..end], pos as u64)
-                    .expect("checked");
-                found.push(Found::Index {
-                    offset: pos as u64,
-                    entries,
-                });
-                pos = end;
-            }
-            _ => pos += AUX_MEMBER_LEN,
-        }
-    }
-    (found, garbage)
-}
-
-/// The chunk size of a container whose header may be damaged: the header's if plausible, else
-/// the smallest size no data member crosses a boundary of.
-fn guess_chunk_log2(b: &[u8]) -> u8 {
-    if b.len() > 26 && (MIN_CHUNK_LOG2..=MAX_CHUNK_LOG2).contains(&b[26]) {
-        return b[26];
-    }
-    let (found, _) = scan(b, MAX_CHUNK_LOG2);
-    let pieces: Vec<(u64, u64)> = found
-        .iter()
-        .filter_map(|f| match f {
-            Found::Data(e) => Some((e.logical_offset, e.logical_len as u64)),
-            _ => None,
-        })
-        .collect();
-    (MIN_CHUNK_LOG2..=MAX_CHUNK_LOG2)
-        .find(|l| {
-            pieces
-                .iter()
-                .all(|(o, n)| *n == 0 || (o >> l) == ((o + n - 1) >> l))
-        })
-        .unwrap_or(crate::options::DEFAULT_CHUNK_LOG2)
-}
-
-/// What the scan recovered: the live index (entries point into the old file), the chunks that
-/// cannot be recovered, and notes.
-struct Recovered {
-    index: ChunkIndex,
-    poisoned: BTreeSet<u64>,
-    notes: Vec<String>,
-}
-
-/// Replays the scan: a commit whose index members are all there applies its entries (checking
-/// that the members they name were found intact); a commit whose index is missing applies the data
-/// members found since the previous commit, in file order. Data after the last commit was never
-/// committed and is left out, as any reader does.
-fn replay(found: &[Found], garbage: &[(usize, usize)], chunk_log2: u8) -> Recovered {
-    let mut index = ChunkIndex::new(chunk_log2);
-    let mut poisoned: BTreeSet<u64> = BTreeSet::new();
+/// What a rebuild tells the user about the salvage of a file, one note each.
+fn salvage_notes(rec: &Salvage, scan: &MemberScan) -> Vec<String> {
     let mut notes = Vec::new();
-    let mut members: BTreeMap<u64, Option<&IndexEntry>> = BTreeMap::new();
-    let mut since_commit: Vec<&Found> = Vec::new();
-    let mut index_members: BTreeMap<u64, &Vec<IndexEntry>> = BTreeMap::new();
-    let mut commits = 0;
-    for f in found {
-        match f {
-            Found::Data(e) => {
-                members.insert(e.member_offset, Some(e));
-                since_commit.push(f);
-            }
-            Found::Damaged { offset, .. } => {
-                members.insert(*offset, None);
-                since_commit.push(f);
-            }
-            Found::Index { offset, entries } => {
-                index_members.insert(*offset, entries);
-            }
-            Found::Commit(c) => {
-                commits += 1;
-                // The commit's own index members, if all of them were found.
-                let mut entries: Option<Vec<IndexEntry>> = Some(Vec::new());
-                let mut pos = c.first_index;
-                let mut n = 0u32;
-                while pos < c.offset {
-                    match index_members.get(&pos) {
-                        Some(list) => {
-                            if let Some(v) = entries.as_mut() {
-                                v.extend(list.iter().cloned());
-                            }
-                            n += 1;
-                            pos += crate::container::index_member_len(list.len()) as u64;
-                        }
-                        None => {
-                            entries = None;
-                            break;
-                        }
-                    }
-                }
-                if n != c.index_members {
-                    entries = None;
-                }
-                match entries.filter(|e| e.len() == c.entry_count as usize) {
-                    Some(list) => {
-                        if c.checkpoint {
-                            index = ChunkIndex::new(chunk_log2);
-                            poisoned.clear();
-                        }
-                        for e in list {
-                            let chunk = e.logical_offset >> chunk_log2;
-                            if e.kind == PieceKind::Hole {
-                                poisoned.remove(&chunk);
-                                index.apply(e);
-                                continue;
-                            }
-                            match members.get(&e.member_offset) {
-                                Some(Some(m)) if m.stored_len == e.stored_len => {
-                                    if e.reset {
-                                        poisoned.remove(&chunk);
-                                    }
-                                    index.apply(e);
-                                }
-                                _ => {
-                                    poisoned.insert(chunk);
-                                }
-                            }
-                        }
-                    }
-                    None => {
-                        notes.push(format!(
-                            "index of commit {} (at {}) lost: its pieces taken from the data \
-                             members before it",
-                            c.seq, c.offset
-                        ));
-                        for f in &since_commit {
-                            match f {
-                                Found::Data(e) => {
-                                    let chunk = e.logical_offset >> chunk_log2;
-                                    if e.reset {
-                                        poisoned.remove(&chunk);
-                                    }
-                                    index.apply((*e).clone());
-                                }
-                                Found::Damaged { logical_offset, .. } => {
-                                    poisoned.insert(logical_offset >> chunk_log2);
-                                }
-                                _ => {}
-                            }
-                        }
-                    }
-                }
-                index.set_size(c.size);
-                let first_gone = index.chunks_for(c.size);
-                poisoned.retain(|ch| *ch < first_gone);
-                since_commit.clear();
-            }
-        }
-    }
-    if commits == 0 {
-        notes.push("no commit found: the file is empty".into());
-    }
-    let uncommitted = since_commit.len();
-    if uncommitted > 0 {
+    for (seq, offset) in &rec.lost_indexes {
         notes.push(format!(
-            "{uncommitted} data member(s) after the last commit were never committed: left out"
+            "index of commit {seq} (at {offset}) lost: its pieces taken from the data members \
+             before it"
         ));
     }
-    let garbage_bytes: usize = garbage.iter().map(|(a, b)| b - a).sum();
+    if rec.commits == 0 {
+        notes.push("no commit found: the file is empty".into());
+    }
+    if rec.uncommitted > 0 {
+        notes.push(format!(
+            "{} data member(s) after the last commit were never committed: left out",
+            rec.uncommitted
+        ));
+    }
+    let garbage_bytes: usize = scan.garbage.iter().map(|r| r.len()).sum();
     if garbage_bytes > 0 {
         notes.push(format!(
             "{garbage_bytes} byte(s) in {} region(s) are no member at all (first at {})",
-            garbage.len(),
-            garbage[0].0
+            scan.garbage.len(),
+            scan.garbage[0].start
         ));
     }
-    Recovered {
-        index,
-        poisoned,
-        notes,
-    }
-}
-
-/// A piece that covers `len` bytes of the chunk at `start` and fails its crc32 check on every
-/// read: what fsck writes for a chunk it cannot recover, so it keeps reading as EIO.
-fn poison_member(start: u64, len: usize) -> (Vec<u8>, IndexEntry) {
-    let (mut m, mut e) = build_stored_member(start, true, &vec![0u8; len]);
-    e.crc32 = !e.crc32;
-    let t = m.len() - MEMBER_TRAILER_LEN;
-    m[t..].copy_from_slice(&member_trailer(e.crc32, e.logical_len));
-    (m, e)
+    notes
 }
 
 /// Rebuilds `path` from a scan of its members into a temporary file, syncs it and renames it over
@@ -1064,8 +608,9 @@ fn rebuild_inner(path: &Path, file: &File) -> io::Result<(Vec<String>, u64, u64)
     let map = Mapped::new(file)?;
     let b = map.bytes();
     let chunk_log2 = guess_chunk_log2(b);
-    let (found, garbage) = scan(b, chunk_log2);
-    let rec = replay(&found, &garbage, chunk_log2);
+    let scan = scan_members(b, chunk_log2);
+    let rec = replay_scan(&scan, chunk_log2);
+    let notes = salvage_notes(&rec, &scan);
     let cs = 1u64 << chunk_log2;
     let size = rec.index.size();
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -1115,7 +660,7 @@ fn rebuild_inner(path: &Path, file: &File) -> io::Result<(Vec<String>, u64, u64)
     copy_metadata(path, &tmp, &md);
     std::fs::rename(&tmp, path)?;
     File::open(dir)?.sync_all()?;
-    Ok((rec.notes, unrecoverable, size))
+    Ok((notes, unrecoverable, size))
 }
 
 /// Owner, mode, extended attributes and times of `from` onto `to` (best effort).
@@ -1181,23 +726,14 @@ fn copy_metadata(from: &Path, to: &Path, md: &std::fs::Metadata) {
 /// bytes must never panic, hang or allocate without bound.
 pub fn scan_for_fuzzing(bytes: &[u8]) -> usize {
     let log2 = guess_chunk_log2(bytes);
-    let (found, garbage) = scan(bytes, log2);
-    let rec = replay(&found, &garbage, log2);
-    rec.index.live_entry_count() as usize + rec.poisoned.len() + rec.notes.len()
+    let scan = scan_members(bytes, log2);
+    let rec = replay_scan(&scan, log2);
+    rec.index.live_entry_count() as usize + rec.poisoned.len() + salvage_notes(&rec, &scan).len()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn poison_members_parse_but_never_decode() {
-        let (m, e) = poison_member(8192, 100);
-        assert!(parse_data_member(&m, &e).is_ok());
-        let mut out = vec![0u8; 100];
-        let mut d = libdeflater::Decompressor::new();
-        assert!(decode_piece(&m, &e, &mut d, &mut out).is_err());
-    }
 
     #[test]
     fn mountinfo_escapes_decode() {

@@ -6,12 +6,13 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::member::{decode_piece, parse_data_member, stored_stream_len, MIN_DATA_MEMBER_LEN};
+use super::member::{decode_piece, parse_data_member, MIN_DATA_MEMBER_LEN};
 use super::record::{
     check_framing, encode_index_member, header_member, index_entry_count_for_payload,
     index_members_len, parse_header, parse_index_member_rest, AuxRecord, CommitRecord, HeaderProbe,
     EMPTY_BODY, FRAMING_LEN, RECORD_INDEX,
 };
+use super::stored::stored_stream_len;
 use super::{
     corrupt, ChunkIndex, ContainerError, IndexEntry, PieceKind, Result, AUX_MEMBER_LEN,
     CHECKPOINT_MAX_DELTAS, CHECKPOINT_MIN_ENTRIES, COMMIT_MEMBER_LEN, COMPACTION_MIN_LEN,
@@ -279,7 +280,7 @@ fn marked_as_container(file: &File) -> bool {
 
 /// The chunk size a container whose header was lost is started anew with (128 KiB, the mount
 /// default).
-const DEFAULT_CHUNK_LOG2: u8 = 17;
+pub(crate) const DEFAULT_CHUNK_LOG2: u8 = 17;
 /// Page size of the page cache: what a power cut loses or keeps of an unsynced file.
 const PAGE: u64 = 4096;
 /// How far a lost prefix is looked for.
@@ -497,13 +498,7 @@ pub(crate) fn read_commit_entries(
 /// its size. On error `index` is unchanged.
 fn replay_commit(file: &File, c: &CommitRecord, index: &mut ChunkIndex) -> Result<()> {
     let entries = read_commit_entries(file, c, index.chunk_log2())?;
-    if c.checkpoint {
-        *index = ChunkIndex::new(index.chunk_log2());
-    }
-    for e in entries {
-        index.apply(e);
-    }
-    index.set_size(c.size);
+    index.apply_commit(c.checkpoint, entries, c.size);
     Ok(())
 }
 

@@ -181,6 +181,24 @@ impl ChunkIndex {
         }
     }
 
+    /// Replays one commit (docs/FORMAT.md, "Reading a container"): a checkpoint starts from an empty index,
+    /// then each entry is applied in order ([`ChunkIndex::apply`]), then the logical size is set.
+    /// The one replay rule, for opening a container and for salvaging one.
+    pub fn apply_commit(
+        &mut self,
+        checkpoint: bool,
+        entries: impl IntoIterator<Item = IndexEntry>,
+        size: u64,
+    ) {
+        if checkpoint {
+            *self = ChunkIndex::new(self.chunk_log2());
+        }
+        for e in entries {
+            self.apply(e);
+        }
+        self.set_size(size);
+    }
+
     /// The pieces of `chunk`, in order (empty for holes and beyond the end).
     pub fn pieces(&self, chunk: u64) -> &[IndexEntry] {
         self.chunks.get(&chunk).map_or(&[], Slot::as_slice)

@@ -1,16 +1,21 @@
-//! Data member helpers: framing, deflate stored blocks, validation and decoding of pieces.
+//! Data members: framing (header and trailer around a deflate stream), validation, decoding,
+//! and reading stored pieces in place. The stored blocks themselves are [`super::stored`]'s.
 
+use std::fs::File;
+use std::io::{self, IoSliceMut};
 use std::ops::Range;
 
 use super::record::{
     check_framing, framing, u32_at, u64_at, DATA_PAYLOAD_LEN, FRAMING_LEN, RECORD_DATA,
 };
-use super::{corrupt, IndexEntry, PieceKind, Result, DATA_HEADER_LEN, MEMBER_TRAILER_LEN};
-
-/// Largest payload of one deflate stored block.
-pub const MAX_STORED_BLOCK: usize = 65535;
-/// Bytes of framing per stored block (1 header byte, LEN, NLEN).
-pub const STORED_BLOCK_OVERHEAD: usize = 5;
+use super::stored::{
+    decode_stored_blocks, encode_stored_blocks, stored_block_header, stored_stream_len,
+    StoredStreamError, MAX_STORED_BLOCK, STORED_BLOCK_OVERHEAD,
+};
+use super::{
+    corrupt, ContainerError, IndexEntry, PieceKind, Result, DATA_HEADER_LEN, MAX_CHUNK_LOG2,
+    MEMBER_TRAILER_LEN,
+};
 
 /// Data member payload flag: the piece replaces all earlier pieces of its chunk.
 pub const DATA_FLAG_RESET: u32 = 1;
@@ -65,98 +70,6 @@ pub fn member_trailer(crc32: u32, len: u32) -> [u8; MEMBER_TRAILER_LEN] {
     t[..4].copy_from_slice(&crc32.to_le_bytes());
     t[4..].copy_from_slice(&len.to_le_bytes());
     t
-}
-
-/// Bytes of deflate stored blocks needed for `n` bytes of data (`n == 0`: one empty final
-/// stored block, 5 bytes).
-pub fn stored_stream_len(n: usize) -> usize {
-    let blocks = n.div_ceil(MAX_STORED_BLOCK).max(1);
-    n + blocks * STORED_BLOCK_OVERHEAD
-}
-
-/// Writes `data` as deflate stored blocks (the last one final) into `out`; returns the length.
-///
-/// Panics if `out` is shorter than [`stored_stream_len`]`(data.len())`.
-pub fn encode_stored_blocks(data: &[u8], out: &mut [u8]) -> usize {
-    let need = stored_stream_len(data.len());
-    assert!(
-        out.len() >= need,
-        "encode_stored_blocks: output buffer too small"
-    );
-    let mut pos = 0;
-    let mut rest = data;
-    loop {
-        let n = rest.len().min(MAX_STORED_BLOCK);
-        let last = n == rest.len();
-        out[pos] = last as u8; // BFINAL, BTYPE 00, padding 0
-        out[pos + 1..pos + 3].copy_from_slice(&(n as u16).to_le_bytes());
-        out[pos + 3..pos + 5].copy_from_slice(&(!(n as u16)).to_le_bytes());
-        out[pos + 5..pos + 5 + n].copy_from_slice(&rest[..n]);
-        pos += STORED_BLOCK_OVERHEAD + n;
-        rest = &rest[n..];
-        if last {
-            break;
-        }
-    }
-    debug_assert_eq!(pos, need);
-    pos
-}
-
-/// Copies the data of a deflate stream made only of stored blocks into `out`; returns the number
-/// of bytes copied. Validates the block types, LEN/NLEN, that the last block is final, that
-/// nothing follows it and that the data fits in `out`. Error offsets are relative to `stream`.
-pub fn decode_stored_blocks(stream: &[u8], out: &mut [u8]) -> Result<usize> {
-    let mut pos = 0usize;
-    let mut written = 0usize;
-    loop {
-        if stream.len() - pos < STORED_BLOCK_OVERHEAD {
-            return Err(corrupt(
-                "stored deflate stream ends inside a block header",
-                pos as u64,
-            ));
-        }
-        let hdr = stream[pos];
-        if (hdr >> 1) & 3 != 0 {
-            return Err(corrupt(
-                format!(
-                    "deflate block type {} in a stored-only stream",
-                    (hdr >> 1) & 3
-                ),
-                pos as u64,
-            ));
-        }
-        let len = u16::from_le_bytes([stream[pos + 1], stream[pos + 2]]);
-        let nlen = u16::from_le_bytes([stream[pos + 3], stream[pos + 4]]);
-        if len != !nlen {
-            return Err(corrupt(
-                format!("stored block LEN {len:#06x} and NLEN {nlen:#06x} disagree"),
-                pos as u64 + 1,
-            ));
-        }
-        let len = len as usize;
-        let data_start = pos + STORED_BLOCK_OVERHEAD;
-        if stream.len() - data_start < len {
-            return Err(corrupt(
-                "stored block extends past the end of the stream",
-                pos as u64,
-            ));
-        }
-        if out.len() - written < len {
-            return Err(corrupt(
-                "stored blocks hold more data than expected",
-                pos as u64,
-            ));
-        }
-        out[written..written + len].copy_from_slice(&stream[data_start..data_start + len]);
-        written += len;
-        pos = data_start + len;
-        if hdr & 1 != 0 {
-            if pos != stream.len() {
-                return Err(corrupt("bytes after the final stored block", pos as u64));
-            }
-            return Ok(written);
-        }
-    }
 }
 
 /// Validates a data member read back (`bytes.len() == entry.stored_len`): framing, subfield
@@ -272,14 +185,19 @@ fn check_data_trailer(trailer: &[u8], t: usize, entry: &IndexEntry) -> Result<()
 
 /// How a stored piece written in deflatefs's block layout (stored blocks of
 /// [`MAX_STORED_BLOCK`] bytes, the last one shorter and final) lies in its member, so that a
-/// reader can read the payload straight into place and only the framing around it elsewhere.
-/// `None` when the entry's stored length does not fit that layout (another writer's block
-/// split): such a member is read whole and checked by [`decode_piece`].
+/// reader can read the payload straight into place and only the framing around it elsewhere
+/// ([`StoredLayout::read_in_place`]). `None` when the entry's stored length does not fit that
+/// layout (another writer's block split): such a member is read whole and checked by
+/// [`decode_piece`].
 #[derive(Debug)]
 pub struct StoredLayout {
     /// Number of stored blocks.
     pub blocks: usize,
 }
+
+/// Most stored blocks one piece can have: a piece lies within one chunk of at most
+/// 2^[`MAX_CHUNK_LOG2`] bytes.
+const MAX_PIECE_BLOCKS: usize = (1usize << MAX_CHUNK_LOG2).div_ceil(MAX_STORED_BLOCK);
 
 impl StoredLayout {
     pub fn of(entry: &IndexEntry) -> Option<StoredLayout> {
@@ -315,10 +233,7 @@ impl StoredLayout {
         let mut pos = DATA_HEADER_LEN;
         for (i, h) in block_headers.iter().enumerate() {
             let n = self.block_len(i, len) as u16;
-            let last = i + 1 == self.blocks;
-            let mut want = [u8::from(last), 0, 0, 0, 0];
-            want[1..3].copy_from_slice(&n.to_le_bytes());
-            want[3..5].copy_from_slice(&(!n).to_le_bytes());
+            let want = stored_block_header(n, i + 1 == self.blocks);
             if *h != want {
                 return Err(corrupt(
                     format!("stored block {i} header {h:02x?}, expected {want:02x?}"),
@@ -328,6 +243,81 @@ impl StoredLayout {
             pos += STORED_BLOCK_OVERHEAD + n as usize;
         }
         check_data_trailer(trailer, pos, entry)
+    }
+
+    /// Reads the stored piece `entry` (which this layout describes) from the container `file`
+    /// with one positioned vectored read that puts its payload straight into `out` (exactly
+    /// `entry.logical_len` bytes) and only its framing into small scratch buffers: no copy out
+    /// of an input buffer. `Ok` guarantees what [`decode_piece`] guarantees: the framing passed
+    /// [`StoredLayout::check`] and `out` holds bytes whose crc32 is `entry.crc32`.
+    ///
+    /// An error says why the piece could not be read this way: a short read, damage, an I/O
+    /// error, or a piece with no payload (InvalidInput). `out` may then hold anything. Reading
+    /// the member whole and decoding it with [`decode_piece`] gives the exact verdict (a valid
+    /// piece in this layout always reads in place unless the file changes under it).
+    pub fn read_in_place(&self, file: &File, entry: &IndexEntry, out: &mut [u8]) -> Result<()> {
+        let len = entry.logical_len as usize;
+        let at = member_offset_fn(entry);
+        if len == 0 || out.len() != len {
+            return Err(ContainerError::Io(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "reading a {len}-byte stored piece in place into {} bytes",
+                    out.len()
+                ),
+            )));
+        }
+        if self.blocks > MAX_PIECE_BLOCKS {
+            return Err(corrupt(
+                format!(
+                    "stored piece of {} blocks is larger than a chunk",
+                    self.blocks
+                ),
+                at(0),
+            ));
+        }
+        let mut header = [0u8; DATA_HEADER_LEN];
+        let mut block_headers = [[0u8; STORED_BLOCK_OVERHEAD]; MAX_PIECE_BLOCKS];
+        let mut trailer = [0u8; MEMBER_TRAILER_LEN];
+        let read = {
+            // Header, then each block's header and payload, then the trailer: the member's
+            // byte order, so one preadv at the member's offset fills them all.
+            let mut iov: [IoSliceMut; 2 * MAX_PIECE_BLOCKS + 2] =
+                std::array::from_fn(|_| IoSliceMut::new(&mut []));
+            iov[0] = IoSliceMut::new(&mut header);
+            let mut n_iov = 1;
+            let mut payload = &mut out[..];
+            for (i, h) in block_headers[..self.blocks].iter_mut().enumerate() {
+                let (block, rest) = payload.split_at_mut(self.block_len(i, len));
+                iov[n_iov] = IoSliceMut::new(h);
+                iov[n_iov + 1] = IoSliceMut::new(block);
+                n_iov += 2;
+                payload = rest;
+            }
+            iov[n_iov] = IoSliceMut::new(&mut trailer);
+            n_iov += 1;
+            let offset = libc::off_t::try_from(entry.member_offset)
+                .map_err(|_| corrupt("member offset beyond the largest file offset", at(0)))?;
+            nix::sys::uio::preadv(file, &mut iov[..n_iov], offset)
+                .map_err(|e| ContainerError::Io(io::Error::from(e)))?
+        };
+        if read != entry.stored_len as usize {
+            return Err(corrupt(
+                format!(
+                    "stored piece: read {read} of its {} bytes in place",
+                    entry.stored_len
+                ),
+                at(read),
+            ));
+        }
+        self.check(entry, &header, &block_headers[..self.blocks], &trailer)?;
+        if libdeflater::crc32(out) != entry.crc32 {
+            return Err(corrupt(
+                "piece crc32 mismatch after reading in place",
+                at(DATA_HEADER_LEN),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -354,10 +344,8 @@ pub fn decode_piece(
     }
     let stream = &bytes[range];
     let n = match entry.kind {
-        PieceKind::Stored => decode_stored_blocks(stream, out).map_err(|e| match e {
-            super::ContainerError::Corrupt { what, offset } => corrupt(what, at + offset),
-            other => other,
-        })?,
+        PieceKind::Stored => decode_stored_blocks(stream, out)
+            .map_err(|StoredStreamError { what, at: pos }| corrupt(what, at + pos as u64))?,
         PieceKind::Deflate => decompressor
             .deflate_decompress(stream, out)
             .map_err(|e| corrupt(format!("inflate failed: {e}"), at))?,
@@ -375,18 +363,71 @@ pub fn decode_piece(
     Ok(())
 }
 
-fn entry_for(logical_offset: u64, reset: bool, data: &[u8], member_len: usize) -> IndexEntry {
+/// Length of a data member whose deflate stream is `stream_len` bytes long.
+pub const fn data_member_len(stream_len: usize) -> usize {
+    DATA_HEADER_LEN + stream_len + MEMBER_TRAILER_LEN
+}
+
+/// What a compressor made of one piece's bytes: the deflate stream and how it was made, which is
+/// what [`frame_data_member`] records besides the piece's place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PieceStream {
+    /// Bytes of the deflate stream.
+    pub len: usize,
+    /// crc32 of the uncompressed bytes.
+    pub crc32: u32,
+    /// The stream is stored blocks only (a [`PieceKind::Stored`] piece), else compressed
+    /// ([`PieceKind::Deflate`]).
+    pub stored: bool,
+    /// Compression level used (0 for stored blocks).
+    pub level: u8,
+    /// Window of the stream as log2 bytes (0 for stored blocks).
+    pub window_log2: u8,
+}
+
+/// Makes a complete data member of the deflate stream that already sits at
+/// `member[DATA_HEADER_LEN..DATA_HEADER_LEN + stream.len]`, without moving it: writes the
+/// member's header before it and its trailer (CRC32, ISIZE = `logical_len`) after it. Returns
+/// the member's index entry, with `chaining_value` and `member_offset` `u64::MAX` until the
+/// member is appended; the member is `member[..entry.stored_len]`.
+///
+/// Panics if `member` is shorter than [`data_member_len`]`(stream.len)`.
+pub fn frame_data_member(
+    member: &mut [u8],
+    logical_offset: u64,
+    reset: bool,
+    logical_len: u32,
+    stream: PieceStream,
+    chaining_value: [u8; 32],
+) -> IndexEntry {
+    let total = data_member_len(stream.len);
+    assert!(
+        member.len() >= total,
+        "frame_data_member: {}-byte buffer for a {total}-byte member",
+        member.len()
+    );
+    member[..DATA_HEADER_LEN].copy_from_slice(&data_member_header(
+        logical_offset,
+        reset,
+        stream.stored,
+    ));
+    let trailer_at = DATA_HEADER_LEN + stream.len;
+    member[trailer_at..total].copy_from_slice(&member_trailer(stream.crc32, logical_len));
     IndexEntry {
         logical_offset,
-        logical_len: data.len() as u32,
+        logical_len,
         member_offset: u64::MAX,
-        stored_len: member_len as u32,
-        crc32: libdeflater::crc32(data),
-        kind: PieceKind::Stored,
+        stored_len: total as u32,
+        crc32: stream.crc32,
+        kind: if stream.stored {
+            PieceKind::Stored
+        } else {
+            PieceKind::Deflate
+        },
         reset,
-        level: 0,
-        window_log2: 0,
-        chaining_value: [0; 32],
+        level: stream.level,
+        window_log2: stream.window_log2,
+        chaining_value,
     }
 }
 
@@ -394,12 +435,23 @@ fn entry_for(logical_offset: u64, reset: bool, data: &[u8], member_len: usize) -
 /// (`member_offset` is `u64::MAX` until the member is appended).
 pub fn build_stored_member(logical_offset: u64, reset: bool, data: &[u8]) -> (Vec<u8>, IndexEntry) {
     assert!(data.len() <= u32::MAX as usize / 2);
-    let len = DATA_HEADER_LEN + stored_stream_len(data.len()) + MEMBER_TRAILER_LEN;
-    let mut m = vec![0u8; len];
-    m[..DATA_HEADER_LEN].copy_from_slice(&data_member_header(logical_offset, reset, true));
-    let n = encode_stored_blocks(data, &mut m[DATA_HEADER_LEN..]);
-    let e = entry_for(logical_offset, reset, data, len);
-    m[DATA_HEADER_LEN + n..].copy_from_slice(&member_trailer(e.crc32, e.logical_len));
+    let mut m = vec![0u8; data_member_len(stored_stream_len(data.len()))];
+    let len = encode_stored_blocks(data, &mut m[DATA_HEADER_LEN..]);
+    let stream = PieceStream {
+        len,
+        crc32: libdeflater::crc32(data),
+        stored: true,
+        level: 0,
+        window_log2: 0,
+    };
+    let e = frame_data_member(
+        &mut m,
+        logical_offset,
+        reset,
+        data.len() as u32,
+        stream,
+        [0; 32],
+    );
     (m, e)
 }
 
@@ -414,18 +466,26 @@ pub fn build_deflate_member(
 ) -> (Vec<u8>, IndexEntry) {
     assert!(data.len() <= u32::MAX as usize / 2);
     let bound = compressor.deflate_compress_bound(data.len()).max(2);
-    let mut m = vec![0u8; DATA_HEADER_LEN + bound + MEMBER_TRAILER_LEN];
-    m[..DATA_HEADER_LEN].copy_from_slice(&data_member_header(logical_offset, reset, false));
-    let n = compressor
+    let mut m = vec![0u8; data_member_len(bound)];
+    let len = compressor
         .deflate_compress(data, &mut m[DATA_HEADER_LEN..DATA_HEADER_LEN + bound])
         .expect("buffer sized with deflate_compress_bound");
-    let len = DATA_HEADER_LEN + n + MEMBER_TRAILER_LEN;
-    m.truncate(len);
-    let mut e = entry_for(logical_offset, reset, data, len);
-    e.kind = PieceKind::Deflate;
-    e.level = level;
-    e.window_log2 = 15;
-    m[DATA_HEADER_LEN + n..].copy_from_slice(&member_trailer(e.crc32, e.logical_len));
+    let stream = PieceStream {
+        len,
+        crc32: libdeflater::crc32(data),
+        stored: false,
+        level,
+        window_log2: 15,
+    };
+    let e = frame_data_member(
+        &mut m,
+        logical_offset,
+        reset,
+        data.len() as u32,
+        stream,
+        [0; 32],
+    );
+    m.truncate(e.stored_len as usize);
     (m, e)
 }
 
@@ -500,54 +560,6 @@ mod tests {
     }
 
     #[test]
-    fn stored_stream_len_counts_block_headers() {
-        assert_eq!(stored_stream_len(0), 5);
-        assert_eq!(stored_stream_len(1), 6);
-        assert_eq!(stored_stream_len(65535), 65540);
-        assert_eq!(stored_stream_len(65536), 65546);
-        assert_eq!(stored_stream_len(4 << 20), (4 << 20) + 5 * 65);
-    }
-
-    #[test]
-    fn stored_blocks_round_trip_at_block_boundaries() {
-        for n in [0usize, 1, 5, 65534, 65535, 65536, 131070, 131071, 200_000] {
-            let data: Vec<u8> = (0..n).map(|i| (i * 7 + i / 300) as u8).collect();
-            let mut s = vec![0u8; stored_stream_len(n)];
-            assert_eq!(encode_stored_blocks(&data, &mut s), s.len());
-            let mut out = vec![0u8; n];
-            assert_eq!(decode_stored_blocks(&s, &mut out).unwrap(), n);
-            assert_eq!(out, data);
-            // Standard inflate agrees.
-            let mut d = libdeflater::Decompressor::new();
-            let mut out2 = vec![0u8; n];
-            assert_eq!(d.deflate_decompress(&s, &mut out2).unwrap(), n);
-            assert_eq!(out2, data);
-        }
-    }
-
-    #[test]
-    fn decode_stored_blocks_rejects_garbage() {
-        let mut s = vec![0u8; stored_stream_len(10)];
-        encode_stored_blocks(b"0123456789", &mut s);
-        let mut out = [0u8; 10];
-        let mut bad = s.clone();
-        bad[3] ^= 1; // NLEN
-        assert!(decode_stored_blocks(&bad, &mut out).is_err());
-        let mut bad = s.clone();
-        bad[0] = 0; // not final: runs off the end
-        assert!(decode_stored_blocks(&bad, &mut out).is_err());
-        let mut bad = s.clone();
-        bad[0] = 3; // fixed huffman
-        assert!(decode_stored_blocks(&bad, &mut out).is_err());
-        let mut bad = s.clone();
-        bad.push(0);
-        assert!(decode_stored_blocks(&bad, &mut out).is_err());
-        assert!(decode_stored_blocks(&s[..9], &mut out).is_err());
-        assert!(decode_stored_blocks(&s, &mut out[..9]).is_err());
-        assert!(decode_stored_blocks(&[], &mut out).is_err());
-    }
-
-    #[test]
     fn data_member_header_layout_matches_spec() {
         let h = data_member_header(0x1000, true, true);
         assert_eq!(
@@ -617,6 +629,106 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn stored_pieces_read_in_place_exactly_when_intact() {
+        use std::os::unix::fs::FileExt;
+        for len in [1usize, 65535, 65536, 200_000] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 13 + len) as u8).collect();
+            let (m, mut e) = build_stored_member(4096, true, &data);
+            e.member_offset = 1000;
+            let layout = StoredLayout::of(&e).expect("deflatefs's own layout");
+            let file = tempfile::tempfile().unwrap();
+            file.write_all_at(&[0xaa; 1000], 0).unwrap();
+            file.write_all_at(&m, 1000).unwrap();
+            let mut out = vec![0u8; len];
+            layout.read_in_place(&file, &e, &mut out).unwrap();
+            assert_eq!(out, data, "len {len}");
+            // Every flipped byte of the member is refused: framing, block headers, payload.
+            for at in [
+                0,
+                20,
+                DATA_HEADER_LEN,
+                DATA_HEADER_LEN + 2,
+                m.len() / 2,
+                m.len() - 1,
+            ] {
+                file.write_all_at(&[m[at] ^ 0x10], 1000 + at as u64)
+                    .unwrap();
+                let r = layout.read_in_place(&file, &e, &mut out);
+                assert!(r.is_err(), "len {len}: flipped byte {at} read in place");
+                file.write_all_at(&m[at..at + 1], 1000 + at as u64).unwrap();
+            }
+            // A member cut short by the end of the file, and a buffer of the wrong size.
+            file.set_len(1000 + m.len() as u64 - 1).unwrap();
+            assert!(layout.read_in_place(&file, &e, &mut out).is_err());
+            file.write_all_at(&m[m.len() - 1..], 1000 + m.len() as u64 - 1)
+                .unwrap();
+            assert!(layout.read_in_place(&file, &e, &mut out[1..]).is_err());
+            layout.read_in_place(&file, &e, &mut out).unwrap();
+        }
+    }
+
+    #[test]
+    fn framing_a_stream_in_place_writes_header_and_trailer_around_it() {
+        let data: Vec<u8> = b"framed in place "
+            .iter()
+            .cycle()
+            .take(70_000)
+            .copied()
+            .collect();
+        // A stream left at DATA_HEADER_LEN by a compressor, with room after it.
+        let mut buf = vec![0x55u8; data_member_len(stored_stream_len(data.len())) + 100];
+        let len = encode_stored_blocks(&data, &mut buf[DATA_HEADER_LEN..]);
+        let stream_bytes = buf[DATA_HEADER_LEN..DATA_HEADER_LEN + len].to_vec();
+        let crc = libdeflater::crc32(&data);
+        let stream = PieceStream {
+            len,
+            crc32: crc,
+            stored: true,
+            level: 0,
+            window_log2: 0,
+        };
+        let cv = [7u8; 32];
+        let e = frame_data_member(&mut buf, 1 << 20, false, data.len() as u32, stream, cv);
+        let total = DATA_HEADER_LEN + len + MEMBER_TRAILER_LEN;
+        assert_eq!(e.stored_len as usize, total);
+        assert_eq!(
+            buf[..DATA_HEADER_LEN],
+            data_member_header(1 << 20, false, true)
+        );
+        assert_eq!(
+            buf[DATA_HEADER_LEN..DATA_HEADER_LEN + len],
+            stream_bytes[..]
+        );
+        assert_eq!(buf[total - 8..total - 4], crc.to_le_bytes());
+        assert_eq!(buf[total - 4..total], (data.len() as u32).to_le_bytes());
+        assert!(
+            buf[total..].iter().all(|&b| b == 0x55),
+            "nothing written after it"
+        );
+        assert_eq!(
+            (e.logical_offset, e.logical_len, e.crc32, e.reset),
+            (1 << 20, data.len() as u32, crc, false)
+        );
+        assert_eq!(
+            (e.kind, e.member_offset, e.chaining_value),
+            (PieceKind::Stored, u64::MAX, cv)
+        );
+        let mut out = vec![0u8; data.len()];
+        let mut d = libdeflater::Decompressor::new();
+        decode_piece(&buf[..total], &e, &mut d, &mut out).unwrap();
+        assert_eq!(out, data);
+        // A deflate stream's entry says how it was made.
+        let mut c = libdeflater::Compressor::new(libdeflater::CompressionLvl::new(6).unwrap());
+        let (m, dm) = build_deflate_member(&mut c, 6, 0, true, &data);
+        assert_eq!(
+            (dm.kind, dm.level, dm.window_log2),
+            (PieceKind::Deflate, 6, 15)
+        );
+        decode_piece(&m, &dm, &mut d, &mut out).unwrap();
+        assert_eq!(out, data);
     }
 
     #[test]

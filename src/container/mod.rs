@@ -2,9 +2,13 @@
 //!
 //! Layout of this module:
 //! - [`record`]: the fixed records (member framing, header, index entries, index members, commits);
-//! - [`member`]: data member helpers (framing, stored blocks, validation, decoding);
+//! - [`stored`]: deflate stored blocks, the one codec of them (the engine's stored op uses it);
+//! - [`member`]: data members (framing around a deflate stream, validation, decoding, stored
+//!   pieces read in place);
 //! - [`index`]: the in-memory chunk index and its replay rules;
-//! - [`file`]: [`Container`], one open container file (recovery, appends, commits, compaction).
+//! - [`file`]: [`Container`], one open container file (recovery, appends, commits, compaction);
+//! - [`salvage`]: damaged containers read member by member, reporting damage instead of stopping
+//!   (what `deflatefs fsck` checks and rebuilds from).
 //!
 //! Parsing never panics, never loops forever and never allocates more than the file length
 //! justifies, whatever the input bytes are: every length and count read from a file is validated
@@ -14,17 +18,23 @@ pub mod file;
 pub mod index;
 pub mod member;
 pub mod record;
+pub mod salvage;
+pub mod stored;
 
 pub use file::{Container, OpenMode};
 pub use index::ChunkIndex;
 pub use member::{
-    build_deflate_member, build_stored_member, data_member_header, decode_piece,
-    decode_stored_blocks, encode_stored_blocks, member_trailer, parse_data_member,
-    relocate_data_member, stored_stream_len, StoredLayout, MAX_STORED_BLOCK, STORED_BLOCK_OVERHEAD,
+    build_deflate_member, build_stored_member, data_member_header, data_member_len, decode_piece,
+    frame_data_member, member_trailer, parse_data_member, relocate_data_member, PieceStream,
+    StoredLayout,
 };
 pub use record::{
     header_member, index_member_len, AuxRecord, CommitRecord, IndexEntry, PieceKind,
     FORMAT_VERSION, MAGIC,
+};
+pub use stored::{
+    decode_stored_blocks, encode_stored_blocks, stored_stream_len, try_encode_stored_blocks,
+    StoredStreamError, MAX_STORED_BLOCK, STORED_BLOCK_OVERHEAD,
 };
 
 /// Length of the header member: 16 framing + 20 payload + 2 (`03 00`) + 8 trailer.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use super::accel::{self, Accel};
 use super::backend::{Backend, CodecError};
 use super::selftest::{sample, self_test};
-use super::stored::stored_stream_len;
+use crate::container::stored::stored_stream_len;
 
 /// Throughput of one backend on one thread.
 #[derive(Debug, Clone, Copy)]

@@ -20,7 +20,6 @@ pub mod pool;
 mod queue;
 pub mod selftest;
 pub mod software;
-mod stored;
 pub mod zlib;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -29,11 +28,14 @@ use std::thread::JoinHandle;
 
 use parking_lot::{Mutex, RwLock};
 
+/// How long the stored-blocks stream of `n` input bytes is: the room a compress job's output
+/// region must have (see [`Op::Compress`]). The stored blocks are the container's codec
+/// ([`crate::container::stored`]), which the engine uses for its stored writes and reads.
+pub use crate::container::stored::stored_stream_len;
 pub use backend::{Backend, Codec, CodecError};
 pub use job::{Completion, CompletionCallback, Done, EngineError, Job, Op, Ticket};
 pub use pool::{BufferPool, PoolBuf, PoolError};
 pub use software::SoftwareBackend;
-pub use stored::stored_stream_len;
 
 use queue::{Offer, QueueCounters, QueuePair, SlotSignal};
 

@@ -14,8 +14,8 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 use super::backend::{Backend, Codec, CodecError};
 use super::job::{Completion, Done, EngineError, Job, Op};
 use super::software::{ReferenceVerifier, SoftwareCodec};
-use super::stored::{read_stored, stored_stream_len, write_stored};
 use super::{BackendHealth, EngineOptions};
+use crate::container::stored::{decode_stored_blocks, stored_stream_len, try_encode_stored_blocks};
 use crate::panics::message as panic_message;
 
 /// Counters of one queue, shared by its submitters and its worker. Aligned to keep queues' counters
@@ -574,7 +574,7 @@ fn looks_incompressible(codec: &mut dyn Codec, input: &[u8], scratch: &mut [u8])
 
 /// Writes `input` as stored blocks into `region`.
 fn store(input: &[u8], region: &mut [u8]) -> Result<Done, EngineError> {
-    match write_stored(input, region) {
+    match try_encode_stored_blocks(input, region) {
         Some(len) => Ok(Done {
             len,
             crc32: libdeflater::crc32(input),
@@ -595,7 +595,13 @@ fn decompress(
 ) -> Result<Done, EngineError> {
     let expected_len = output.len();
     if stored {
-        read_stored(src, output).map_err(EngineError::Corrupt)?;
+        let n =
+            decode_stored_blocks(src, output).map_err(|e| EngineError::Corrupt(e.to_string()))?;
+        if n != expected_len {
+            return Err(EngineError::Corrupt(format!(
+                "stored stream holds {n} bytes, expected {expected_len}"
+            )));
+        }
     } else {
         match codec.inflate(src, output) {
             Ok(n) if n == expected_len => {}

@@ -57,7 +57,7 @@ use super::cache::{ChunkCache, ChunkKey};
 use super::error::{FsError, FsResult};
 use crate::container::{
     self, Container, IndexEntry, PieceKind, StoredLayout, DATA_HEADER_LEN, MAX_CHUNK_PIECES,
-    MAX_STORED_BLOCK, MEMBER_TRAILER_LEN, STORED_BLOCK_OVERHEAD,
+    MEMBER_TRAILER_LEN,
 };
 use crate::digest::{chunk_cv, ChainingValue};
 use crate::engine::pool::{BufferPool, PoolBuf};
@@ -870,56 +870,8 @@ impl ContainerFile {
         layout: &StoredLayout,
         mut out: PoolBuf,
     ) -> Option<PoolBuf> {
-        const MAX_BLOCKS: usize = (1usize << container::MAX_CHUNK_LOG2).div_ceil(MAX_STORED_BLOCK);
-        let len = p.logical_len as usize;
-        if len == 0 || out.len() != len || layout.blocks > MAX_BLOCKS {
-            return None;
-        }
-        let mut header = [0u8; DATA_HEADER_LEN];
-        let mut block_headers = [[0u8; STORED_BLOCK_OVERHEAD]; MAX_BLOCKS];
-        let mut trailer = [0u8; MEMBER_TRAILER_LEN];
-        let empty = libc::iovec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        };
-        let mut iov = [empty; 2 * MAX_BLOCKS + 2];
-        let io = |b: &mut [u8]| libc::iovec {
-            iov_base: b.as_mut_ptr().cast(),
-            iov_len: b.len(),
-        };
-        let mut n_iov = 0;
-        iov[n_iov] = io(&mut header);
-        n_iov += 1;
-        let mut payload = &mut out[..];
-        for (i, h) in block_headers[..layout.blocks].iter_mut().enumerate() {
-            let (block, rest) = payload.split_at_mut(layout.block_len(i, len));
-            iov[n_iov] = io(h);
-            iov[n_iov + 1] = io(block);
-            n_iov += 2;
-            payload = rest;
-        }
-        iov[n_iov] = io(&mut trailer);
-        n_iov += 1;
-        // SAFETY: the first `n_iov` iovecs each point into a live local buffer (`header`,
-        // `block_headers`, `trailer`) or a disjoint part of `out`, with that part's exact
-        // length, and none of them is touched again until preadv returns; `file` keeps the
-        // descriptor open across the call; n_iov <= 2 * MAX_BLOCKS + 2, well under IOV_MAX.
-        let n = unsafe {
-            libc::preadv(
-                std::os::fd::AsRawFd::as_raw_fd(file),
-                iov.as_ptr(),
-                n_iov as libc::c_int,
-                p.member_offset as libc::off_t,
-            )
-        };
-        if n != p.stored_len as isize
-            || layout
-                .check(p, &header, &block_headers[..layout.blocks], &trailer)
-                .is_err()
-            || libdeflater::crc32(&out) != p.crc32
-        {
-            return None;
-        }
+        // Any failure leaves the verdict to the general path (see above).
+        layout.read_in_place(file, p, &mut out).ok()?;
         self.ctx.stored_in_place.fetch_add(1, Ordering::Relaxed);
         Some(out)
     }
@@ -1655,28 +1607,15 @@ fn frame_member(
     len: usize,
     cv: ChainingValue,
 ) -> (PoolBuf, IndexEntry) {
-    let header = container::data_member_header(logical_offset, reset, done.stored);
-    output[..DATA_HEADER_LEN].copy_from_slice(&header);
-    let trailer_at = DATA_HEADER_LEN + done.len;
-    output[trailer_at..trailer_at + MEMBER_TRAILER_LEN]
-        .copy_from_slice(&container::member_trailer(done.crc32, len as u32));
-    let total = trailer_at + MEMBER_TRAILER_LEN;
-    let entry = IndexEntry {
-        logical_offset,
-        logical_len: len as u32,
-        member_offset: 0,
-        stored_len: total as u32,
+    let stream = container::PieceStream {
+        len: done.len,
         crc32: done.crc32,
-        kind: if done.stored {
-            PieceKind::Stored
-        } else {
-            PieceKind::Deflate
-        },
-        reset,
+        stored: done.stored,
         level: done.level,
         window_log2: done.window_log2,
-        chaining_value: cv,
     };
+    let entry =
+        container::frame_data_member(&mut output, logical_offset, reset, len as u32, stream, cv);
     (output, entry)
 }
 
