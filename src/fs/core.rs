@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
+use super::background::Background;
 use super::cache::ChunkCache;
 pub use super::caller::Caller;
 use super::caller::{AsCaller, MAY_READ, MAY_WRITE};
@@ -199,6 +200,9 @@ impl DeflateFs {
             epochs: AtomicU64::new(0),
             damage_log: Mutex::new(HashMap::new()),
             stored_in_place: Default::default(),
+            // One thread: it only reads members and submits them; the decoding runs on the
+            // engine's queues. Room for a few readers' batches; beyond that they decode alone.
+            prefetch: Background::new("dfs-prefetch", 1, 16)?,
         });
         let inodes = InodeTable::new(root_fd, &st, opts.fds);
         Ok(DeflateFs {

@@ -92,12 +92,34 @@ pub struct FileContext {
     /// When each damaged file (by node) was last logged: one line per file per minute, however
     /// often it is read or opened.
     pub damage_log: Mutex<HashMap<u64, Instant>>,
-    /// Stored pieces read straight into place (`ContainerFile::read_stored_in_place`), for
+    /// Stored pieces read straight into place (`FileContext::read_stored_in_place`), for
     /// `user.deflatefs.engine`.
     pub stored_in_place: AtomicU64,
+    /// The worker that runs read-ahead (reads members and submits their decoding), so a
+    /// reader never waits for read-ahead's I/O or for room in the engine's queues.
+    pub prefetch: super::background::Background,
 }
 
 impl FileContext {
+    /// A stored piece in deflatefs's own block layout, read with one preadv that puts its
+    /// payload straight into `out` (`p.logical_len` bytes) and its framing into small scratch
+    /// buffers: no copy out of an input buffer, no queue round trip. Its framing and crc32 are
+    /// checked as [`container::parse_data_member`] and the stored decode would. `None` when
+    /// anything differs or the read comes up short: the general path then reads the member
+    /// whole and gives the exact verdict (a different but valid block split, or the damage).
+    fn read_stored_in_place(
+        &self,
+        file: &File,
+        p: &IndexEntry,
+        layout: &StoredLayout,
+        mut out: PoolBuf,
+    ) -> Option<PoolBuf> {
+        // Any failure leaves the verdict to the general path (see above).
+        layout.read_in_place(file, p, &mut out).ok()?;
+        self.stored_in_place.fetch_add(1, Ordering::Relaxed);
+        Some(out)
+    }
+
     fn next_epoch(&self) -> u64 {
         self.epochs
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -721,7 +743,7 @@ impl ContainerFile {
                 ));
             }
             let pieces = s.container.index().pieces(chunk).to_vec();
-            let key = self.chunk_key(&s, chunk, &pieces);
+            let key = chunk_key(self.node, s.epoch, chunk, &pieces);
             (pieces, key, s.reader.clone())
         };
         let Some(key) = key else {
@@ -746,17 +768,6 @@ impl ContainerFile {
         let data = Arc::new(data);
         self.ctx.cache.insert(key, data.clone());
         Ok(data)
-    }
-
-    /// The cache key of `chunk` stored as `pieces` (None for a chunk with no pieces).
-    fn chunk_key(&self, s: &StoreInner, chunk: u64, pieces: &[IndexEntry]) -> Option<ChunkKey> {
-        pieces.last().map(|last| ChunkKey {
-            node: self.node,
-            epoch: s.epoch,
-            chunk,
-            last_member_offset: last.member_offset,
-            pieces: pieces.len() as u32,
-        })
     }
 
     fn report_damage(&self, chunk: u64, e: FsError) -> FsError {
@@ -825,7 +836,7 @@ impl ContainerFile {
                 .job_pool
                 .take(p.logical_len as usize)
                 .map_err(FsError::from)?;
-            if let Some(out) = self.read_stored_in_place(file, p, &layout, out) {
+            if let Some(out) = self.ctx.read_stored_in_place(file, p, &layout, out) {
                 return Ok(out);
             }
         }
@@ -857,25 +868,6 @@ impl ContainerFile {
         }
     }
 
-    /// A stored piece in deflatefs's own block layout, read with one preadv that puts its
-    /// payload straight into `out` (`p.logical_len` bytes) and its framing into small scratch
-    /// buffers: no copy out of an input buffer, no queue round trip. Its framing and crc32 are
-    /// checked as [`container::parse_data_member`] and the stored decode would. `None` when
-    /// anything differs or the read comes up short: the general path then reads the member
-    /// whole and gives the exact verdict (a different but valid block split, or the damage).
-    fn read_stored_in_place(
-        &self,
-        file: &File,
-        p: &IndexEntry,
-        layout: &StoredLayout,
-        mut out: PoolBuf,
-    ) -> Option<PoolBuf> {
-        // Any failure leaves the verdict to the general path (see above).
-        layout.read_in_place(file, p, &mut out).ok()?;
-        self.ctx.stored_in_place.fetch_add(1, Ordering::Relaxed);
-        Some(out)
-    }
-
     /// The chunks of `first..first + count` within the file that are not resident: what
     /// read-ahead may decode.
     fn readahead_candidates(&self, st: &WriteState, first: u64, count: u64) -> Vec<u64> {
@@ -887,89 +879,23 @@ impl ContainerFile {
         (first..end).filter(|c| !st.dirty.contains_key(c)).collect()
     }
 
-    /// Submits decompression of those of `chunks` that are stored in one piece and not cached,
-    /// so the reader finds them ready (or waits for the job instead of redoing it). Takes no
-    /// file lock across its I/O; a chunk rewritten meanwhile is decoded at the version it had,
-    /// under that version's cache key, which the newer version never matches.
+    /// Hands read-ahead of `chunks` to the mount's prefetch worker, which decodes those stored
+    /// in one piece and not cached, so the reader finds them ready (or waits for the job
+    /// instead of redoing it). Never waits: with the worker's queue full, the reader decodes
+    /// them itself as it reaches them.
     fn start_readahead(&self, chunks: &[u64]) {
-        let pool = &self.ctx.job_pool;
-        for &chunk in chunks {
-            let (pieces, key, file) = {
-                let s = self.store.inner.lock();
-                if s.inflight_chunks.contains_key(&chunk) {
-                    continue;
-                }
-                let pieces = s.container.index().pieces(chunk).to_vec();
-                let key = self.chunk_key(&s, chunk, &pieces);
-                (pieces, key, s.reader.clone())
-            };
-            let (Some(key), [p]) = (key, pieces.as_slice()) else {
-                continue;
-            };
-            if p.kind == PieceKind::Hole
-                || p.logical_offset != chunk << self.chunk_log2
-                || self.ctx.cache.get(&key).is_some()
-            {
-                continue;
-            }
-            {
-                let mut pending = self.readahead.pending.lock();
-                if !pending.insert(chunk) {
-                    continue;
-                }
-            }
-            let release = |ra: &Readahead| {
-                ra.pending.lock().remove(&chunk);
-                ra.done.notify_all();
-            };
-            if let Some(layout) = StoredLayout::of(p) {
-                // Nothing to decode: read it into place here rather than copy it in a queue.
-                let Some(out) = pool.take_timeout(p.logical_len as usize, Duration::ZERO) else {
-                    release(&self.readahead);
-                    break;
-                };
-                if let Some(out) = self.read_stored_in_place(&file, p, &layout, out) {
-                    self.ctx.cache.insert(key, Arc::new(out.into_vec()));
-                }
-                release(&self.readahead);
-                continue;
-            }
-            // Read-ahead never waits for memory: if the pool is busy, the reader does the work.
-            let Some([mut input, output]) = pool.try_take_many_timeout(
-                [p.stored_len as usize, p.logical_len as usize],
-                Duration::ZERO,
-            ) else {
-                release(&self.readahead);
-                break;
-            };
-            let stream = match file.read_exact_at(&mut input, p.member_offset) {
-                Ok(()) => container::parse_data_member(&input, p).ok(),
-                Err(_) => None,
-            };
-            let Some(stream) = stream else {
-                release(&self.readahead);
-                continue;
-            };
-            let cache = self.ctx.cache.clone();
-            let ra = self.readahead.clone();
-            let job = Job {
-                op: Op::Decompress {
-                    stream,
-                    expected_crc: p.crc32,
-                    stored: p.kind == PieceKind::Stored,
-                },
-                input,
-                output,
-                on_complete: Box::new(move |c: Completion| {
-                    if c.result.is_ok() {
-                        cache.insert(key, Arc::new(c.output.into_vec()));
-                    }
-                    ra.pending.lock().remove(&chunk);
-                    ra.done.notify_all();
-                }),
-            };
-            self.ctx.engine.submit(vec![job]);
+        if chunks.is_empty() {
+            return;
         }
+        let batch = ReadaheadBatch {
+            node: self.node,
+            chunk_log2: self.chunk_log2,
+            ctx: self.ctx.clone(),
+            store: self.store.clone(),
+            readahead: self.readahead.clone(),
+            chunks: chunks.to_vec(),
+        };
+        self.ctx.prefetch.try_spawn(move || batch.run());
     }
 
     // ---- writing ----
@@ -1666,6 +1592,114 @@ pub(crate) fn check_piece_order(chunk_start: u64, pieces: &[IndexEntry]) -> FsRe
         reach = reach.max(at + p.logical_len as u64);
     }
     Ok(())
+}
+
+/// Read-ahead of some chunks of one file, run on the mount's prefetch worker.
+struct ReadaheadBatch {
+    node: u64,
+    chunk_log2: u8,
+    ctx: Arc<FileContext>,
+    store: Arc<Store>,
+    readahead: Arc<Readahead>,
+    chunks: Vec<u64>,
+}
+
+impl ReadaheadBatch {
+    /// Submits decompression of the chunks. Takes no file lock across its I/O; a chunk
+    /// rewritten meanwhile is decoded at the version it had, under that version's cache key,
+    /// which the newer version never matches.
+    fn run(self) {
+        let pool = &self.ctx.job_pool;
+        for &chunk in &self.chunks {
+            let (pieces, key, file) = {
+                let s = self.store.inner.lock();
+                if s.inflight_chunks.contains_key(&chunk) {
+                    continue;
+                }
+                let pieces = s.container.index().pieces(chunk).to_vec();
+                let key = chunk_key(self.node, s.epoch, chunk, &pieces);
+                (pieces, key, s.reader.clone())
+            };
+            let (Some(key), [p]) = (key, pieces.as_slice()) else {
+                continue;
+            };
+            if p.kind == PieceKind::Hole
+                || p.logical_offset != chunk << self.chunk_log2
+                || self.ctx.cache.get(&key).is_some()
+            {
+                continue;
+            }
+            {
+                let mut pending = self.readahead.pending.lock();
+                if !pending.insert(chunk) {
+                    continue;
+                }
+            }
+            let release = |ra: &Readahead| {
+                ra.pending.lock().remove(&chunk);
+                ra.done.notify_all();
+            };
+            if let Some(layout) = StoredLayout::of(p) {
+                // Nothing to decode: read it into place here rather than copy it in a queue.
+                let Some(out) = pool.take_timeout(p.logical_len as usize, Duration::ZERO) else {
+                    release(&self.readahead);
+                    break;
+                };
+                if let Some(out) = self.ctx.read_stored_in_place(&file, p, &layout, out) {
+                    self.ctx.cache.insert(key, Arc::new(out.into_vec()));
+                }
+                release(&self.readahead);
+                continue;
+            }
+            // Read-ahead never waits for memory: if the pool is busy, the reader does the work.
+            let Some([mut input, output]) = pool.try_take_many_timeout(
+                [p.stored_len as usize, p.logical_len as usize],
+                Duration::ZERO,
+            ) else {
+                release(&self.readahead);
+                break;
+            };
+            let stream = match file.read_exact_at(&mut input, p.member_offset) {
+                Ok(()) => container::parse_data_member(&input, p).ok(),
+                Err(_) => None,
+            };
+            let Some(stream) = stream else {
+                release(&self.readahead);
+                continue;
+            };
+            let cache = self.ctx.cache.clone();
+            let ra = self.readahead.clone();
+            let job = Job {
+                op: Op::Decompress {
+                    stream,
+                    expected_crc: p.crc32,
+                    stored: p.kind == PieceKind::Stored,
+                },
+                input,
+                output,
+                on_complete: Box::new(move |c: Completion| {
+                    if c.result.is_ok() {
+                        cache.insert(key, Arc::new(c.output.into_vec()));
+                    }
+                    ra.pending.lock().remove(&chunk);
+                    ra.done.notify_all();
+                }),
+            };
+            self.ctx.engine.submit(vec![job]);
+        }
+    }
+}
+
+/// The cache key of `chunk` of file `node` stored as `pieces` in a container state of `epoch`
+/// (None for a chunk with no pieces).
+fn chunk_key(node: u64, epoch: u64, chunk: u64, pieces: &[IndexEntry]) -> Option<ChunkKey> {
+    pieces.last().map(|last| ChunkKey {
+        node,
+        epoch,
+        chunk,
+        last_member_offset: last.member_offset,
+        pieces: pieces.len() as u32,
+    })
 }
 
 /// Fills `dst` with `data[from..from + dst.len()]`, reading bytes beyond `data.len()` as zeros.

@@ -1,5 +1,6 @@
 //! The filesystem: core operations on the backing tree, open-file write-back, caches, and the
 //! adapter to fuser.
+pub mod background;
 pub mod cache;
 pub mod caller;
 pub mod copy;
