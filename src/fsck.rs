@@ -452,7 +452,7 @@ fn check_data(c: &Container) -> Vec<(u64, String)> {
         let mut content: Vec<u8> = Vec::new();
         let mut why = None;
         let pieces = c.index().pieces(chunk);
-        if let Err(e) = crate::fs::file::check_piece_order(start, pieces) {
+        if let Err(e) = crate::container::check_piece_order(start, pieces) {
             bad.push((chunk, e.to_string()));
             continue;
         }

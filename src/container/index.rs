@@ -3,7 +3,7 @@
 use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 
-use super::{IndexEntry, PieceKind};
+use super::{corrupt, IndexEntry, PieceKind, Result};
 
 /// The pieces of one non-empty chunk; the common one-piece case is stored inline.
 #[derive(Clone, Debug)]
@@ -241,6 +241,51 @@ impl ChunkIndex {
     pub fn overlay_stored_bytes(&self) -> u64 {
         self.overlay_stored
     }
+}
+
+/// Checks that a chunk's pieces are ones a deflatefs writer makes (docs/FORMAT.md, "Read a
+/// chunk"): a RESET piece starts at the chunk's first byte; every other piece starts within what
+/// the pieces before it reach (continuing them, or laid over them), and lies in a later member.
+/// Anything else (gaps, duplicate entries, members out of order) is damage, not a version that
+/// was ever written: an I/O error for the chunk.
+pub fn check_piece_order(chunk_start: u64, pieces: &[IndexEntry]) -> Result<()> {
+    let mut reach = 0u64;
+    let mut last_member: Option<u64> = None;
+    for p in pieces {
+        let at = p.logical_offset - chunk_start;
+        if p.reset {
+            reach = 0;
+            if at != 0 {
+                return Err(corrupt(
+                    "a replacing piece does not start its chunk",
+                    p.logical_offset,
+                ));
+            }
+        }
+        if at > reach {
+            return Err(corrupt(
+                format!(
+                    "piece leaves a gap in its chunk (stored bytes end at {})",
+                    chunk_start + reach
+                ),
+                p.logical_offset,
+            ));
+        }
+        if p.kind != PieceKind::Hole {
+            if last_member.is_some_and(|m| p.member_offset <= m) {
+                return Err(corrupt(
+                    format!(
+                        "piece is stored at {}, not after the piece before it",
+                        p.member_offset
+                    ),
+                    p.logical_offset,
+                ));
+            }
+            last_member = Some(p.member_offset);
+        }
+        reach = reach.max(at + p.logical_len as u64);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

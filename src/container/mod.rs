@@ -22,7 +22,7 @@ pub mod salvage;
 pub mod stored;
 
 pub use file::{Container, OpenMode};
-pub use index::ChunkIndex;
+pub use index::{check_piece_order, ChunkIndex};
 pub use member::{
     build_deflate_member, build_stored_member, data_member_header, data_member_len, decode_piece,
     frame_data_member, member_trailer, parse_data_member, relocate_data_member, PieceStream,

@@ -807,7 +807,7 @@ impl ContainerFile {
             }
         }
         let mut out = vec![0u8; extent];
-        check_piece_order(chunk_start, pieces)?;
+        container::check_piece_order(chunk_start, pieces)?;
         for p in pieces {
             if p.kind == PieceKind::Hole {
                 let start = (p.logical_offset - chunk_start) as usize;
@@ -1543,55 +1543,6 @@ fn frame_member(
     let entry =
         container::frame_data_member(&mut output, logical_offset, reset, len as u32, stream, cv);
     (output, entry)
-}
-
-/// Checks that a chunk's pieces are ones a deflatefs writer makes (docs/FORMAT.md, "Read a
-/// chunk"): a RESET piece starts at the chunk's first byte; every other piece starts within what
-/// the pieces before it reach (continuing them, or laid over them), and lies in a later member.
-/// Anything else (gaps, duplicate entries, members out of order) is damage, not a version that
-/// was ever written: an I/O error for the chunk.
-pub(crate) fn check_piece_order(chunk_start: u64, pieces: &[IndexEntry]) -> FsResult<()> {
-    let mut reach = 0u64;
-    let mut last_member: Option<u64> = None;
-    for p in pieces {
-        let at = p.logical_offset - chunk_start;
-        if p.reset {
-            reach = 0;
-            if at != 0 {
-                return Err(FsError::with_context(
-                    libc::EIO,
-                    format!(
-                        "replacing piece at {} does not start its chunk",
-                        p.logical_offset
-                    ),
-                ));
-            }
-        }
-        if at > reach {
-            return Err(FsError::with_context(
-                libc::EIO,
-                format!(
-                    "piece at {} leaves a gap in its chunk (stored bytes end at {})",
-                    p.logical_offset,
-                    chunk_start + reach
-                ),
-            ));
-        }
-        if p.kind != PieceKind::Hole {
-            if last_member.is_some_and(|m| p.member_offset <= m) {
-                return Err(FsError::with_context(
-                    libc::EIO,
-                    format!(
-                        "piece at {} is stored at {}, not after the piece before it",
-                        p.logical_offset, p.member_offset
-                    ),
-                ));
-            }
-            last_member = Some(p.member_offset);
-        }
-        reach = reach.max(at + p.logical_len as u64);
-    }
-    Ok(())
 }
 
 /// Read-ahead of some chunks of one file, run on the mount's prefetch worker.
