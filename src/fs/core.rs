@@ -20,8 +20,9 @@ use super::error::{errno, FsError, FsResult};
 use super::file::{ContainerFile, FileContext, OpenFile, PlainFile};
 use super::inode::{BackingFd, Format, InodeTable, Node, NodeKind, ROOT_ID};
 use super::namelock::NameLocks;
+use super::recovery::{changed_this_boot, Recovered};
 use super::sys;
-use crate::container::{Container, OpenMode};
+use crate::container::Container;
 use crate::engine::pool::BufferPool;
 use crate::engine::Engine;
 use crate::options::MountOptions;
@@ -72,14 +73,15 @@ pub struct DeflateFs {
     inodes: InodeTable,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_handle: AtomicU64,
-    ctx: Arc<FileContext>,
+    pub(super) ctx: Arc<FileContext>,
     shutting_down: AtomicBool,
     /// Set when an fsync leaves a file due for compaction: the flusher then compacts at its
     /// next pass (50 ms) instead of its once-a-second round, so a database that fsyncs
     /// hundreds of times a second does not grow for a second past the threshold.
     compaction_due: AtomicBool,
-    /// Files checked by [`OpenMode::Recover`] in this mount (by node).
-    recovered: Mutex<HashMap<u64, Recovered>>,
+    /// Files checked by [`OpenMode::Recover`](crate::container::OpenMode::Recover) in this
+    /// mount (by node; see `recovery`).
+    pub(super) recovered: Mutex<HashMap<u64, Recovered>>,
     /// Digests of plain files (containers keep theirs in their open state).
     plain_digests: PlainDigests,
     /// Served values computed for getfattr's size query, for its next request.
@@ -140,43 +142,6 @@ const ENGINE_XATTR: &str = "user.deflatefs.engine";
 
 fn is_internal(name: &[u8]) -> bool {
     name.starts_with(INTERNAL_PREFIX.as_bytes())
-}
-
-/// What [`OpenMode::Recover`] found for a file, and the backing file it found it in.
-struct Recovered {
-    len: i64,
-    ctime: (i64, i64),
-    size: u64,
-    /// The file still holds commits recovery leaves out (it could not be truncated).
-    rolled_back: bool,
-}
-
-impl Recovered {
-    fn matches(&self, st: &libc::stat) -> bool {
-        self.len == st.st_size && self.ctime == (st.st_ctime, st.st_ctime_nsec)
-    }
-}
-
-/// Whether the backing file was changed since the machine booted. Its ctime says so, not its
-/// mtime: the mtime is the user's to set (`cp -a`, `tar x`, `touch -d` date files in the past,
-/// which made every such file go through recovery at its first stat), the ctime is not.
-fn changed_this_boot(st: &libc::stat) -> bool {
-    st.st_ctime >= boot_time()
-}
-
-/// When the machine booted (seconds since the epoch, from /proc/stat), or 0 if unknown.
-fn boot_time() -> i64 {
-    static BOOT: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
-    *BOOT.get_or_init(|| {
-        std::fs::read_to_string("/proc/stat")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("btime "))
-                    .and_then(|v| v.trim().parse().ok())
-            })
-            .unwrap_or(0)
-    })
 }
 
 impl DeflateFs {
@@ -274,7 +239,7 @@ impl DeflateFs {
         }
     }
 
-    fn label(node: &Node) -> String {
+    pub(super) fn label(node: &Node) -> String {
         node.label()
     }
 
@@ -951,89 +916,6 @@ impl DeflateFs {
         slot.file = Some(open.clone());
         slot.users = 1;
         Ok(open)
-    }
-
-    /// Opens the container of `node`. A file last written before the machine booted may have
-    /// lost unsynced writes to a power cut anywhere after its last fdatasync: it is opened in
-    /// [`OpenMode::Recover`] (its journal tail checked) once per mount, and on a writable mount
-    /// what recovery leaves out is truncated away at once, so its size and content agree from
-    /// the first stat on (the truncation dates the file in this boot: later opens are strict).
-    fn open_container(&self, node: &Node) -> FsResult<Container> {
-        let access = if self.opts.read_only {
-            libc::O_RDONLY
-        } else {
-            libc::O_RDWR
-        };
-        let file = match self.reopen(node, access) {
-            Err(e)
-                if access == libc::O_RDWR
-                    && matches!(e.errno, libc::EACCES | libc::EROFS | libc::EPERM) =>
-            {
-                self.reopen(node, libc::O_RDONLY)?
-            }
-            other => other?,
-        };
-        self.open_container_with(node, file)
-    }
-
-    /// [`Self::open_container`] through `file`, a descriptor of the node opened for reading
-    /// (and for writing unless the mount or the file forbids it).
-    fn open_container_with(&self, node: &Node, file: std::fs::File) -> FsResult<Container> {
-        let label = Self::label(node);
-        let st = sys::fstat(file.as_raw_fd())?;
-        let mode = if changed_this_boot(&st) {
-            OpenMode::Strict
-        } else {
-            match self.recovered.lock().get(&node.id) {
-                Some(r) if r.matches(&st) && !r.rolled_back => OpenMode::Strict,
-                _ => OpenMode::Recover,
-            }
-        };
-        let damaged = |e: crate::container::ContainerError| {
-            let e = FsError::from(e);
-            self.ctx.log_damage(node.id, || {
-                format!("{label}: cannot open container (run deflatefs fsck): {e}")
-            });
-            e.logged()
-        };
-        let mut c = Container::open_with(file, mode).map_err(damaged)?;
-        if mode == OpenMode::Recover {
-            let mut rolled_back = false;
-            if let Some(note) = c.recovery_note() {
-                tracing::warn!("{label}: {note}");
-                rolled_back = true;
-                match c.drop_torn_tail() {
-                    Ok(true) => {
-                        rolled_back = false;
-                        tracing::warn!("{label}: truncated to the recovered commit");
-                    }
-                    Ok(false) => {}
-                    Err(e) => {
-                        tracing::warn!("{label}: cannot truncate to the recovered commit: {e}")
-                    }
-                }
-            }
-            let st = sys::fstat(c.file().as_raw_fd())?;
-            self.recovered.lock().insert(
-                node.id,
-                Recovered {
-                    len: st.st_size,
-                    ctime: (st.st_ctime, st.st_ctime_nsec),
-                    size: c.size(),
-                    rolled_back,
-                },
-            );
-        }
-        Ok(c)
-    }
-
-    /// The logical size recovery found for `node` in this mount, if the file is unchanged since.
-    fn recovered_size(&self, node: &Node, st: &libc::stat) -> Option<u64> {
-        self.recovered
-            .lock()
-            .get(&node.id)
-            .filter(|r| r.matches(st))
-            .map(|r| r.size)
     }
 
     /// Gives back a use of the shared state; the last user drops it unless data is still unwritten

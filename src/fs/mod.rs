@@ -11,6 +11,7 @@ pub mod fuse;
 pub mod inode;
 pub mod ioctl;
 pub mod namelock;
+pub mod recovery;
 pub mod sys;
 
 pub use self::core::DeflateFs;
