@@ -2,6 +2,7 @@
 //! adapter to fuser.
 pub mod cache;
 pub mod caller;
+pub mod compaction;
 pub mod copy;
 pub mod core;
 pub mod digests;
