@@ -14,6 +14,7 @@ pub mod ioctl;
 pub mod namelock;
 pub mod recovery;
 pub mod sys;
+pub mod xattr;
 
 pub use self::core::DeflateFs;
 pub use self::error::{FsError, FsResult};
