@@ -8,6 +8,7 @@ pub mod core;
 pub mod digests;
 pub mod error;
 pub mod file;
+pub mod flusher;
 pub mod fuse;
 pub mod inode;
 pub mod ioctl;
