@@ -13,6 +13,7 @@ pub mod fuse;
 pub mod inode;
 pub mod ioctl;
 pub mod namelock;
+pub mod namespace;
 pub mod recovery;
 pub mod sys;
 pub mod xattr;
