@@ -1,5 +1,6 @@
-//! The filesystem: core operations on the backing tree, open-file write-back, caches, and the
-//! adapter to fuser.
+//! The filesystem: core operations on the backing tree ([`DeflateFs`], one module per concern:
+//! `core`, `open`, `namespace`, `xattr`, `recovery`, `compaction`, `flusher`, `copy`, `ioctl`),
+//! open-file write-back (`file`), caches, and the adapter to fuser (`fuse`).
 pub mod cache;
 pub mod caller;
 pub mod compaction;
@@ -14,6 +15,7 @@ pub mod inode;
 pub mod ioctl;
 pub mod namelock;
 pub mod namespace;
+pub mod open;
 pub mod recovery;
 pub mod sys;
 pub mod xattr;
