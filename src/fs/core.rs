@@ -32,7 +32,7 @@ use super::file::{FileContext, OpenFile};
 pub use super::flusher::FLUSHER_PANICS_ENV;
 use super::inode::{BackingFd, Format, InodeTable, Node, NodeKind, ROOT_ID};
 use super::namelock::NameLocks;
-use super::recovery::{changed_this_boot, Recovered};
+use super::recovery::{boot_time, Recovered};
 use super::sys;
 use crate::container::Container;
 use crate::engine::pool::BufferPool;
@@ -94,6 +94,9 @@ pub struct DeflateFs {
     /// Files checked by [`OpenMode::Recover`](crate::container::OpenMode::Recover) in this
     /// mount (by node; see `recovery`).
     pub(super) recovered: Mutex<HashMap<u64, Recovered>>,
+    /// When the machine booted (seconds since the epoch): files changed before it go through
+    /// recovery at their first open (see `recovery`).
+    pub(super) booted_at: i64,
     /// Digests of plain files (containers keep theirs in their open state).
     pub(super) plain_digests: PlainDigests,
     /// Served values computed for getfattr's size query, for its next request.
@@ -163,6 +166,7 @@ impl DeflateFs {
             shutting_down: AtomicBool::new(false),
             compaction_due: AtomicBool::new(false),
             recovered: Mutex::new(HashMap::new()),
+            booted_at: boot_time(),
             plain_digests: PlainDigests::new(),
             probes: ProbeCache::new(),
             lingering: Lingering::new(),
@@ -281,7 +285,7 @@ impl DeflateFs {
             }
         };
         if format == Format::Container {
-            if !changed_this_boot(&st) {
+            if !self.changed_this_boot(&st) {
                 // Its size is that of the commit recovery opens it at (see `open_container`).
                 // Under the open slot's lock, as `open_state` opens: recovery truncates what it
                 // leaves out, which must never race a writer that opened the file meanwhile and

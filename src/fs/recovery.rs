@@ -35,15 +35,8 @@ impl Recovered {
     }
 }
 
-/// Whether the backing file was changed since the machine booted. Its ctime says so, not its
-/// mtime: the mtime is the user's to set (`cp -a`, `tar x`, `touch -d` date files in the past,
-/// which made every such file go through recovery at its first stat), the ctime is not.
-pub(super) fn changed_this_boot(st: &libc::stat) -> bool {
-    st.st_ctime >= boot_time()
-}
-
 /// When the machine booted (seconds since the epoch, from /proc/stat), or 0 if unknown.
-fn boot_time() -> i64 {
+pub(super) fn boot_time() -> i64 {
     static BOOT: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
     *BOOT.get_or_init(|| {
         std::fs::read_to_string("/proc/stat")
@@ -58,6 +51,22 @@ fn boot_time() -> i64 {
 }
 
 impl DeflateFs {
+    /// Whether the backing file was changed since the machine booted. Its ctime says so, not its
+    /// mtime: the mtime is the user's to set (`cp -a`, `tar x`, `touch -d` date files in the past,
+    /// which made every such file go through recovery at its first stat), the ctime is not.
+    pub(super) fn changed_this_boot(&self, st: &libc::stat) -> bool {
+        st.st_ctime >= self.booted_at
+    }
+
+    /// Testing only: takes `secs` (seconds since the epoch) for the time the machine booted, so
+    /// that files changed before it go through recovery as after a power cut. A test cannot
+    /// date a file's ctime in the past, but it can date the boot after the file
+    /// (tests/core_ops.rs); the daemon never calls this.
+    #[doc(hidden)]
+    pub fn assume_booted_at(&mut self, secs: i64) {
+        self.booted_at = secs;
+    }
+
     /// Opens the container of `node`. A file last written before the machine booted may have
     /// lost unsynced writes to a power cut anywhere after its last fdatasync: it is opened in
     /// [`OpenMode::Recover`] (its journal tail checked) once per mount, and on a writable mount
@@ -90,7 +99,7 @@ impl DeflateFs {
     ) -> FsResult<Container> {
         let label = Self::label(node);
         let st = sys::fstat(file.as_raw_fd())?;
-        let mode = if changed_this_boot(&st) {
+        let mode = if self.changed_this_boot(&st) {
             OpenMode::Strict
         } else {
             match self.recovered.lock().get(&node.id) {
