@@ -408,6 +408,40 @@ fn data_left_open_is_written_back_by_the_unmount_flush() {
     assert_bytes_eq(&core.content(id), &data, "after the unmount flush");
 }
 
+/// The logical size the backing file's last commit records, read behind the core's back.
+fn committed_size(path: &Path) -> u64 {
+    Container::open(std::fs::File::open(path).unwrap())
+        .unwrap()
+        .size()
+}
+
+#[test]
+fn the_flushers_commit_pass_commits_what_a_writer_left_uncommitted() {
+    let core = Core::new();
+    let data = text(3 * CHUNK + 10, 9);
+    let (_, _, fh) = core
+        .fs()
+        .create(ROOT, OsStr::new("f"), 0o644, libc::O_RDWR, me())
+        .unwrap();
+    write_all(core.fs(), fh, 0, &data);
+    assert_eq!(
+        committed_size(&core.backing("f")),
+        0,
+        "nothing committed yet"
+    );
+    // The flusher's 50 ms passes only relieve memory pressure...
+    core.fs().background_pass(false);
+    assert_eq!(
+        committed_size(&core.backing("f")),
+        0,
+        "a pass without commit"
+    );
+    // ...and every 5 s one commits, with the writer's handle still open.
+    core.fs().background_pass(true);
+    assert_eq!(committed_size(&core.backing("f")), data.len() as u64);
+    core.fs().release(fh).unwrap();
+}
+
 // ---- setattr: truncate, holes ----
 
 #[test]
