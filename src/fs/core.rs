@@ -1,28 +1,41 @@
-//! The filesystem core: every operation of the mount, on backing descriptors, returning
-//! `FsResult`. It knows nothing of fuser; `fuse.rs` adapts the callbacks to these methods.
+//! The filesystem core: [`DeflateFs`], every operation of the mount on backing descriptors,
+//! returning `FsResult`. It knows nothing of fuser: `fuse.rs` adapts the callbacks to these
+//! methods, and tests drive them directly (tests/core_ops.rs).
+//!
+//! `DeflateFs`'s operations are spread over one `impl` block per concern:
+//! - here: the struct, `lookup`, `getattr`/`stat_node` (logical sizes), `setattr`, `access`,
+//!   and the per-handle file operations (`read`, `write`, `flush`, `fsync`, `release`,
+//!   `fallocate`), which hand the work to the file's open state (`file`);
+//! - `open`: the open state a file's handles share, `open` and `create`;
+//! - `namespace`: making, removing, renaming and linking names, and directory listings;
+//! - `xattr`: extended attributes, served digests and the engine report;
+//! - `recovery`: what happens to a container found cut short at open (power loss);
+//! - `compaction`: rewriting a container full of stale data and installing the rewrite;
+//! - `flusher`: the background write-back thread and the flush at unmount;
+//! - `copy` and `ioctl`: copy_file_range and the inode-flag ioctls.
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use parking_lot::Mutex;
 
 use super::background::Background;
 use super::cache::ChunkCache;
 pub use super::caller::Caller;
-use super::caller::{AsCaller, MAY_READ, MAY_WRITE};
 use super::copy::CopyStats;
-use super::digests::{self, Lingering, PlainDigests, ProbeCache};
+use super::digests::{Lingering, PlainDigests, ProbeCache};
 use super::error::{errno, FsError, FsResult};
-use super::file::{ContainerFile, FileContext, OpenFile, PlainFile};
+use super::file::{FileContext, OpenFile};
+pub use super::flusher::FLUSHER_PANICS_ENV;
 use super::inode::{BackingFd, Format, InodeTable, Node, NodeKind, ROOT_ID};
 use super::namelock::NameLocks;
+use super::recovery::{boot_time, Recovered};
 use super::sys;
-use crate::container::{Container, OpenMode};
+use crate::container::Container;
 use crate::engine::pool::BufferPool;
 use crate::engine::Engine;
 use crate::options::MountOptions;
@@ -70,30 +83,34 @@ pub enum TimeSpec {
 /// The mounted filesystem.
 pub struct DeflateFs {
     pub opts: MountOptions,
-    inodes: InodeTable,
-    handles: Mutex<HashMap<u64, Arc<Handle>>>,
-    next_handle: AtomicU64,
-    ctx: Arc<FileContext>,
-    shutting_down: AtomicBool,
+    pub(super) inodes: InodeTable,
+    pub(super) handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    pub(super) next_handle: AtomicU64,
+    pub(super) ctx: Arc<FileContext>,
+    pub(super) shutting_down: AtomicBool,
     /// Set when an fsync leaves a file due for compaction: the flusher then compacts at its
     /// next pass (50 ms) instead of its once-a-second round, so a database that fsyncs
     /// hundreds of times a second does not grow for a second past the threshold.
-    compaction_due: AtomicBool,
-    /// Files checked by [`OpenMode::Recover`] in this mount (by node).
-    recovered: Mutex<HashMap<u64, Recovered>>,
+    pub(super) compaction_due: AtomicBool,
+    /// Files checked by [`OpenMode::Recover`](crate::container::OpenMode::Recover) in this
+    /// mount (by node; see `recovery`).
+    pub(super) recovered: Mutex<HashMap<u64, Recovered>>,
+    /// When the machine booted (seconds since the epoch): files changed before it go through
+    /// recovery at their first open (see `recovery`).
+    pub(super) booted_at: i64,
     /// Digests of plain files (containers keep theirs in their open state).
-    plain_digests: PlainDigests,
+    pub(super) plain_digests: PlainDigests,
     /// Served values computed for getfattr's size query, for its next request.
-    probes: ProbeCache,
+    pub(super) probes: ProbeCache,
     /// Open states kept briefly after serving an attribute.
-    lingering: Lingering,
+    pub(super) lingering: Lingering,
     /// Held by directory operations and compaction's rename into place (see `namelock`).
-    names: NameLocks,
+    pub(super) names: NameLocks,
     /// The user the daemon runs as: the mount's owner, who (with root) may read the engine report.
-    owner_uid: u32,
+    pub(super) owner_uid: u32,
     /// The daemon runs as root, so it creates files under each caller's filesystem ids
     /// ([`AsCaller`]); a daemon without root creates them only for its own user.
-    creates_as_caller: bool,
+    pub(super) creates_as_caller: bool,
     /// What copy_file_range did, for the engine report.
     pub(super) copies: CopyStats,
 }
@@ -115,69 +132,8 @@ fn time_to_timespec(t: Option<TimeSpec>) -> libc::timespec {
     }
 }
 
-/// Copies every xattr of the inode behind `from` to the inode behind `to` (both O_PATH).
-fn copy_xattrs(from: std::os::fd::RawFd, to: std::os::fd::RawFd) -> FsResult<()> {
-    let len = sys::listxattr_fd(from, 0)?.len();
-    if len == 0 {
-        return Ok(());
-    }
-    let names = sys::listxattr_fd(from, len)?;
-    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
-        let cname = sys::cstr(OsStr::from_bytes(name))?;
-        let vlen = sys::getxattr_len(from, &cname)?;
-        let value = sys::getxattr_fd(from, &cname, vlen)?;
-        match sys::setxattr_fd(to, &cname, &value, 0) {
-            Ok(()) => {}
-            // security.* and system.* may be refused or managed by the kernel; user data is not.
-            Err(_) if !name.starts_with(b"user.") => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// Read-only xattr on the mount's root describing the compression engine.
-const ENGINE_XATTR: &str = "user.deflatefs.engine";
-
-fn is_internal(name: &[u8]) -> bool {
+pub(super) fn is_internal(name: &[u8]) -> bool {
     name.starts_with(INTERNAL_PREFIX.as_bytes())
-}
-
-/// What [`OpenMode::Recover`] found for a file, and the backing file it found it in.
-struct Recovered {
-    len: i64,
-    ctime: (i64, i64),
-    size: u64,
-    /// The file still holds commits recovery leaves out (it could not be truncated).
-    rolled_back: bool,
-}
-
-impl Recovered {
-    fn matches(&self, st: &libc::stat) -> bool {
-        self.len == st.st_size && self.ctime == (st.st_ctime, st.st_ctime_nsec)
-    }
-}
-
-/// Whether the backing file was changed since the machine booted. Its ctime says so, not its
-/// mtime: the mtime is the user's to set (`cp -a`, `tar x`, `touch -d` date files in the past,
-/// which made every such file go through recovery at its first stat), the ctime is not.
-fn changed_this_boot(st: &libc::stat) -> bool {
-    st.st_ctime >= boot_time()
-}
-
-/// When the machine booted (seconds since the epoch, from /proc/stat), or 0 if unknown.
-fn boot_time() -> i64 {
-    static BOOT: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
-    *BOOT.get_or_init(|| {
-        std::fs::read_to_string("/proc/stat")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("btime "))
-                    .and_then(|v| v.trim().parse().ok())
-            })
-            .unwrap_or(0)
-    })
 }
 
 impl DeflateFs {
@@ -214,6 +170,7 @@ impl DeflateFs {
             shutting_down: AtomicBool::new(false),
             compaction_due: AtomicBool::new(false),
             recovered: Mutex::new(HashMap::new()),
+            booted_at: boot_time(),
             plain_digests: PlainDigests::new(),
             probes: ProbeCache::new(),
             lingering: Lingering::new(),
@@ -226,7 +183,7 @@ impl DeflateFs {
 
     /// The backing descriptor of `node` for one operation (reopened if it was closed to stay
     /// under the descriptor bound).
-    fn fd(&self, node: &Node) -> FsResult<BackingFd> {
+    pub(super) fn fd(&self, node: &Node) -> FsResult<BackingFd> {
         self.inodes.fd(node)
     }
 
@@ -248,7 +205,7 @@ impl DeflateFs {
         self.inodes.retry_emfile(|| sys::reopen(fd.raw(), flags))
     }
 
-    fn node(&self, id: u64) -> FsResult<Arc<Node>> {
+    pub(super) fn node(&self, id: u64) -> FsResult<Arc<Node>> {
         self.inodes
             .get(id)
             .ok_or_else(|| FsError::with_context(libc::ENOENT, format!("unknown node {id}")))
@@ -270,7 +227,7 @@ impl DeflateFs {
             .any(|h| h.writable && h.node.id == id)
     }
 
-    fn check_writable(&self) -> FsResult<()> {
+    pub(super) fn check_writable(&self) -> FsResult<()> {
         if self.opts.read_only {
             errno(libc::EROFS)
         } else {
@@ -278,12 +235,12 @@ impl DeflateFs {
         }
     }
 
-    fn label(node: &Node) -> String {
+    pub(super) fn label(node: &Node) -> String {
         node.label()
     }
 
     /// Whether a regular file is a container; decided once per node.
-    fn format_of(&self, node: &Node) -> FsResult<Format> {
+    pub(super) fn format_of(&self, node: &Node) -> FsResult<Format> {
         if let Some(f) = *node.format.lock() {
             return Ok(f);
         }
@@ -332,7 +289,7 @@ impl DeflateFs {
             }
         };
         if format == Format::Container {
-            if !changed_this_boot(&st) {
+            if !self.changed_this_boot(&st) {
                 // Its size is that of the commit recovery opens it at (see `open_container`).
                 // Under the open slot's lock, as `open_state` opens: recovery truncates what it
                 // leaves out, which must never race a writer that opened the file meanwhile and
@@ -411,297 +368,6 @@ impl DeflateFs {
         self.stat_node(&node)
     }
 
-    /// Runs `make`, a system call creating an entry in the backing tree, so that the entry
-    /// belongs to `caller`, whatever the permission mode of the mount. A daemon running as root
-    /// makes it under the caller's filesystem uid, gid and groups: the backing filesystem then
-    /// sets the owner, applies the setgid-directory rule (group, and setgid bit on directories;
-    /// a setgid bit the caller may not have is cleared) and checks the caller's permission to
-    /// create there, as it would for the caller itself. A daemon without root cannot create
-    /// files for another user: for anyone but its own user (`allow_other`) the answer is EPERM.
-    fn create_as<T>(&self, caller: Caller, make: impl FnOnce() -> FsResult<T>) -> FsResult<T> {
-        if self.creates_as_caller {
-            let _as_caller = AsCaller::enter(&caller)?;
-            make()
-        } else if caller.uid != self.owner_uid {
-            errno(libc::EPERM)
-        } else {
-            make()
-        }
-    }
-
-    /// Creates the regular file `name` in `dir` (O_EXCL, read-write) for `caller`, as
-    /// [`Self::create_as`] does every entry.
-    fn create_file_as(
-        &self,
-        caller: Caller,
-        dir: &Node,
-        name: &std::ffi::CStr,
-        mode: u32,
-    ) -> FsResult<OwnedFd> {
-        let dir_fd = self.fd(dir)?;
-        // Out of descriptors, open(2) fails before it creates anything: retrying is safe.
-        self.create_as(caller, || {
-            self.inodes.retry_emfile(|| {
-                sys::openat(
-                    dir_fd.raw(),
-                    name,
-                    libc::O_CREAT | libc::O_EXCL | libc::O_RDWR,
-                    mode & 0o7777,
-                )
-            })
-        })
-    }
-
-    /// The group a daemon without root gives what it created for its user (see
-    /// [`Self::create_as`]): the directory's if the directory is setgid, else the caller's.
-    fn owner_for_new(&self, dir: &Node, caller: Caller) -> FsResult<(u32, u32)> {
-        let dst = sys::fstat(self.fd(dir)?.raw())?;
-        let gid = if dst.st_mode & libc::S_ISGID != 0 {
-            dst.st_gid
-        } else {
-            caller.gid
-        };
-        Ok((caller.uid, gid))
-    }
-
-    /// After [`Self::create_as`] made `name` in `dir`: a daemon without root gives it the
-    /// caller's group; then it is looked up.
-    fn finish_create(
-        &self,
-        dir: &Node,
-        name: &OsStr,
-        caller: Caller,
-    ) -> FsResult<(Arc<Node>, libc::stat)> {
-        if !self.creates_as_caller {
-            let cname = sys::cstr(name)?;
-            let (uid, gid) = self.owner_for_new(dir, caller)?;
-            if let Err(e) = sys::chown_at(self.fd(dir)?.raw(), &cname, uid, gid) {
-                let _ = sys::unlinkat(self.fd(dir)?.raw(), &cname, 0);
-                let _ = sys::unlinkat(self.fd(dir)?.raw(), &cname, libc::AT_REMOVEDIR);
-                return Err(e);
-            }
-        }
-        self.lookup(dir.id, name)
-    }
-
-    pub fn mkdir(
-        &self,
-        parent: u64,
-        name: &OsStr,
-        mode: u32,
-        caller: Caller,
-    ) -> FsResult<(Arc<Node>, libc::stat)> {
-        self.check_writable()?;
-        self.refuse_internal(name)?;
-        let dir = self.node(parent)?;
-        let cname = sys::cstr(name)?;
-        let dir_fd = self.fd(&dir)?;
-        self.create_as(caller, || sys::mkdirat(dir_fd.raw(), &cname, mode & 0o7777))?;
-        self.finish_create(&dir, name, caller)
-    }
-
-    pub fn mknod(
-        &self,
-        parent: u64,
-        name: &OsStr,
-        mode: u32,
-        rdev: u64,
-        caller: Caller,
-    ) -> FsResult<(Arc<Node>, libc::stat)> {
-        self.check_writable()?;
-        self.refuse_internal(name)?;
-        let dir = self.node(parent)?;
-        let cname = sys::cstr(name)?;
-        if mode & libc::S_IFMT == libc::S_IFREG {
-            // A regular file made by mknod is a new file like any other: make it a container.
-            let fd = self.create_file_as(caller, &dir, &cname, mode)?;
-            let file = std::fs::File::from(fd);
-            if let Err(e) = Container::create(file, self.opts.chunk_log2) {
-                let _ = sys::unlinkat(self.fd(&dir)?.raw(), &cname, 0);
-                return Err(e.into());
-            }
-        } else {
-            let dir_fd = self.fd(&dir)?;
-            self.create_as(caller, || sys::mknodat(dir_fd.raw(), &cname, mode, rdev))?;
-        }
-        self.finish_create(&dir, name, caller)
-    }
-
-    pub fn symlink(
-        &self,
-        parent: u64,
-        name: &OsStr,
-        target: &OsStr,
-        caller: Caller,
-    ) -> FsResult<(Arc<Node>, libc::stat)> {
-        self.check_writable()?;
-        self.refuse_internal(name)?;
-        let dir = self.node(parent)?;
-        let cname = sys::cstr(name)?;
-        let ctarget = sys::cstr(target)?;
-        let dir_fd = self.fd(&dir)?;
-        self.create_as(caller, || sys::symlinkat(&ctarget, dir_fd.raw(), &cname))?;
-        self.finish_create(&dir, name, caller)
-    }
-
-    pub fn readlink(&self, id: u64) -> FsResult<Vec<u8>> {
-        let node = self.node(id)?;
-        if node.kind != NodeKind::Symlink {
-            return errno(libc::EINVAL);
-        }
-        sys::readlink_fd(self.fd(&node)?.raw())
-    }
-
-    fn refuse_internal(&self, name: &OsStr) -> FsResult<()> {
-        if is_internal(name.as_bytes()) {
-            // Reserved for deflatefs' own temporary files in the backing directory.
-            errno(libc::EPERM)
-        } else {
-            Ok(())
-        }
-    }
-
-    pub fn unlink(&self, parent: u64, name: &OsStr) -> FsResult<()> {
-        self.check_writable()?;
-        self.refuse_internal(name)?;
-        let dir = self.node(parent)?;
-        let _names = self.names.lock(&[parent]);
-        let dir_fd = self.fd(&dir)?;
-        self.before_name_goes(&dir_fd, parent, name)?;
-        sys::unlinkat(dir_fd.raw(), &sys::cstr(name)?, 0)
-    }
-
-    /// Before `name` in `parent` is removed or replaced: the inode it names, if the kernel
-    /// holds it, keeps its descriptor open from now on unless a lookup names it again. Once the
-    /// name is gone it could not be reopened, and an unlinked file may still be open, or a
-    /// removed directory some process's working directory.
-    fn before_name_goes(&self, dir_fd: &BackingFd, parent: u64, name: &OsStr) -> FsResult<()> {
-        if let Ok(st) = sys::fstatat(dir_fd.raw(), &sys::cstr(name)?) {
-            if let Some(node) = self.inodes.find(st.st_dev, st.st_ino) {
-                self.inodes.keep_open_unnamed(&node, parent, name);
-            }
-        }
-        Ok(())
-    }
-
-    pub fn rmdir(&self, parent: u64, name: &OsStr) -> FsResult<()> {
-        self.check_writable()?;
-        self.refuse_internal(name)?;
-        let dir = self.node(parent)?;
-        let _names = self.names.lock(&[parent]);
-        let dir_fd = self.fd(&dir)?;
-        self.before_name_goes(&dir_fd, parent, name)?;
-        sys::unlinkat(dir_fd.raw(), &sys::cstr(name)?, libc::AT_REMOVEDIR)
-    }
-
-    pub fn rename(
-        &self,
-        parent: u64,
-        name: &OsStr,
-        newparent: u64,
-        newname: &OsStr,
-        flags: u32,
-    ) -> FsResult<()> {
-        self.check_writable()?;
-        self.refuse_internal(name)?;
-        self.refuse_internal(newname)?;
-        let dir = self.node(parent)?;
-        let newdir = self.node(newparent)?;
-        let cnew = sys::cstr(newname)?;
-        let _names = self.names.lock(&[parent, newparent]);
-        let dir_fd = self.fd(&dir)?;
-        let newdir_fd = self.fd(&newdir)?;
-        // Until its location is updated below, the moved inode could not be reopened by name.
-        let _moving = sys::fstatat(dir_fd.raw(), &sys::cstr(name)?)
-            .ok()
-            .and_then(|st| self.inodes.find(st.st_dev, st.st_ino))
-            .map(|node| self.inodes.pin(&node));
-        let _exchanged = if flags & libc::RENAME_EXCHANGE != 0 {
-            sys::fstatat(newdir_fd.raw(), &cnew)
-                .ok()
-                .and_then(|st| self.inodes.find(st.st_dev, st.st_ino))
-                .map(|node| self.inodes.pin(&node))
-        } else {
-            None
-        };
-        if flags & libc::RENAME_EXCHANGE == 0 {
-            self.before_name_goes(&newdir_fd, newparent, newname)?;
-        }
-        sys::renameat2(
-            dir_fd.raw(),
-            &sys::cstr(name)?,
-            newdir_fd.raw(),
-            &cnew,
-            flags,
-        )?;
-        // Keep the moved inode's name current (log lines, compaction, reopening).
-        if let Ok(st) = sys::fstatat(newdir_fd.raw(), &cnew) {
-            if let Some(node) = self.inodes.find(st.st_dev, st.st_ino) {
-                node.set_location(newparent, newname);
-            }
-        }
-        if flags & libc::RENAME_EXCHANGE != 0 {
-            if let Ok(st) = sys::fstatat(dir_fd.raw(), &sys::cstr(name)?) {
-                if let Some(node) = self.inodes.find(st.st_dev, st.st_ino) {
-                    node.set_location(parent, name);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    pub fn link(
-        &self,
-        id: u64,
-        newparent: u64,
-        newname: &OsStr,
-    ) -> FsResult<(Arc<Node>, libc::stat)> {
-        self.check_writable()?;
-        self.refuse_internal(newname)?;
-        let node = self.node(id)?;
-        let newdir = self.node(newparent)?;
-        if node.kind == NodeKind::Directory {
-            return errno(libc::EPERM);
-        }
-        // A second name must not appear between compaction's check that the file has one name
-        // and its rename into place: hold the directory compaction would rename in.
-        let names = loop {
-            let at = node.location().map(|(p, _)| p).unwrap_or(newparent);
-            let held = self.names.lock(&[at, newparent]);
-            if node.location().map(|(p, _)| p).unwrap_or(newparent) == at {
-                break held;
-            }
-        };
-        if node.kind == NodeKind::Symlink {
-            // linkat through /proc would follow the link; hard-link the symlink itself.
-            let empty = c"";
-            // SAFETY: both paths are NUL-terminated; the CString made for `newname` and the
-            // descriptors' guards are temporaries of this statement, so they outlive the call.
-            let r = unsafe {
-                libc::linkat(
-                    self.fd(&node)?.raw(),
-                    empty.as_ptr(),
-                    self.fd(&newdir)?.raw(),
-                    sys::cstr(newname)?.as_ptr(),
-                    libc::AT_EMPTY_PATH,
-                )
-            };
-            if r < 0 {
-                return errno(sys::last_errno());
-            }
-        } else {
-            sys::link_fd(
-                self.fd(&node)?.raw(),
-                self.fd(&newdir)?.raw(),
-                &sys::cstr(newname)?,
-            )?;
-        }
-        // Released before the lookup: its stat may wait for the file's state lock, which a
-        // compaction holds while it waits for these.
-        drop(names);
-        self.lookup(newparent, newname)
-    }
-
     // ---- attributes ----
 
     pub fn setattr(&self, id: u64, fh: Option<u64>, a: SetAttr) -> FsResult<libc::stat> {
@@ -773,444 +439,7 @@ impl DeflateFs {
         caller.check(&st, (mask & (libc::R_OK | libc::W_OK | libc::X_OK)) as u32)
     }
 
-    // ---- xattrs ----
-
-    /// getxattr for `caller`. Its pid lets a computed value answer the same process's size
-    /// query and then its request for the value with one computation.
-    ///
-    /// A `user.*` attribute, served (digests, info, shatag) or stored, is data of the file: only
-    /// a caller who may read the file gets it, as on ext4 (EACCES otherwise). The kernel makes
-    /// the same check first on a `default_permissions` mount; this one holds on every mount.
-    /// The engine report on the root is for the mount's owner and root only.
-    pub fn getxattr(&self, id: u64, name: &OsStr, size: u32, caller: Caller) -> FsResult<Vec<u8>> {
-        if id == ROOT_ID && name == ENGINE_XATTR {
-            if caller.uid != 0 && caller.uid != self.owner_uid {
-                return errno(libc::EACCES);
-            }
-            return Ok(self.engine_report().into_bytes());
-        }
-        let node = self.node(id)?;
-        if name.as_bytes().starts_with(b"user.") {
-            caller.check(&sys::fstat(self.fd(&node)?.raw())?, MAY_READ)?;
-        }
-        if let Some(which) = digests::served(name, self.opts.shatag)? {
-            return self.served_xattr(&node, which, size, caller.pid);
-        }
-        let cname = sys::cstr(name)?;
-        if size == 0 {
-            let n = sys::getxattr_len(self.fd(&node)?.raw(), &cname)?;
-            return Ok(vec![0; n]);
-        }
-        sys::getxattr_fd(self.fd(&node)?.raw(), &cname, size as usize)
-    }
-
-    /// An attribute deflatefs computes (src/fs/digests.rs); regular files only.
-    fn served_xattr(
-        &self,
-        node: &Arc<Node>,
-        which: digests::Served,
-        size: u32,
-        pid: u32,
-    ) -> FsResult<Vec<u8>> {
-        if node.kind != NodeKind::Regular {
-            return errno(libc::ENODATA);
-        }
-        let st = self.stat_node(node)?;
-        if which == digests::Served::ShatagTs {
-            return Ok(digests::shatag_ts(st.st_mtime, st.st_mtime_nsec).into_bytes());
-        }
-        let token = |st: &libc::stat| -> FsResult<digests::Token> {
-            let backing = sys::fstat(self.fd(node)?.raw())?;
-            let open = node.open.lock().file.clone();
-            Ok(digests::token(st, &backing, open.as_deref()))
-        };
-        if size > 0 {
-            if let Some(v) = self.probes.take(pid, node.id, which, &token(&st)?) {
-                return Ok(v);
-            }
-        }
-        let backing = sys::fstat(self.fd(node)?.raw())?;
-        let open = self.open_state(node)?;
-        let r = digests::value(&open, which, &st, &backing, &self.plain_digests);
-        // Keep the state (its index, chaining values, SHA-256) for the requests that usually
-        // follow; the background flusher gives the use back.
-        if !self.lingering.hold(node) {
-            self.put_state(node);
-        }
-        let value = r?;
-        if size == 0 {
-            // Computing may have recorded a digest (a commit): take the token as it is now.
-            let st = self.stat_node(node)?;
-            self.probes
-                .put(pid, node.id, which, token(&st)?, value.clone());
-        }
-        Ok(value)
-    }
-
-    pub fn setxattr(
-        &self,
-        id: u64,
-        name: &OsStr,
-        value: &[u8],
-        flags: i32,
-        caller: Caller,
-    ) -> FsResult<()> {
-        if digests::is_reserved(name.as_bytes(), self.opts.shatag) {
-            return errno(libc::EPERM);
-        }
-        self.check_writable()?;
-        let node = self.node(id)?;
-        self.check_user_xattr_write(&node, name, caller)?;
-        sys::setxattr_fd(self.fd(&node)?.raw(), &sys::cstr(name)?, value, flags)
-    }
-
-    /// Who may change a `user.*` attribute, as on ext4: a caller who may write the file, and in
-    /// a sticky directory only its owner (or root). The kernel checks this itself on a
-    /// `default_permissions` mount; the daemon holds it on every mount.
-    fn check_user_xattr_write(&self, node: &Node, name: &OsStr, caller: Caller) -> FsResult<()> {
-        if !name.as_bytes().starts_with(b"user.") {
-            return Ok(());
-        }
-        let st = sys::fstat(self.fd(node)?.raw())?;
-        let sticky_dir =
-            st.st_mode & libc::S_IFMT == libc::S_IFDIR && st.st_mode & libc::S_ISVTX != 0;
-        if sticky_dir && caller.uid != 0 && caller.uid != st.st_uid {
-            return errno(libc::EPERM);
-        }
-        caller.check(&st, MAY_WRITE)
-    }
-
-    /// The backing file's attribute names without the ones deflatefs reserves (the full list
-    /// is read to filter it; the adapter answers a size query with its length).
-    pub fn listxattr(&self, id: u64, _size: u32) -> FsResult<Vec<u8>> {
-        let node = self.node(id)?;
-        let list = loop {
-            let n = sys::listxattr_fd(self.fd(&node)?.raw(), 0)?.len();
-            if n == 0 {
-                break Vec::new();
-            }
-            match sys::listxattr_fd(self.fd(&node)?.raw(), n) {
-                Err(e) if e.errno == libc::ERANGE => continue, // grew meanwhile
-                r => break r?,
-            }
-        };
-        Ok(digests::filter_listing(&list, self.opts.shatag))
-    }
-
-    pub fn removexattr(&self, id: u64, name: &OsStr, caller: Caller) -> FsResult<()> {
-        if digests::is_reserved(name.as_bytes(), self.opts.shatag) {
-            return errno(libc::EPERM);
-        }
-        self.check_writable()?;
-        let node = self.node(id)?;
-        self.check_user_xattr_write(&node, name, caller)?;
-        sys::removexattr_fd(self.fd(&node)?.raw(), &sys::cstr(name)?)
-    }
-
     // ---- files ----
-
-    /// The open-file state of a regular file, created on first use and shared by all handles.
-    /// Each call must be paired with [`Self::put_state`].
-    fn open_state(&self, node: &Arc<Node>) -> FsResult<Arc<OpenFile>> {
-        let mut slot = node.open.lock();
-        if let Some(open) = slot.file.clone() {
-            slot.users += 1;
-            return Ok(open);
-        }
-        let access = if self.opts.read_only {
-            libc::O_RDONLY
-        } else {
-            libc::O_RDWR
-        };
-        // Out of descriptors anywhere on the way (the container's reader is a second one): once
-        // more after closing idle inode descriptors.
-        let open = self.inodes.retry_emfile(|| {
-            let file = match self.reopen(node, access) {
-                Err(e)
-                    if access == libc::O_RDWR
-                        && matches!(
-                            e.errno,
-                            libc::EROFS | libc::EACCES | libc::ETXTBSY | libc::EPERM
-                        ) =>
-                {
-                    self.reopen(node, libc::O_RDONLY)?
-                }
-                other => other?,
-            };
-            Ok(match self.format_of(node)? {
-                Format::Plain => OpenFile::Plain(PlainFile { file }),
-                Format::Container => {
-                    let label = Self::label(node);
-                    let container = self.open_container_with(node, file)?;
-                    OpenFile::Container(ContainerFile::new(
-                        node.id,
-                        label,
-                        self.ctx.clone(),
-                        container,
-                    )?)
-                }
-            })
-        })?;
-        let open = Arc::new(open);
-        slot.file = Some(open.clone());
-        slot.users = 1;
-        Ok(open)
-    }
-
-    /// Opens the container of `node`. A file last written before the machine booted may have
-    /// lost unsynced writes to a power cut anywhere after its last fdatasync: it is opened in
-    /// [`OpenMode::Recover`] (its journal tail checked) once per mount, and on a writable mount
-    /// what recovery leaves out is truncated away at once, so its size and content agree from
-    /// the first stat on (the truncation dates the file in this boot: later opens are strict).
-    fn open_container(&self, node: &Node) -> FsResult<Container> {
-        let access = if self.opts.read_only {
-            libc::O_RDONLY
-        } else {
-            libc::O_RDWR
-        };
-        let file = match self.reopen(node, access) {
-            Err(e)
-                if access == libc::O_RDWR
-                    && matches!(e.errno, libc::EACCES | libc::EROFS | libc::EPERM) =>
-            {
-                self.reopen(node, libc::O_RDONLY)?
-            }
-            other => other?,
-        };
-        self.open_container_with(node, file)
-    }
-
-    /// [`Self::open_container`] through `file`, a descriptor of the node opened for reading
-    /// (and for writing unless the mount or the file forbids it).
-    fn open_container_with(&self, node: &Node, file: std::fs::File) -> FsResult<Container> {
-        let label = Self::label(node);
-        let st = sys::fstat(file.as_raw_fd())?;
-        let mode = if changed_this_boot(&st) {
-            OpenMode::Strict
-        } else {
-            match self.recovered.lock().get(&node.id) {
-                Some(r) if r.matches(&st) && !r.rolled_back => OpenMode::Strict,
-                _ => OpenMode::Recover,
-            }
-        };
-        let damaged = |e: crate::container::ContainerError| {
-            let e = FsError::from(e);
-            self.ctx.log_damage(node.id, || {
-                format!("{label}: cannot open container (run deflatefs fsck): {e}")
-            });
-            e.logged()
-        };
-        let mut c = Container::open_with(file, mode).map_err(damaged)?;
-        if mode == OpenMode::Recover {
-            let mut rolled_back = false;
-            if let Some(note) = c.recovery_note() {
-                tracing::warn!("{label}: {note}");
-                rolled_back = true;
-                match c.drop_torn_tail() {
-                    Ok(true) => {
-                        rolled_back = false;
-                        tracing::warn!("{label}: truncated to the recovered commit");
-                    }
-                    Ok(false) => {}
-                    Err(e) => {
-                        tracing::warn!("{label}: cannot truncate to the recovered commit: {e}")
-                    }
-                }
-            }
-            let st = sys::fstat(c.file().as_raw_fd())?;
-            self.recovered.lock().insert(
-                node.id,
-                Recovered {
-                    len: st.st_size,
-                    ctime: (st.st_ctime, st.st_ctime_nsec),
-                    size: c.size(),
-                    rolled_back,
-                },
-            );
-        }
-        Ok(c)
-    }
-
-    /// The logical size recovery found for `node` in this mount, if the file is unchanged since.
-    fn recovered_size(&self, node: &Node, st: &libc::stat) -> Option<u64> {
-        self.recovered
-            .lock()
-            .get(&node.id)
-            .filter(|r| r.matches(st))
-            .map(|r| r.size)
-    }
-
-    /// Gives back a use of the shared state; the last user drops it unless data is still unwritten
-    /// (then it stays for the next user or the unmount flush).
-    fn put_state(&self, node: &Arc<Node>) {
-        let mut slot = node.open.lock();
-        slot.users = slot.users.saturating_sub(1);
-        if slot.users == 0 {
-            if let Some(open) = slot.file.as_ref() {
-                if !open.has_unflushed() {
-                    slot.file = None;
-                }
-            }
-        }
-    }
-
-    fn new_handle(&self, h: Handle) -> u64 {
-        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        self.handles.lock().insert(fh, Arc::new(h));
-        fh
-    }
-
-    pub fn open(&self, id: u64, flags: i32) -> FsResult<u64> {
-        let node = self.node(id)?;
-        let acc = flags & libc::O_ACCMODE;
-        let writable = acc == libc::O_WRONLY || acc == libc::O_RDWR;
-        if writable || flags & libc::O_TRUNC != 0 {
-            self.check_writable()?;
-        }
-        match node.kind {
-            NodeKind::Directory => return errno(libc::EISDIR),
-            NodeKind::Regular => {}
-            // Fifos and devices are opened by the kernel itself; never reaches here normally.
-            _ => return errno(libc::ENXIO),
-        }
-        // An immutable file (chattr +i) is opened for reading only (EPERM in open_state).
-        if writable && super::ioctl::writes_refused(self.fd(&node)?.raw())? {
-            return errno(libc::EPERM);
-        }
-        let open = self.open_state(&node)?;
-        if flags & libc::O_TRUNC != 0 && writable {
-            if let Err(e) = open.truncate(0) {
-                self.put_state(&node);
-                return Err(e);
-            }
-        }
-        Ok(self.new_handle(Handle {
-            node,
-            file: Some(open),
-            append: flags & libc::O_APPEND != 0,
-            writable,
-            entries: Mutex::new(None),
-        }))
-    }
-
-    /// Creates a new regular file (a container) and opens it.
-    pub fn create(
-        &self,
-        parent: u64,
-        name: &OsStr,
-        mode: u32,
-        flags: i32,
-        caller: Caller,
-    ) -> FsResult<(Arc<Node>, libc::stat, u64)> {
-        self.check_writable()?;
-        self.refuse_internal(name)?;
-        let dir = self.node(parent)?;
-        let cname = sys::cstr(name)?;
-        let made = self.create_file_as(caller, &dir, &cname, mode);
-        match made {
-            Ok(fd) => {
-                let file = std::fs::File::from(fd);
-                match self.create_container(&dir, &cname, file, flags, caller) {
-                    Ok(created) => Ok(created),
-                    Err(e) => {
-                        let _ = sys::unlinkat(self.fd(&dir)?.raw(), &cname, 0);
-                        Err(e)
-                    }
-                }
-            }
-            Err(e) if e.errno == libc::EEXIST && flags & libc::O_EXCL == 0 => {
-                // The name appeared after the kernel's lookup (another creator won the race, or
-                // the file was made in the backing directory). The kernel takes this reply for a
-                // file the caller created and checks no permission on it: the daemon must.
-                let (node, st) = self.lookup(parent, name)?;
-                let opened = caller
-                    .check(&st, Caller::open_wants(flags))
-                    .and_then(|()| self.open(node.id, flags))
-                    .and_then(|fh| match self.stat_node(&node) {
-                        Ok(st) => Ok((st, fh)),
-                        Err(e) => {
-                            let _ = self.release(fh);
-                            Err(e)
-                        }
-                    });
-                match opened {
-                    Ok((st, fh)) => Ok((node, st, fh)),
-                    Err(e) => {
-                        self.inodes.forget(node.id, 1);
-                        Err(e)
-                    }
-                }
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Makes the file just created (O_EXCL) as `file` a container owned by the caller, and opens
-    /// it with the container state already in hand: creating a file costs no re-open, probe or
-    /// replay of what was just written (cp of a tree of small files is bound by this path).
-    fn create_container(
-        &self,
-        dir: &Arc<Node>,
-        cname: &std::ffi::CStr,
-        file: std::fs::File,
-        flags: i32,
-        caller: Caller,
-    ) -> FsResult<(Arc<Node>, libc::stat, u64)> {
-        if !self.creates_as_caller {
-            let (uid, gid) = self.owner_for_new(dir, caller)?;
-            sys::fchown(file.as_raw_fd(), uid, gid)?;
-        }
-        let container = Container::create(file, self.opts.chunk_log2)?;
-        let dir_fd = self.fd(dir)?;
-        let path_fd = self.inodes.retry_emfile(|| {
-            sys::openat(dir_fd.raw(), cname, libc::O_PATH | libc::O_NOFOLLOW, 0)
-        })?;
-        let st = sys::fstat(path_fd.as_raw_fd())?;
-        let created = sys::fstat(container.file().as_raw_fd())?;
-        if (st.st_dev, st.st_ino) != (created.st_dev, created.st_ino) {
-            // Renamed or replaced in the backing directory meanwhile: not ours to remove.
-            return errno(libc::EAGAIN);
-        }
-        let name = OsStr::from_bytes(cname.to_bytes());
-        let node = self.inodes.insert_lookup(path_fd, &st);
-        node.set_location(dir.id, name);
-        *node.format.lock() = Some(Format::Container);
-        let open = {
-            let mut slot = node.open.lock();
-            if slot.file.is_some() {
-                // Only an inode the table already knew could have a state: never a new file.
-                drop(slot);
-                self.inodes.forget(node.id, 1);
-                return errno(libc::EIO);
-            }
-            let open = Arc::new(OpenFile::Container(ContainerFile::new(
-                node.id,
-                Self::label(&node),
-                self.ctx.clone(),
-                container,
-            )?));
-            slot.file = Some(open.clone());
-            slot.users = 1;
-            open
-        };
-        let st = match self.stat_node(&node) {
-            Ok(st) => st,
-            Err(e) => {
-                node.open.lock().file = None;
-                self.inodes.forget(node.id, 1);
-                return Err(e);
-            }
-        };
-        let acc = flags & libc::O_ACCMODE;
-        let fh = self.new_handle(Handle {
-            node: node.clone(),
-            file: Some(open),
-            append: flags & libc::O_APPEND != 0,
-            writable: acc == libc::O_WRONLY || acc == libc::O_RDWR,
-            entries: Mutex::new(None),
-        });
-        Ok((node, st, fh))
-    }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         let mut out = Vec::new();
@@ -1243,180 +472,6 @@ impl DeflateFs {
                 Ok(())
             }
             None => Ok(()),
-        }
-    }
-
-    /// Compacts a container that has accumulated enough stale data (docs/FORMAT.md). Failures
-    /// only leave the file as it was, larger; they are logged, not returned. One compaction of a
-    /// file runs at a time: a close that finds one running leaves the work to it.
-    fn maybe_compact(&self, node: &Arc<Node>, open: &OpenFile) {
-        let OpenFile::Container(c) = open else {
-            return;
-        };
-        if self.opts.read_only || !c.wants_compaction() {
-            return;
-        }
-        let Some(_turn) = c.try_compaction_turn() else {
-            return;
-        };
-        // A reference like a kernel lookup: the kernel may forget the node meanwhile (after the
-        // last release), and a new lookup must then find this node, not make a second one.
-        if !self.inodes.hold(node) {
-            return;
-        }
-        // Guarded here, not only by the flusher's loop, so that the reference taken above is
-        // given back whatever happens.
-        let result = crate::panics::catch(|| self.compact(node, c));
-        self.inodes.forget(node.id, 1);
-        match result {
-            Err(msg) => self.file_panicked(node, open, "compaction", &msg),
-            Ok(Ok(true)) => tracing::info!("{}: compacted", node.label()),
-            Ok(Ok(false)) => {}
-            Ok(Err(e)) => tracing::warn!(
-                "{}: compaction failed, file left as it was: {e}",
-                node.label()
-            ),
-        }
-    }
-
-    /// Rewrites the container into a temporary file next to it and renames it into place. The
-    /// caller holds the file's compaction turn. Skipped (Ok(false)) for files with several hard
-    /// links, which a rename would split, and for files whose name moved meanwhile.
-    fn compact(&self, node: &Arc<Node>, c: &ContainerFile) -> FsResult<bool> {
-        let st = sys::fstat(self.fd(node)?.raw())?;
-        if st.st_nlink != 1 {
-            return Ok(false);
-        }
-        let Some((parent, name)) = node.location() else {
-            return Ok(false);
-        };
-        let dir = self.node(parent)?;
-        let cname = sys::cstr(&name)?;
-        let tmp_name = sys::cstr(OsStr::new(&format!(
-            "{INTERNAL_PREFIX}compact-{}",
-            st.st_ino
-        )))?;
-        // With one compaction per file at a time, a file of this name can only be what a
-        // compaction cut short by a crash left behind (or a stranger's): never a live one.
-        let _ = sys::unlinkat(self.fd(&dir)?.raw(), &tmp_name, 0);
-        let tmp = std::fs::File::from(sys::openat(
-            self.fd(&dir)?.raw(),
-            &tmp_name,
-            libc::O_CREAT | libc::O_EXCL | libc::O_RDWR | libc::O_NOFOLLOW,
-            0o600,
-        )?);
-        let tmp_raw = tmp.as_raw_fd();
-        let tmp_st = sys::fstat(tmp_raw)?;
-        let same = |a: &libc::stat, b: &libc::stat| (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino);
-        // Why the install declined to rename (nothing was changed): not a failure.
-        const MOVED: i32 = libc::ESTALE;
-        let dest = tmp.try_clone()?;
-        let result = c.compact(dest, || {
-            // Taken now, with writers held off: the flush that began the compaction moved mtime.
-            let st = sys::fstat(self.fd(node)?.raw())?;
-            // Same owner, mode, user xattrs and times as the original, set through our own
-            // descriptor: the name could be someone else's file by now.
-            sys::chown_fd(tmp_raw, Some(st.st_uid), Some(st.st_gid))?;
-            sys::chmod_fd(tmp_raw, st.st_mode & 0o7777)?;
-            let node_fd = self.fd(node)?;
-            copy_xattrs(node_fd.raw(), tmp_raw)?;
-            super::ioctl::copy_kept_flags(node_fd.raw(), tmp_raw)?;
-            // sync_all: the owner, mode and attributes must be as durable as the data.
-            tmp.sync_all()?;
-            let tmp_path_fd = sys::openat(
-                self.fd(&dir)?.raw(),
-                &tmp_name,
-                libc::O_PATH | libc::O_NOFOLLOW,
-                0,
-            )?;
-            // Held across the switch: the old inode's descriptor must stay open while it is
-            // read below, whatever eviction or retirement does with the node's own.
-            let old_backing = self.fd(node)?;
-            let old_fd = old_backing.raw();
-            {
-                let _names = self.names.lock(&[parent]);
-                // Under the directory's name lock, nothing moves the file's names: check that
-                // the name still leads to this one-name file and the temporary is ours.
-                let now = sys::fstat(old_fd)?;
-                let here = sys::fstatat(self.fd(&dir)?.raw(), &cname).ok();
-                let tmp_here = sys::fstat(tmp_path_fd.as_raw_fd())?;
-                if now.st_nlink != 1
-                    || node.location() != Some((parent, name.clone()))
-                    || !here.is_some_and(|h| same(&h, &now))
-                    || !same(&tmp_here, &tmp_st)
-                {
-                    return errno(MOVED);
-                }
-                self.inodes.alias_backing(node, &tmp_st);
-                if let Err(e) = sys::renameat2(
-                    self.fd(&dir)?.raw(),
-                    &tmp_name,
-                    self.fd(&dir)?.raw(),
-                    &cname,
-                    0,
-                ) {
-                    self.inodes.drop_alias(node, &tmp_st);
-                    return Err(e);
-                }
-                // Nothing below may fail: the new file is in place, and the open state must
-                // follow it (c.compact switches only when this returns Ok). From here on
-                // requests reach the new inode.
-                self.inodes.replace_backing(node, tmp_path_fd, &tmp_st);
-            }
-            let new_backing = self.fd(node)?;
-            let new_fd = new_backing.raw();
-            // A chmod, chown, setxattr or utimens that reached the old inode while the copy was
-            // made would be undone: carry the old inode's final attributes over.
-            let old = sys::fstat(old_fd).unwrap_or(st);
-            if (old.st_uid, old.st_gid) != (st.st_uid, st.st_gid) {
-                let _ = sys::chown_fd(new_fd, Some(old.st_uid), Some(old.st_gid));
-            }
-            if old.st_mode != st.st_mode || (old.st_uid, old.st_gid) != (st.st_uid, st.st_gid) {
-                let _ = sys::chmod_fd(new_fd, old.st_mode & 0o7777);
-            }
-            if let Err(e) = copy_xattrs(old_fd, new_fd) {
-                tracing::warn!("{}: copying attributes after compaction: {e}", node.label());
-            }
-            let times = [
-                libc::timespec {
-                    tv_sec: old.st_atime,
-                    tv_nsec: old.st_atime_nsec,
-                },
-                libc::timespec {
-                    tv_sec: old.st_mtime,
-                    tv_nsec: old.st_mtime_nsec,
-                },
-            ];
-            let _ = sys::utimens_fd(new_fd, false, times);
-            // Make the rename durable now: a later fsync of the file only syncs the new inode,
-            // and a power cut must not bring back the old one without what was written since.
-            // If that fails, no later fsync of this file may claim durability.
-            if let Err(e) = self
-                .reopen(&dir, libc::O_RDONLY | libc::O_DIRECTORY)
-                .and_then(|d| d.sync_all().map_err(FsError::from))
-            {
-                let e = e.context(format!(
-                    "{}: fsync of its directory after compaction",
-                    node.label()
-                ));
-                tracing::error!("{e}");
-                c.fail_syncs(e);
-            }
-            Ok(())
-        });
-        match result {
-            Ok(()) => Ok(true),
-            Err(e) => {
-                // Remove the temporary only while the name is still ours.
-                if sys::fstatat(self.fd(&dir)?.raw(), &tmp_name).is_ok_and(|t| same(&t, &tmp_st)) {
-                    let _ = sys::unlinkat(self.fd(&dir)?.raw(), &tmp_name, 0);
-                }
-                if e.errno == MOVED {
-                    Ok(false)
-                } else {
-                    Err(e)
-                }
-            }
         }
     }
 
@@ -1477,281 +532,7 @@ impl DeflateFs {
         }
     }
 
-    // ---- directories ----
-
-    pub fn opendir(&self, id: u64) -> FsResult<u64> {
-        let node = self.node(id)?;
-        if node.kind != NodeKind::Directory {
-            return errno(libc::ENOTDIR);
-        }
-        Ok(self.new_handle(Handle {
-            node,
-            file: None,
-            append: false,
-            writable: false,
-            entries: Mutex::new(None),
-        }))
-    }
-
-    /// Entries from `offset` on; offsets are positions in a snapshot taken at the first call (or
-    /// whenever the listing restarts at 0, as rewinddir does).
-    pub fn readdir(&self, fh: u64, offset: u64) -> FsResult<Vec<DirEntry>> {
-        let h = self.handle(fh)?;
-        let mut snap = h.entries.lock();
-        if snap.is_none() || offset == 0 {
-            let raw = sys::read_dir(self.fd(&h.node)?.raw())?;
-            let list = raw
-                .into_iter()
-                .filter(|(_, _, name)| !is_internal(name))
-                .map(|(ino, dtype, name)| DirEntry {
-                    ino,
-                    dtype,
-                    name: OsString::from_vec(name),
-                })
-                .collect();
-            *snap = Some(list);
-        }
-        let list = snap.as_ref().expect("filled");
-        Ok(list.iter().skip(offset as usize).cloned().collect())
-    }
-
-    /// The raw d_type of an entry kind, for fuser.
-    /// fsync of the backing directory, so its entries (creates, renames, unlinks) are durable.
-    pub fn fsyncdir(&self, fh: u64) -> FsResult<()> {
-        let h = self.handle(fh)?;
-        let dir = self.reopen(&h.node, libc::O_RDONLY | libc::O_DIRECTORY)?;
-        dir.sync_all()?;
-        Ok(())
-    }
-
-    pub fn releasedir(&self, fh: u64) -> FsResult<()> {
-        self.handles.lock().remove(&fh);
-        Ok(())
-    }
-
-    // ---- lifecycle ----
-
-    /// Writes back and commits every open file (unmount, SIGTERM). Errors are logged.
-    pub fn flush_all(&self) {
-        self.shutting_down.store(true, Ordering::SeqCst);
-        let mut files: Vec<Arc<OpenFile>> = self.inodes.open_files();
-        files.extend(self.handles.lock().values().filter_map(|h| h.file.clone()));
-        for f in files {
-            if let Err(e) = f.flush() {
-                tracing::error!("flush at unmount failed: {e}");
-            }
-        }
-    }
-
-    /// One pass of the background flusher: relieve dirty-memory pressure and commit files that
-    /// have had uncommitted data for a while.
-    pub fn background_pass(&self, commit: bool) {
-        for node in self.lingering.expired() {
-            self.put_state(&node);
-        }
-        let files: Vec<(Arc<Node>, Arc<OpenFile>)> = self
-            .handles
-            .lock()
-            .values()
-            .filter_map(|h| Some((h.node.clone(), h.file.clone()?)))
-            .collect();
-        let pool = &self.ctx.dirty_pool;
-        let pressure = pool.in_use() * 2 > pool.capacity();
-        for (node, f) in files {
-            // One file's panic must not cost the other files their commit.
-            let pass = crate::panics::catch(|| {
-                if pressure {
-                    f.relieve_pressure();
-                }
-                if commit {
-                    if let OpenFile::Container(c) = f.as_ref() {
-                        c.try_periodic_commit();
-                    }
-                }
-            });
-            if let Err(msg) = pass {
-                self.file_panicked(&node, &f, "write-back", &msg);
-            }
-        }
-    }
-
-    /// After a panic in the background write-back or compaction of `file`: the unwind may have
-    /// dropped data that was on its way to the backing file, or left the open state writing to a
-    /// container that a compaction replaced, so nothing may claim this file durable any more.
-    /// Every later fsync of it fails with EIO (until it is opened afresh); the other files go on.
-    fn file_panicked(&self, node: &Node, file: &OpenFile, what: &str, msg: &str) {
-        tracing::error!(
-            "{}: {what} panicked on thread {}: {msg}; every later fsync of this file fails with \
-             EIO",
-            node.label(),
-            crate::panics::thread_name()
-        );
-        if let OpenFile::Container(c) = file {
-            c.fail_syncs(FsError::new(libc::EIO));
-        }
-    }
-
-    /// Compacts the open files that need it. A file kept open for days (a database, a log) never
-    /// reaches the close that compacts other files: without this its backing file grows with
-    /// every overwrite. Runs on the flusher thread; each file is held open meanwhile, so its
-    /// state cannot be dropped and made again under the compaction.
-    pub fn compact_open_files(&self) {
-        if self.opts.read_only {
-            return;
-        }
-        let mut nodes: Vec<Arc<Node>> = self
-            .handles
-            .lock()
-            .values()
-            .filter(|h| h.file.is_some())
-            .map(|h| h.node.clone())
-            .collect();
-        nodes.sort_by_key(|n| n.id);
-        nodes.dedup_by_key(|n| n.id);
-        for node in nodes {
-            if self.shutting_down.load(Ordering::SeqCst) {
-                return;
-            }
-            let held = {
-                let mut slot = node.open.lock();
-                let file = slot.file.clone();
-                if file.is_some() {
-                    slot.users += 1;
-                }
-                file
-            };
-            if let Some(file) = held {
-                self.maybe_compact(&node, &file);
-                self.put_state(&node);
-            }
-        }
-    }
-
-    /// Runs the background flusher until shutdown.
-    ///
-    /// A panic in a pass is caught and logged at ERROR, and the flusher goes on: periodic commits
-    /// never stop silently. A file whose own write-back panicked is marked failed
-    /// ([`DeflateFs::background_pass`]); a pass that panics outside any one file (the loop's own work)
-    /// has nothing half-done to undo, so the next one simply runs. A commit that a panic cut
-    /// short is retried at the next pass rather than 5 s later, and after a panic the flusher
-    /// pauses a second, so a pass that panics every time logs once a second, not 20 times.
-    pub fn spawn_flusher(self: &Arc<Self>) {
-        let weak = Arc::downgrade(self);
-        let mut injected = injected_flusher_panics();
-        std::thread::Builder::new()
-            .name("dfs-flusher".into())
-            .spawn(move || {
-                let mut tick = 0u64;
-                let mut commit_due = false;
-                loop {
-                    std::thread::sleep(Duration::from_millis(50));
-                    let Some(fs) = weak.upgrade() else { return };
-                    if fs.shutting_down.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    tick += 1;
-                    // Commit every 5 s what writers left uncommitted, like ext4's commit interval.
-                    let commit = commit_due || tick.is_multiple_of(100);
-                    let pass = crate::panics::catch(|| {
-                        if commit && injected > 0 {
-                            injected -= 1;
-                            panic!("injected flusher panic ({FLUSHER_PANICS_ENV})");
-                        }
-                        fs.background_pass(commit);
-                        // Files kept open are compacted within a second of crossing the threshold.
-                        if tick.is_multiple_of(20)
-                            || fs.compaction_due.swap(false, Ordering::Relaxed)
-                        {
-                            fs.compact_open_files();
-                            fs.inodes.prune_retired();
-                        }
-                    });
-                    commit_due = pass.is_err() && commit;
-                    if let Err(msg) = pass {
-                        tracing::error!(
-                            "thread dfs-flusher panicked: {msg}; it goes on{}",
-                            if commit_due {
-                                ", retrying the periodic commit in 1 s"
-                            } else {
-                                ""
-                            }
-                        );
-                        drop(fs);
-                        std::thread::sleep(Duration::from_secs(1));
-                    }
-                }
-            })
-            .expect("spawn flusher thread");
-    }
-
     pub fn engine(&self) -> &Arc<Engine> {
         &self.ctx.engine
     }
-
-    /// The value of `user.deflatefs.engine` on the mount's root: one `key=value` per line with the
-    /// backend, queues, safeguards, job and fault counters, and the buffer pools' high-water marks.
-    pub fn engine_report(&self) -> String {
-        let e = &self.ctx.engine;
-        let st = e.stats();
-        let (pool, dirty) = (&self.ctx.job_pool, &self.ctx.dirty_pool);
-        let fds = self.inodes.fd_counts();
-        format!(
-            "backend={}\nqueues={}\nverify={}\nfallback={}\nbackend_disabled={}\nfaults={}\n\
-             verify_failures={}\nsoftware_jobs={}\njobs={}\njobs_failed={}\nbytes_in={}\n\
-             bytes_out={}\npool_capacity={}\npool_high_water={}\ndirty_capacity={}\n\
-             dirty_high_water={}\nstored_reads_in_place={}\ninodes={}\ninode_fds={}\n\
-             inode_fds_bound={}\ninode_fds_closed={}\ninode_fds_reopened={}\n\
-             inode_reopen={}\ncopy_requests={}\nmembers_copied={}\ncopied_as_members={}\n\
-             copied_as_bytes={}\n",
-            st.backend,
-            st.queues.len(),
-            if e.verifies() { "on" } else { "off" },
-            if e.falls_back() { "sw" } else { "none" },
-            st.backend_disabled,
-            st.faults(),
-            st.verify_failures(),
-            st.software_jobs(),
-            st.jobs_completed(),
-            st.jobs_failed(),
-            st.bytes_in(),
-            st.bytes_out(),
-            pool.capacity(),
-            pool.high_water(),
-            dirty.capacity(),
-            dirty.high_water(),
-            self.ctx
-                .stored_in_place
-                .load(std::sync::atomic::Ordering::Relaxed),
-            self.inodes.len(),
-            fds.0,
-            self.inodes.fd_bound(),
-            fds.1,
-            fds.2,
-            if self.reopens_by_handle() {
-                "handle"
-            } else {
-                "name"
-            },
-            self.copies.requests.load(Ordering::Relaxed),
-            self.copies.members.load(Ordering::Relaxed),
-            self.copies.member_bytes.load(Ordering::Relaxed),
-            self.copies.byte_copied.load(Ordering::Relaxed),
-        )
-    }
-}
-
-/// Testing only: the environment variable (read at mount) whose value N makes the flusher's next N
-/// periodic commit passes panic, to show that a panic neither stops periodic commits nor goes
-/// unlogged (tests/mount_flusher.rs).
-pub const FLUSHER_PANICS_ENV: &str = "DEFLATEFS_TEST_FLUSHER_PANICS";
-
-fn injected_flusher_panics() -> u32 {
-    let n = std::env::var(FLUSHER_PANICS_ENV)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    if n > 0 {
-        tracing::warn!("{FLUSHER_PANICS_ENV}={n}: the next {n} periodic commits panic (testing)");
-    }
-    n
 }
