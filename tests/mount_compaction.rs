@@ -176,13 +176,14 @@ fn compaction_keeps_owner_mode_xattrs_mtime_and_inode_flags() {
     overwrite_and_fsync(&f, &mut model, 60, &mut rng);
     let before = std::fs::metadata(&p).unwrap();
     drop(f);
-    let after = std::fs::metadata(&p).unwrap();
-    // Compacted by the flusher meanwhile or at the close.
+    // Compacted by the flusher meanwhile or, handed over by the close, on the compactor.
     assert!(
-        m.log_text().contains("'kept' (inode") && m.log_text().contains(": compacted"),
+        m.wait_for_log(": compacted", Duration::from_secs(20)),
         "{}",
         m.log_text()
     );
+    assert!(m.log_text().contains("'kept' (inode"), "{}", m.log_text());
+    let after = std::fs::metadata(&p).unwrap();
     assert_eq!((after.uid(), after.gid()), (1234, 5678));
     assert_eq!(after.mode() & 0o7777, 0o640);
     assert_eq!(after.mtime(), before.mtime());
@@ -259,4 +260,61 @@ fn hard_links_and_renames_while_an_open_file_is_compacted_never_hang() {
     drop(f);
     assert!(rounds > 0);
     assert!(std::fs::read(m.path("hot")).unwrap() == model);
+}
+
+/// A close that leaves a file due for compaction hands the compaction to the background: the
+/// close returns at once (here while every compaction is held back 3 s by a test hook), the
+/// file stays readable and writable meanwhile (an open shares the state the compaction works
+/// on), and the compaction then runs and keeps every write.
+#[test]
+fn close_hands_compaction_to_the_background_and_never_waits_for_it() {
+    let mut m = Mount::unmounted(&[], false);
+    m.daemon_env
+        .push(("DEFLATEFS_TEST_COMPACTION_DELAY_MS".into(), "3000".into()));
+    m.mount();
+    let p = m.path("stale");
+    let mut model = random_bytes(2 * MIB, 11);
+    let f = create_rw(&p);
+    f.write_all_at(&model, 0).unwrap();
+    f.sync_data().unwrap();
+    drop(f);
+    // Three rewrites of the whole file, each closed: mostly stale data, due for compaction.
+    for round in 0..3u64 {
+        let data = random_bytes(2 * MIB, 100 + round);
+        let f = OpenOptions::new().write(true).open(&p).unwrap();
+        f.write_all_at(&data, 0).unwrap();
+        model.copy_from_slice(&data);
+        let started = Instant::now();
+        drop(f);
+        assert!(
+            started.elapsed() < Duration::from_millis(2500),
+            "close waited {:?} (compaction held back 3 s)",
+            started.elapsed()
+        );
+    }
+    assert!(
+        !m.log_text().contains(": compacted"),
+        "compacted before the hook's delay: {}",
+        m.log_text()
+    );
+    // Meanwhile the file is served: read it, and write through a new open.
+    common::assert_bytes_eq(
+        &std::fs::read(&p).unwrap(),
+        &model,
+        "while compaction pending",
+    );
+    let f = OpenOptions::new().write(true).open(&p).unwrap();
+    let tail = random_bytes(64 * KIB, 7);
+    f.write_all_at(&tail, (MIB) as u64).unwrap();
+    model[MIB..MIB + tail.len()].copy_from_slice(&tail);
+    drop(f);
+    assert!(
+        m.wait_for_log(": compacted", Duration::from_secs(30)),
+        "{}",
+        m.log_text()
+    );
+    common::assert_bytes_eq(&std::fs::read(&p).unwrap(), &model, "after compaction");
+    m.remount();
+    common::assert_bytes_eq(&std::fs::read(&p).unwrap(), &model, "after remount");
+    assert!(m.warn_and_error_lines().is_empty(), "{}", m.log_text());
 }

@@ -26,6 +26,8 @@ struct Shared {
     capacity: usize,
     queue: Mutex<Queue>,
     ready: Condvar,
+    /// Signalled when a task ends and none is queued or running.
+    idle: Condvar,
     /// Tasks refused because the queue was full.
     refused: AtomicU64,
     /// Tasks that panicked.
@@ -34,6 +36,8 @@ struct Shared {
 
 struct Queue {
     tasks: VecDeque<Task>,
+    /// Tasks taken off the queue and not yet ended.
+    running: usize,
     closed: bool,
 }
 
@@ -46,9 +50,11 @@ impl Background {
             capacity: capacity.max(1),
             queue: Mutex::new(Queue {
                 tasks: VecDeque::new(),
+                running: 0,
                 closed: false,
             }),
             ready: Condvar::new(),
+            idle: Condvar::new(),
             refused: AtomicU64::new(0),
             panicked: AtomicU64::new(0),
         });
@@ -76,6 +82,14 @@ impl Background {
         true
     }
 
+    /// Waits until no task is queued or running (at unmount: what was handed over is done).
+    pub fn wait_idle(&self) {
+        let mut q = self.shared.queue.lock();
+        while !q.tasks.is_empty() || q.running > 0 {
+            self.shared.idle.wait(&mut q);
+        }
+    }
+
     /// Tasks refused so far because the queue was full.
     pub fn refused(&self) -> u64 {
         self.shared.refused.load(Ordering::Relaxed)
@@ -101,6 +115,7 @@ impl Shared {
                 let mut q = self.queue.lock();
                 loop {
                     if let Some(t) = q.tasks.pop_front() {
+                        q.running += 1;
                         break t;
                     }
                     if q.closed {
@@ -112,6 +127,11 @@ impl Shared {
             if let Err(msg) = crate::panics::catch(task) {
                 self.panicked.fetch_add(1, Ordering::Relaxed);
                 tracing::error!("{}: a background task panicked: {msg}; going on", self.name);
+            }
+            let mut q = self.queue.lock();
+            q.running -= 1;
+            if q.running == 0 && q.tasks.is_empty() {
+                self.idle.notify_all();
             }
         }
     }
@@ -160,5 +180,20 @@ mod tests {
         assert!(bg.try_spawn(move || tx.send(7).unwrap()));
         assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), 7);
         assert_eq!(bg.panicked(), 1);
+    }
+
+    #[test]
+    fn wait_idle_returns_once_every_queued_task_has_ended() {
+        let bg = Background::new("test-bg", 2, 8).unwrap();
+        let done = Arc::new(AtomicU64::new(0));
+        for _ in 0..6 {
+            let done = Arc::clone(&done);
+            assert!(bg.try_spawn(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                done.fetch_add(1, Ordering::SeqCst);
+            }));
+        }
+        bg.wait_idle();
+        assert_eq!(done.load(Ordering::SeqCst), 6);
     }
 }

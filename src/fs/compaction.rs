@@ -53,7 +53,56 @@ fn copy_xattrs(from: std::os::fd::RawFd, to: std::os::fd::RawFd) -> FsResult<()>
     Ok(())
 }
 
+/// Test hook: `DEFLATEFS_TEST_COMPACTION_DELAY_MS=N` makes every compaction wait N ms before
+/// it starts, so a test can tell whether a close waited for it (tests/mount_compaction.rs).
+pub const COMPACTION_DELAY_ENV: &str = "DEFLATEFS_TEST_COMPACTION_DELAY_MS";
+
+fn test_compaction_delay() -> Option<std::time::Duration> {
+    static DELAY: std::sync::OnceLock<Option<std::time::Duration>> = std::sync::OnceLock::new();
+    *DELAY.get_or_init(|| {
+        let ms: u64 = std::env::var(COMPACTION_DELAY_ENV).ok()?.parse().ok()?;
+        Some(std::time::Duration::from_millis(ms))
+    })
+}
+
 impl DeflateFs {
+    /// Compaction that a flush or close of `open` finds due, handed to the compaction worker so
+    /// that the close does not wait for it. The file's open state stays in its slot until the
+    /// task ends (the task counts as one more user of it, like an open handle), so an open
+    /// meanwhile shares that state, and its writes go into whichever container the compaction
+    /// leaves in place. With the worker's queue full, or before the mount's background work is
+    /// started, it runs here, as it always did.
+    pub(super) fn compact_soon(&self, node: &Arc<Node>, open: &Arc<OpenFile>) {
+        let OpenFile::Container(c) = open.as_ref() else {
+            return;
+        };
+        if self.opts.read_only || self.shutting_down.load(Ordering::SeqCst) || !c.wants_compaction()
+        {
+            return;
+        }
+        let Some(fs) = self.this.get().and_then(std::sync::Weak::upgrade) else {
+            return self.maybe_compact(node, open);
+        };
+        {
+            let mut slot = node.open.lock();
+            if !slot.file.as_ref().is_some_and(|f| Arc::ptr_eq(f, open)) {
+                // Not the node's current state (a state being replaced): nothing to hold.
+                drop(slot);
+                return self.maybe_compact(node, open);
+            }
+            slot.users += 1;
+        }
+        let (task_node, task_open) = (Arc::clone(node), Arc::clone(open));
+        let queued = self.compactor.try_spawn(move || {
+            fs.maybe_compact(&task_node, &task_open);
+            fs.put_state(&task_node);
+        });
+        if !queued {
+            self.put_state(node);
+            self.maybe_compact(node, open);
+        }
+    }
+
     /// Compacts a container that has accumulated enough stale data (docs/FORMAT.md). Failures
     /// only leave the file as it was, larger; they are logged, not returned. One compaction of a
     /// file runs at a time: a close that finds one running leaves the work to it.
@@ -71,6 +120,9 @@ impl DeflateFs {
         // last release), and a new lookup must then find this node, not make a second one.
         if !self.inodes.hold(node) {
             return;
+        }
+        if let Some(delay) = test_compaction_delay() {
+            std::thread::sleep(delay);
         }
         // Guarded here, not only by the flusher's loop, so that the reference taken above is
         // given back whatever happens.

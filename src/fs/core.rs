@@ -113,6 +113,12 @@ pub struct DeflateFs {
     pub(super) creates_as_caller: bool,
     /// What copy_file_range did, for the engine report.
     pub(super) copies: CopyStats,
+    /// Runs the compactions that a flush or close asks for, so neither waits for one (see
+    /// `compaction::compact_soon`).
+    pub(super) compactor: Background,
+    /// This filesystem, for tasks handed to `compactor`: set by [`DeflateFs::spawn_flusher`],
+    /// which starts the background work of a mount (without it compactions run in place).
+    pub(super) this: std::sync::OnceLock<std::sync::Weak<DeflateFs>>,
 }
 
 fn time_to_timespec(t: Option<TimeSpec>) -> libc::timespec {
@@ -178,6 +184,10 @@ impl DeflateFs {
             owner_uid: nix::unistd::getuid().as_raw(),
             creates_as_caller: nix::unistd::geteuid().is_root(),
             copies: CopyStats::default(),
+            // One at a time is what the disk can do anyway; a queue beyond that only holds
+            // open states in memory, so a full queue makes the closer compact in place.
+            compactor: Background::new("dfs-compact", 1, 64)?,
+            this: std::sync::OnceLock::new(),
         })
     }
 
@@ -468,7 +478,7 @@ impl DeflateFs {
         match &h.file {
             Some(f) => {
                 f.flush()?;
-                self.maybe_compact(&h.node, f);
+                self.compact_soon(&h.node, f);
                 Ok(())
             }
             None => Ok(()),
@@ -497,7 +507,7 @@ impl DeflateFs {
             return errno(libc::EBADF);
         };
         let r = match &h.file {
-            Some(f) => f.flush().map(|()| self.maybe_compact(&h.node, f)),
+            Some(f) => f.flush().map(|()| self.compact_soon(&h.node, f)),
             None => Ok(()),
         };
         if h.file.is_some() {

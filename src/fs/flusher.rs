@@ -27,6 +27,8 @@ impl DeflateFs {
     /// Writes back and commits every open file (unmount, SIGTERM). Errors are logged.
     pub fn flush_all(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
+        // Compactions handed over by closes finish first (each holds its file's state open).
+        self.compactor.wait_idle();
         let mut files: Vec<Arc<OpenFile>> = self.inodes.open_files();
         files.extend(self.handles.lock().values().filter_map(|h| h.file.clone()));
         for f in files {
@@ -94,6 +96,7 @@ impl DeflateFs {
     /// pauses a second, so a pass that panics every time logs once a second, not 20 times.
     pub fn spawn_flusher(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
+        let _ = self.this.set(weak.clone());
         let mut injected = injected_flusher_panics();
         std::thread::Builder::new()
             .name("dfs-flusher".into())

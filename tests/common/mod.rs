@@ -428,6 +428,20 @@ impl Mount {
     }
 
     /// The log file's content so far ("" if none).
+    /// Waits up to `timeout` for the daemon's log to contain `needle`; whether it did.
+    pub fn wait_for_log(&self, needle: &str, timeout: std::time::Duration) -> bool {
+        let until = std::time::Instant::now() + timeout;
+        loop {
+            if self.log_text().contains(needle) {
+                return true;
+            }
+            if std::time::Instant::now() >= until {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     pub fn log_text(&self) -> String {
         String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
     }
