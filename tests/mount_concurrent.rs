@@ -62,9 +62,9 @@ const STOP_GRACE: Duration = Duration::from_secs(60);
 const SECTOR: u64 = 512;
 const BLOCK: u64 = 4096;
 const SECTORS_PER_BLOCK: u64 = BLOCK / SECTOR;
-/// Blocks are owned by writers in stripes of this many (64 KiB): two writers share a 128 KiB
-/// chunk, and a run of blocks written at once can cross small chunks' boundaries.
-const STRIPE_BLOCKS: u64 = 16;
+/// Blocks are owned by writers in stripes of this many (128 KiB, the default chunk), so a writer
+/// can write a whole chunk at once, and a run of blocks can cross small chunks' boundaries.
+const STRIPE_BLOCKS: u64 = 32;
 const STRIPE: u64 = STRIPE_BLOCKS * BLOCK;
 /// The appender waits while the tail is this long or longer.
 const TAIL_MAX: u64 = 384 * KIB;
@@ -138,6 +138,7 @@ fn child_writer_process() {
     let file = PathBuf::from(next("file path"));
     let model_path = PathBuf::from(next("model path"));
     let seed: u64 = next("seed").parse().expect("seed");
+    let chunk: u64 = next("chunk size").parse().expect("chunk size");
     let limit = Duration::from_secs(next("time limit").parse().expect("time limit"));
     let model = SharedModel::open(&model_path)
         .unwrap_or_else(|e| panic!("map the model {}: {e}", model_path.display()));
@@ -146,7 +147,7 @@ fn child_writer_process() {
     // stop.
     let stop = || model.stop().load(SeqCst) != 0 || started.elapsed() > limit;
     let slot = Slot::new("writer process");
-    match writer_loop(&file, &model, CHILD_OWNER, seed, &stop, &slot) {
+    match writer_loop(&file, &model, CHILD_OWNER, chunk, seed, &stop, &slot) {
         Ok(t) => {
             model.child_writes().store(t.writes, SeqCst);
             model.child_syncs().store(t.syncs, SeqCst);
@@ -834,13 +835,14 @@ fn run_round(
     };
     let seed = mix(round ^ sc.chunk);
     let child_stderr = m.dir.path().join(format!("writer-process-{round}.stderr"));
-    let mut child = match spawn_writer_process(path, model_path, seed, secs, &child_stderr) {
-        Ok(c) => Some(c),
-        Err(e) => {
-            run.fail("writer process", e);
-            None
-        }
-    };
+    let mut child =
+        match spawn_writer_process(path, model_path, sc.chunk, seed, secs, &child_stderr) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                run.fail("writer process", e);
+                None
+            }
+        };
     let mut slots: Vec<Slot> = (0..WRITER_THREADS)
         .map(|w| Slot::new(&format!("writer {w}")))
         .collect();
@@ -867,6 +869,7 @@ fn run_round(
                     &run.path,
                     run.model,
                     w,
+                    run.chunk,
                     seed ^ mix(w as u64 + 1),
                     &|| run.stopped(),
                     slot,
@@ -1021,6 +1024,7 @@ fn run_round(
 fn spawn_writer_process(
     path: &Path,
     model_path: &Path,
+    chunk: u64,
     seed: u64,
     secs: u64,
     stderr: &Path,
@@ -1038,7 +1042,7 @@ fn spawn_writer_process(
         .env(
             CHILD_ENV,
             format!(
-                "{}\n{}\n{}\n{}",
+                "{}\n{}\n{}\n{chunk}\n{}",
                 path.display(),
                 model_path.display(),
                 seed ^ 0xc41d,
@@ -1077,12 +1081,14 @@ struct WriterTally {
 }
 
 /// Writes new versions of the blocks `owner` owns until `stop()`: whole blocks, runs of up to 4
-/// blocks inside a stripe, and runs of sectors inside a block, with fsync or fdatasync now and
-/// then through one of two descriptors. Keeps the model's started/completed versions.
+/// blocks inside a stripe, runs of sectors inside a block, and whole chunks (of `chunk` bytes,
+/// when a stripe holds whole chunks), with fsync or fdatasync now and then through one of two
+/// descriptors. Keeps the model's started/completed versions.
 fn writer_loop(
     path: &Path,
     model: &SharedModel,
     owner: u8,
+    chunk: u64,
     seed: u64,
     stop: &dyn Fn() -> bool,
     slot: &Slot,
@@ -1104,12 +1110,18 @@ fn writer_loop(
         .collect();
     let mut rng = Rng::new(seed);
     let mut tally = WriterTally::default();
-    let mut buf = vec![0u8; 4 * BLOCK as usize];
+    let mut buf = vec![0u8; STRIPE as usize];
     while !stop() {
-        let i = rng.below(blocks.len() as u64) as usize;
+        let mut i = rng.below(blocks.len() as u64) as usize;
         let pick = rng.below(100);
-        // (first block index in `blocks`, blocks, first sector in the block, sectors)
-        let (count, first_sector, sectors) = if pick < 60 {
+        // (blocks, first sector in the block, sectors), from `blocks[i]` on.
+        let (count, first_sector, sectors) = if pick < 5 && STRIPE.is_multiple_of(chunk) {
+            // A whole chunk: the daemon hands it to the engine with its buffer, so it is in
+            // flight with no copy in memory until it lands.
+            let chunk_blocks = chunk / BLOCK;
+            i -= (blocks[i] % chunk_blocks) as usize;
+            (chunk_blocks as usize, 0, SECTORS_PER_BLOCK)
+        } else if pick < 60 {
             (1, 0, SECTORS_PER_BLOCK)
         } else if pick < 75 {
             let b = blocks[i];
