@@ -7,9 +7,9 @@
 //!   that is a function of sector and version (half of them compressible, half not, so chunks are
 //!   stored both deflated and stored). Any byte of a sector can be checked on its own.
 //! - Writers (threads, and a second process that runs this test binary's
-//!   [`child_writer_process`]) each own stripes of blocks and write whole blocks, runs of blocks
-//!   and runs of sectors inside a block, each write a new version of its blocks, with fsync and
-//!   fdatasync now and then through several descriptors. A model shared with the writer process
+//!   [`child_writer_process`]) each own stripes of blocks and write whole blocks, runs of blocks,
+//!   runs of sectors inside a block and whole chunks, each write a new version of its blocks, with
+//!   fsync and fdatasync now and then through several descriptors. A model shared with the writer process
 //!   (a mapped file outside the mount) keeps for each sector the highest version whose write has
 //!   *started* and the highest whose write has *completed*.
 //! - The tail holds records appended with O_APPEND, each 8-byte word a function of its offset and
@@ -911,7 +911,7 @@ fn run_round(
         run.spawn(scope, s.next().unwrap(), move |slot| {
             syncer(run, seed ^ 3, slot)
         });
-        run.spawn(scope, s.next().unwrap(), stat_loop_for(run));
+        run.spawn(scope, s.next().unwrap(), move |slot| stat_loop(run, slot));
         let deadline = run.began + Duration::from_secs(secs);
         while Instant::now() < deadline && !run.stopped() {
             std::thread::sleep(Duration::from_millis(20));
@@ -979,7 +979,7 @@ fn run_round(
         ("page-cache reads", t.cached_reads.load(SeqCst), 20),
         ("mmap reads", t.mapped_reads.load(SeqCst), 20),
         ("writes by threads", t.writes.load(SeqCst), 200),
-        ("writes by the writer process", child_writes, 50),
+        ("writes by the writer process", child_writes, 20),
         ("syncs by the writer process", child_syncs, 1),
         ("appends", t.appends.load(SeqCst), 20),
         ("truncations", t.truncates.load(SeqCst), 5),
@@ -1126,6 +1126,7 @@ fn writer_loop(
     let mut rng = Rng::new(seed);
     let mut tally = WriterTally::default();
     let mut buf = vec![0u8; STRIPE as usize];
+    let mut last_sync = Instant::now();
     while !stop() {
         let mut i = rng.below(blocks.len() as u64) as usize;
         let pick = rng.below(100);
@@ -1161,7 +1162,7 @@ fn writer_loop(
             versions[i + k] += 1;
             let v = versions[i + k];
             let b = blocks[i + k];
-            debug_assert_eq!(b, blocks[i] + k as u64, "a run stays inside a stripe");
+            assert_eq!(b, blocks[i] + k as u64, "a run stays inside a stripe");
             for j in first_sector..first_sector + sectors {
                 let s = b * SECTORS_PER_BLOCK + j;
                 let at = ((s * SECTOR) - offset) as usize;
@@ -1183,7 +1184,9 @@ fn writer_loop(
         model.leave_stripe(stripe);
         r.map_err(|e| format!("pwrite {len} bytes at {offset}: {e}"))?;
         tally.writes += 1;
-        if rng.below(40) == 0 {
+        // Now and then, and at least every 300 ms however slow the writes are.
+        if rng.below(40) == 0 || last_sync.elapsed() > Duration::from_millis(300) {
+            last_sync = Instant::now();
             let (f, which) = if rng.below(2) == 0 {
                 (&file, "the writing descriptor")
             } else {
@@ -1351,10 +1354,6 @@ fn syncer(run: &Run, seed: u64, slot: &Slot) -> Result<(), String> {
         run.tally.syncs.fetch_add(1, SeqCst);
     }
     Ok(())
-}
-
-fn stat_loop_for<'a>(run: &'a Run<'a>) -> impl FnOnce(&Slot) -> Result<(), String> + Send + 'a {
-    move |slot| stat_loop(run, slot)
 }
 
 /// Asks for the file's attributes in a loop: through the daemon (statx with
