@@ -1436,14 +1436,91 @@ enum Via {
     Mapped,
 }
 
+/// A mapping the SIGBUS handler repairs (`start` 0: a free slot), and its faults so far.
+struct BusSlot {
+    start: AtomicUsize,
+    len: AtomicUsize,
+    faults: AtomicUsize,
+    /// Offset in the mapping of the last fault.
+    last: AtomicUsize,
+}
+
+impl BusSlot {
+    const fn new() -> BusSlot {
+        BusSlot {
+            start: AtomicUsize::new(0),
+            len: AtomicUsize::new(0),
+            faults: AtomicUsize::new(0),
+            last: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// One slot per live [`Mapping`] (the scenarios run in parallel, one mapping each).
+static BUS_SLOTS: [BusSlot; 8] = [const { BusSlot::new() }; 8];
+const PAGE: usize = 4096;
+
+/// A load from a mapping whose page fault the daemon did not serve (it died, or answered the
+/// read with an error) raises SIGBUS, which would kill the whole test binary without a word and
+/// leave the mount behind. For a page of a registered mapping this maps a zero page in its place,
+/// so the load completes, and counts the fault for the reader to report; any other SIGBUS gets the
+/// default action again.
+extern "C" fn on_sigbus(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    // SAFETY: the kernel hands an SA_SIGINFO handler a valid siginfo; si_addr is the faulting
+    // address for SIGBUS.
+    let addr = unsafe { (*info).si_addr() } as usize;
+    for slot in &BUS_SLOTS {
+        let start = slot.start.load(SeqCst);
+        if start != 0 && addr >= start && addr < start + slot.len.load(SeqCst) {
+            // SAFETY: replaces one page inside a mapping this process made and still holds
+            // (registered until it is unmapped) with an anonymous zero page; mmap is a plain
+            // system call, safe in a signal handler.
+            unsafe {
+                libc::mmap(
+                    (addr & !(PAGE - 1)) as *mut libc::c_void,
+                    PAGE,
+                    libc::PROT_READ,
+                    libc::MAP_FIXED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            slot.last.store(addr - start, SeqCst);
+            slot.faults.fetch_add(1, SeqCst);
+            return;
+        }
+    }
+    // SAFETY: restoring the default action; returning re-runs the load, which then kills the
+    // process as it would have without this handler.
+    unsafe { libc::signal(libc::SIGBUS, libc::SIG_DFL) };
+}
+
+fn install_sigbus_handler() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: a zeroed sigaction is valid; it is filled in before sigaction(2) reads it, and
+        // `on_sigbus` has the SA_SIGINFO handler signature.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_sigbus as *const () as usize;
+            sa.sa_flags = libc::SA_SIGINFO;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(libc::SIGBUS, &sa, std::ptr::null_mut());
+        }
+    });
+}
+
 /// A shared read-only mapping of the fixed area.
 struct Mapping {
     ptr: *const u8,
     len: usize,
+    /// Its slot in [`BUS_SLOTS`].
+    slot: usize,
 }
 
 impl Mapping {
     fn new(f: &File, len: usize) -> Result<Mapping, String> {
+        install_sigbus_handler();
         // SAFETY: a fresh read-only shared mapping of `len` bytes of a file at least that long;
         // unmapped in drop.
         let p = unsafe {
@@ -1459,15 +1536,28 @@ impl Mapping {
         if p == libc::MAP_FAILED {
             return Err(format!("mmap: {}", io::Error::last_os_error()));
         }
+        let Some(slot) = BUS_SLOTS.iter().position(|s| {
+            s.start
+                .compare_exchange(0, p as usize, SeqCst, SeqCst)
+                .is_ok()
+        }) else {
+            // SAFETY: the mapping just made, never used.
+            unsafe { libc::munmap(p, len) };
+            return Err("no free SIGBUS slot for the mapping".into());
+        };
+        BUS_SLOTS[slot].len.store(len, SeqCst);
         Ok(Mapping {
             ptr: p as *const u8,
             len,
+            slot,
         })
     }
 
     /// Copies `out.len()` bytes at `offset` (both multiples of 8) with 8-byte volatile loads:
-    /// other processes change the pages meanwhile.
-    fn copy(&self, offset: u64, out: &mut [u8]) {
+    /// other processes change the pages meanwhile. Fails if a load raised SIGBUS.
+    fn copy(&self, offset: u64, out: &mut [u8]) -> Result<(), String> {
+        let bus = &BUS_SLOTS[self.slot];
+        let faults = bus.faults.load(SeqCst);
         assert!(
             offset.is_multiple_of(8)
                 && out.len().is_multiple_of(8)
@@ -1475,12 +1565,20 @@ impl Mapping {
         );
         for (i, w) in out.chunks_exact_mut(8).enumerate() {
             // SAFETY: in bounds of the mapping (asserted), 8-aligned (page-aligned base), and
-            // the fixed area never shrinks, so the page exists.
+            // the fixed area never shrinks, so the page exists; a fault the daemon does not serve
+            // is repaired by `on_sigbus` and reported below.
             let v = unsafe {
                 std::ptr::read_volatile(self.ptr.add(offset as usize + i * 8) as *const u64)
             };
             w.copy_from_slice(&v.to_ne_bytes());
         }
+        if bus.faults.load(SeqCst) != faults {
+            return Err(format!(
+                "SIGBUS loading byte {} of the mapping: the daemon did not serve a page fault",
+                bus.last.load(SeqCst)
+            ));
+        }
+        Ok(())
     }
 
     /// Drops the mapping's pages of `[offset, offset + len)` (the page cache's go separately).
@@ -1503,6 +1601,7 @@ impl Drop for Mapping {
     fn drop(&mut self) {
         // SAFETY: the mapping made in `new`, not used after this.
         unsafe { libc::munmap(self.ptr as *mut libc::c_void, self.len) };
+        BUS_SLOTS[self.slot].start.store(0, SeqCst);
     }
 }
 
@@ -1611,7 +1710,7 @@ fn reader(run: &Run, via: Via, seed: u64, slot: &Slot) -> Result<(), String> {
         let data = buf.get(len as usize);
         let n = match &map {
             Some(map) => {
-                map.copy(off, data);
+                map.copy(off, data)?;
                 len as usize
             }
             None => f
@@ -1690,7 +1789,7 @@ fn reread_torn(
             let mut data = vec![0u8; len as usize];
             let n = match map {
                 Some(map) => {
-                    map.copy(at, &mut data);
+                    map.copy(at, &mut data)?;
                     len as usize
                 }
                 None => f
