@@ -21,6 +21,7 @@ from workloads import BUF, DaemonCpu, copy_file, read_file
 
 BLOCK = 4096
 COMPACT_WRITES_PER_FSYNC = 8
+COMPACT_TEMP_PREFIX = ".deflatefs-compact-"  # src/fs/core.rs, DeflateFs::compact
 CTX = mp.get_context("fork")
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -198,12 +199,18 @@ def _statx_forced(path_b, buf):
     return int.from_bytes(buf.raw[_STATX_SIZE_OFFSET:_STATX_SIZE_OFFSET + 8], "little")
 
 
+def _compacting(backing_dir):
+    """Whether a compaction's temporary (`.deflatefs-compact-<inode>`, written next to the
+    file it replaces) exists in `backing_dir`."""
+    return any(n.startswith(COMPACT_TEMP_PREFIX) for n in os.listdir(backing_dir))
+
+
 def _stat_sampler(path, backing, seconds, interval, size):
     """statx (forced to the daemon) of `path` every `interval` s for `seconds`. A sample counts
-    as taken during a compaction if deflatefs's temporary `.deflatefs-compact-<backing inode>`
-    existed just before or just after it, or if the backing file was replaced meanwhile (a
-    compaction renames its temporary over the name). Returns the latencies (s) during and
-    outside compactions and the number of compactions seen."""
+    as taken during a compaction if deflatefs's compaction temporary existed just before or just
+    after it, or if the backing file was replaced meanwhile (a compaction renames its temporary
+    over the name). Returns the latencies (s) during and outside compactions and the number of
+    compactions seen (replacements of the backing file)."""
     buf = ctypes.create_string_buffer(256)
     path_b = os.fsencode(path)
     bdir = os.path.dirname(backing)
@@ -214,12 +221,11 @@ def _stat_sampler(path, backing, seconds, interval, size):
         ino = os.stat(backing).st_ino
         if ino != inos[-1]:
             inos.append(ino)
-        tmp = os.path.join(bdir, f".deflatefs-compact-{ino}")
-        before = os.path.exists(tmp)
+        before = _compacting(bdir)
         t0 = time.perf_counter()
         got = _statx_forced(path_b, buf)
         lat = time.perf_counter() - t0
-        after = os.path.exists(tmp) or os.stat(backing).st_ino != ino
+        after = _compacting(bdir) or os.stat(backing).st_ino != ino
         if got != size:
             raise RuntimeError(f"statx of {path} says {got} bytes, the file has {size}")
         (during if before or after else outside).append(lat)
