@@ -25,9 +25,9 @@ def _write_all(fd, view):
         view = view[n:]
 
 
-def copy_file(src, dst, limit=None, offset=0):
+def copy_file(src, dst, limit=None, offset=0, repeat=False):
     """Copies src (from byte `offset` on) to dst in 1 MiB writes and fsyncs it; returns bytes
-    written."""
+    written. With `repeat`, src is copied again from its start until `limit` bytes are written."""
     buf = bytearray(BUF)
     mv = memoryview(buf)
     total = 0
@@ -38,6 +38,9 @@ def copy_file(src, dst, limit=None, offset=0):
             while limit is None or total < limit:
                 want = BUF if limit is None else min(BUF, limit - total)
                 n = fi.readinto(mv[:want])
+                if not n and repeat and limit is not None and fi.tell() > 0:
+                    fi.seek(0)
+                    continue
                 if not n:
                     break
                 _write_all(fd, mv[:n])
@@ -177,7 +180,10 @@ def fio(system, stage, cfg, outdir):
     at the mount (its page cache is bypassed; whatever the system caches below is its own), on a
     file of the large data's bytes. Each starts cold."""
     path = os.path.join(system.path, "fio.dat")
-    copy_file(stage["large"], os.path.join(system.layout_dir, "fio.dat"), limit=cfg.fio_bytes)
+    # The whole file, also where fio_bytes exceeds the large data (quick mode): fio would
+    # otherwise lay out the rest itself, through the mount, with bytes of its own.
+    copy_file(stage["large"], os.path.join(system.layout_dir, "fio.dat"), limit=cfg.fio_bytes,
+              repeat=True)
     system.sync()
     system.make_cold("fio-layout")
     r = {}
