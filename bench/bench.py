@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""deflatefs benchmark against its peers (issue 8). Run it through bench/run, which installs the
-packages and builds the binary first; see bench/README.md.
+"""deflatefs benchmark against its peers (issues 8 and 18). Run it through bench/run, which
+installs the packages and builds the binary first; see bench/README.md.
 
 One run = every system set up fresh, every test, torn down; the benchmark does --runs runs (the
 systems interleaved within each run) and reports medians with their spread, and the ratios against
@@ -153,7 +153,7 @@ def wait_idle(max_load, timeout):
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="small corpus, fewer systems (<5 min)")
+    ap.add_argument("--quick", action="store_true", help="small corpus, fewer systems (<9 min)")
     ap.add_argument("--runs", type=int, help="runs per system (default 3)")
     ap.add_argument("--systems", help="comma-separated subset, in run order")
     ap.add_argument("--binary", default=os.path.join(os.path.dirname(HERE),
