@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""deflatefs benchmark against its peers (issue 8). Run it through bench/run, which installs the
-packages and builds the binary first; see bench/README.md.
+"""deflatefs benchmark against its peers (issues 8 and 18). Run it through bench/run, which
+installs the packages and builds the binary first; see bench/README.md.
 
 One run = every system set up fresh, every test, torn down; the benchmark does --runs runs (the
 systems interleaved within each run) and reports medians with their spread, and the ratios against
@@ -44,13 +44,22 @@ class Config:
     fio_seconds: int
     tree_dirs: list
     systems: list = field(default_factory=list)
+    # Issue 18. reader_vs_writer: file size (the reader's region, 3/4 of it, is larger than
+    # deflatefs's 64 MiB chunk cache) and seconds of each phase; stat_during_compaction: file
+    # size and seconds of sampling.
+    contend_bytes: int = 0
+    contend_seconds: float = 0
+    compact_bytes: int = 16 << 20
+    compact_seconds: float = 0
 
 
 def config(args):
     if args.quick:
-        cfg = Config("quick", 3, 128 << 20, 64 << 20, 256 << 20, 2, QUICK_TREE, QUICK_SYSTEMS)
+        cfg = Config("quick", 3, 128 << 20, 64 << 20, 256 << 20, 2, QUICK_TREE, QUICK_SYSTEMS,
+                     contend_bytes=128 << 20, contend_seconds=2, compact_seconds=4)
     else:
-        cfg = Config("full", 3, 1 << 30, 512 << 20, 1 << 30, 8, FULL_TREE, FULL_SYSTEMS)
+        cfg = Config("full", 3, 1 << 30, 512 << 20, 1 << 30, 8, FULL_TREE, FULL_SYSTEMS,
+                     contend_bytes=256 << 20, contend_seconds=5, compact_seconds=8)
     if args.runs:
         cfg.runs = args.runs
     if args.systems:
@@ -144,7 +153,7 @@ def wait_idle(max_load, timeout):
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="small corpus, fewer systems (<5 min)")
+    ap.add_argument("--quick", action="store_true", help="small corpus, fewer systems (<9 min)")
     ap.add_argument("--runs", type=int, help="runs per system (default 3)")
     ap.add_argument("--systems", help="comma-separated subset, in run order")
     ap.add_argument("--binary", default=os.path.join(os.path.dirname(HERE),
@@ -179,8 +188,9 @@ def main():
         manifest = corpus.fetch(args.cache)
         stage_dir = os.path.join(work, "stage")
         os.makedirs(stage_dir)
-        run(["mount", "-t", "tmpfs", "-o", f"size={(cfg.large_bytes + cfg.incompressible_bytes) // (1 << 20) + 1024}m",
-             "bench-stage", stage_dir])
+        # The slack holds the tree and the gzips of the large file (workloads.gunzip_reference).
+        stage_mib = (cfg.large_bytes + cfg.incompressible_bytes) // (1 << 20) + 1536
+        run(["mount", "-t", "tmpfs", "-o", f"size={stage_mib}m", "bench-stage", stage_dir])
         stage = corpus.stage(manifest, stage_dir, cfg)
         systems, skipped, _ = make_systems(cfg, work, args.binary)
         if args.wait_idle is not None:

@@ -255,6 +255,14 @@ class Deflatefs(FuseOverExt4):
         opts = ["-o", self.options] if self.options else []
         return [self.binary, "mount", *opts, os.path.join(self.disk, "data"), self.mnt]
 
+    def level(self):
+        """The compression level of the mount options (deflatefs's default: 1)."""
+        for opt in (self.options or "").split(","):
+            k, _, v = opt.partition("=")
+            if k == "level":
+                return int(v)
+        return 1
+
     def memory_bound(self):
         """cache + dirty + pool, from the mount options over the defaults (64m + 64m + 32m)."""
         sizes = {"cache": 64 << 20, "dirty": 64 << 20, "pool": 32 << 20}

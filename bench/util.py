@@ -48,11 +48,22 @@ def drop_caches():
 
 
 def pid_alive(pid):
+    """Whether any thread of process `pid` still runs. Not only the leader: a daemon whose main
+    thread has returned shows as a zombie while its other threads still wind down and hold its
+    files open (seen: deflatefs's signal thread), and an unmount of the disk beneath then fails
+    with EBUSY."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[-1].split()[0] != "Z"
+        tasks = os.listdir(f"/proc/{pid}/task")
     except FileNotFoundError:
         return False
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                if f.read().rsplit(") ", 1)[-1].split()[0] not in ("Z", "X"):
+                    return True
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return False
 
 
 def wait_exit(pid, timeout=300):

@@ -14,7 +14,7 @@ import resource
 import subprocess
 import time
 
-from util import cpu_seconds, drop_caches, log, run
+from util import cpu_seconds, drop_caches, log, run, syncfs
 
 BUF = 1 << 20
 
@@ -25,17 +25,22 @@ def _write_all(fd, view):
         view = view[n:]
 
 
-def copy_file(src, dst, limit=None):
-    """Copies src to dst in 1 MiB writes and fsyncs it; returns bytes written."""
+def copy_file(src, dst, limit=None, offset=0, repeat=False):
+    """Copies src (from byte `offset` on) to dst in 1 MiB writes and fsyncs it; returns bytes
+    written. With `repeat`, src is copied again from its start until `limit` bytes are written."""
     buf = bytearray(BUF)
     mv = memoryview(buf)
     total = 0
     with open(src, "rb", buffering=0) as fi:
+        fi.seek(offset)
         fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             while limit is None or total < limit:
                 want = BUF if limit is None else min(BUF, limit - total)
                 n = fi.readinto(mv[:want])
+                if not n and repeat and limit is not None and fi.tell() > 0:
+                    fi.seek(0)
+                    continue
                 if not n:
                     break
                 _write_all(fd, mv[:n])
@@ -156,11 +161,12 @@ def tree(system, stage):
     return r
 
 
-def _fio(name, path, size, extra, outdir):
+def _fio(name, path, size, extra, outdir, numjobs=1):
+    """Runs one fio job (or `numjobs` of them on the same file, reported as one group)."""
     out = os.path.join(outdir, f"fio-{name}.json")
     cmd = ["fio", f"--name={name}", f"--filename={path}", f"--size={size}", "--bs=4k",
-           "--ioengine=psync", "--direct=1", "--numjobs=1", "--iodepth=1",
-           "--output-format=json", f"--output={out}", *extra]
+           "--ioengine=psync", "--direct=1", f"--numjobs={numjobs}", "--group_reporting",
+           "--iodepth=1", "--output-format=json", f"--output={out}", *extra]
     t0 = time.perf_counter()
     run(cmd)
     wall = time.perf_counter() - t0
@@ -170,10 +176,14 @@ def _fio(name, path, size, extra, outdir):
 
 
 def fio(system, stage, cfg, outdir):
-    """4 KiB random reads, then random writes, with O_DIRECT at the mount (its page cache is
-    bypassed; whatever the system caches below is its own), on a file of the large data's bytes."""
+    """4 KiB random reads (one job, then four jobs at once), then random writes, with O_DIRECT
+    at the mount (its page cache is bypassed; whatever the system caches below is its own), on a
+    file of the large data's bytes. Each starts cold."""
     path = os.path.join(system.path, "fio.dat")
-    copy_file(stage["large"], os.path.join(system.layout_dir, "fio.dat"), limit=cfg.fio_bytes)
+    # The whole file, also where fio_bytes exceeds the large data (quick mode): fio would
+    # otherwise lay out the rest itself, through the mount, with bytes of its own.
+    copy_file(stage["large"], os.path.join(system.layout_dir, "fio.dat"), limit=cfg.fio_bytes,
+              repeat=True)
     system.sync()
     system.make_cold("fio-layout")
     r = {}
@@ -185,6 +195,16 @@ def fio(system, stage, cfg, outdir):
         r["randread_cpu_s"] = c
     system.record_rss("fio-randread")
     system.make_cold("fio-randread")
+    # Issue 18: four processes reading the one file at random at once (fio psync, numjobs=4).
+    cpu = DaemonCpu(system)
+    job, _ = _fio("randread4", path, cfg.fio_bytes,
+                  ["--rw=randread", "--time_based", f"--runtime={cfg.fio_seconds}"], outdir,
+                  numjobs=4)
+    r["randread4_iops"] = job["read"]["iops"]
+    if (c := cpu.stop()) is not None:
+        r["randread4_cpu_s"] = c
+    system.record_rss("fio-randread4")
+    system.make_cold("fio-randread4")
     # Writes: a fixed time of 4 KiB writes, then fsync; IOPS counts the fsync tail too.
     job, wall = _fio("randwrite", path, cfg.fio_bytes,
                      ["--rw=randwrite", "--time_based", f"--runtime={cfg.fio_seconds}",
@@ -223,8 +243,37 @@ def gzip_tool(system, stage):
     return r
 
 
+def gunzip_reference(system, stage, level):
+    """The yardstick of the daemon's read CPU (issue 18): user + system CPU seconds of
+    `libdeflate-gunzip -c > /dev/null` on a gzip (`libdeflate-gzip -LEVEL`) of the large data,
+    read cold from the system's ext4 disk as the daemon's cold read was. The .gz is made once per
+    benchmark on the staging tmpfs (untimed); each run copies it beside the data directory, syncs
+    and drops the caches."""
+    size = stage["large_bytes"]
+    gz = os.path.join(os.path.dirname(stage["large"]), f"large.tar.{level}.gz")
+    if not os.path.exists(gz):
+        with open(stage["large"], "rb") as fi, open(gz + ".tmp", "wb") as fo:
+            subprocess.run(["libdeflate-gzip", f"-{level}", "-c"], stdin=fi, stdout=fo,
+                           check=True)
+        os.rename(gz + ".tmp", gz)
+    dst = os.path.join(system.disk, "gunzip-reference.gz")
+    copy_file(gz, dst)
+    syncfs(system.disk)
+    drop_caches()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    with open(dst, "rb") as fi, open(os.devnull, "wb") as fo:
+        subprocess.run(["libdeflate-gunzip", "-c"], stdin=fi, stdout=fo, check=True)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    os.unlink(dst)
+    return {"bytes": size, "level": level, "s": wall,
+            "cpu_s": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)}
+
+
 def run_system(system, stage, cfg, verify, outdir):
     """Every test that applies to `system`, in order; returns {test: figures}."""
+    import concurrency  # here, not at the top: it imports this module's helpers
     res = {}
     if system.kind == "tool":
         log(f"  {system.name}: compress + decompress the large file")
@@ -234,6 +283,8 @@ def run_system(system, stage, cfg, verify, outdir):
     res["large"] = seq(system, stage, "large", verify)
     if system.name.startswith("deflatefs"):
         res["digest"] = digests(system, stage)
+        log(f"  {system.name}: libdeflate-gunzip -c of a gzip -{system.level()} of the large file")
+        res["gunzip"] = gunzip_reference(system, stage, system.level())
     os.unlink(os.path.join(system.path, os.path.basename(stage["large"])))
     log(f"  {system.name}: incompressible write + cold read, "
         f"{stage['incompressible_bytes'] / 1e6:.0f} MB")
@@ -243,4 +294,13 @@ def run_system(system, stage, cfg, verify, outdir):
     res["tree"] = tree(system, stage)
     log(f"  {system.name}: fio 4k random read/write, {cfg.fio_bytes >> 20} MiB file")
     res["fio"] = fio(system, stage, cfg, outdir)
+    os.unlink(os.path.join(system.path, "fio.dat"))
+    log(f"  {system.name}: four readers of four files, {stage['large_bytes'] / 4e6:.0f} MB each")
+    res["readers4"] = concurrency.four_readers(system, stage, cfg)
+    log(f"  {system.name}: a reader beside an overwrite + fsync loop, {cfg.contend_seconds} s each")
+    res["contend"] = concurrency.reader_vs_writer(system, stage, cfg)
+    # The target is the default mount's; the variants' would cost the full run 1.5 minutes.
+    if system.name == "deflatefs":
+        log(f"  {system.name}: stat during compactions, {cfg.compact_seconds} s")
+        res["statc"] = concurrency.stat_during_compaction(system, stage, cfg)
     return res
