@@ -97,7 +97,9 @@ impl DeflateFs {
             fs.maybe_compact(&task_node, &task_open);
             fs.put_state(&task_node);
         });
-        if !queued {
+        if queued {
+            self.compactions_queued.fetch_add(1, Ordering::Relaxed);
+        } else {
             self.put_state(node);
             self.maybe_compact(node, open);
         }
@@ -130,7 +132,10 @@ impl DeflateFs {
         self.inodes.forget(node.id, 1);
         match result {
             Err(msg) => self.file_panicked(node, open, "compaction", &msg),
-            Ok(Ok(true)) => tracing::info!("{}: compacted", node.label()),
+            Ok(Ok(true)) => {
+                self.compactions.fetch_add(1, Ordering::Relaxed);
+                tracing::info!("{}: compacted", node.label())
+            }
             Ok(Ok(false)) => {}
             Ok(Err(e)) => tracing::warn!(
                 "{}: compaction failed, file left as it was: {e}",
@@ -193,6 +198,10 @@ impl DeflateFs {
             // read below, whatever eviction or retirement does with the node's own.
             let old_backing = self.fd(node)?;
             let old_fd = old_backing.raw();
+            // From the rename until the new inode has the old one's attributes, a stat would
+            // see the old inode unlinked (0 links) or the new one with the copy's times: stat
+            // waits for this short switch (never for the compaction itself).
+            let switch = self.backing_switch.write();
             {
                 let _names = self.names.lock(&[parent]);
                 // Under the directory's name lock, nothing moves the file's names: check that
@@ -248,6 +257,7 @@ impl DeflateFs {
                 },
             ];
             let _ = sys::utimens_fd(new_fd, false, times);
+            drop(switch);
             // Make the rename durable now: a later fsync of the file only syncs the new inode,
             // and a power cut must not bring back the old one without what was written since.
             // If that fails, no later fsync of this file may claim durability.

@@ -116,6 +116,14 @@ pub struct DeflateFs {
     /// Runs the compactions that a flush or close asks for, so neither waits for one (see
     /// `compaction::compact_soon`).
     pub(super) compactor: Background,
+    /// Held (write) by a compaction from the rename of the rewritten file over the original
+    /// until the new inode carries the old one's attributes; `stat_node` reads the backing
+    /// inode under it (read), so a stat never sees either inode half way.
+    pub(super) backing_switch: parking_lot::RwLock<()>,
+    /// Compactions installed, and those handed to `compactor` by a flush or close (for the
+    /// engine report: `compactions`, `compactions_queued`).
+    pub(super) compactions: AtomicU64,
+    pub(super) compactions_queued: AtomicU64,
     /// This filesystem, for tasks handed to `compactor`: set by [`DeflateFs::spawn_flusher`],
     /// which starts the background work of a mount (without it compactions run in place).
     pub(super) this: std::sync::OnceLock<std::sync::Weak<DeflateFs>>,
@@ -187,6 +195,9 @@ impl DeflateFs {
             // One at a time is what the disk can do anyway; a queue beyond that only holds
             // open states in memory, so a full queue makes the closer compact in place.
             compactor: Background::new("dfs-compact", 1, 64)?,
+            backing_switch: parking_lot::RwLock::new(()),
+            compactions: AtomicU64::new(0),
+            compactions_queued: AtomicU64::new(0),
             this: std::sync::OnceLock::new(),
         })
     }
@@ -274,7 +285,11 @@ impl DeflateFs {
 
     /// stat of a node with the logical size of containers and the real allocation in st_blocks.
     pub fn stat_node(&self, node: &Node) -> FsResult<libc::stat> {
-        let mut st = sys::fstat(self.fd(node)?.raw())?;
+        let mut st = {
+            // Not in the middle of a compaction's switch to the rewritten inode.
+            let _switch = self.backing_switch.read();
+            sys::fstat(self.fd(node)?.raw())?
+        };
         st.st_ino = node.id;
         if node.kind != NodeKind::Regular || st.st_size == 0 {
             return Ok(st);

@@ -175,7 +175,7 @@ impl DeflateFs {
              dirty_high_water={}\nstored_reads_in_place={}\ninodes={}\ninode_fds={}\n\
              inode_fds_bound={}\ninode_fds_closed={}\ninode_fds_reopened={}\n\
              inode_reopen={}\ncopy_requests={}\nmembers_copied={}\ncopied_as_members={}\n\
-             copied_as_bytes={}\n",
+             copied_as_bytes={}\ncompactions={}\ncompactions_queued={}\n",
             st.backend,
             st.queues.len(),
             if e.verifies() { "on" } else { "off" },
@@ -209,6 +209,8 @@ impl DeflateFs {
             self.copies.members.load(Ordering::Relaxed),
             self.copies.member_bytes.load(Ordering::Relaxed),
             self.copies.byte_copied.load(Ordering::Relaxed),
+            self.compactions.load(Ordering::Relaxed),
+            self.compactions_queued.load(Ordering::Relaxed),
         )
     }
 }
