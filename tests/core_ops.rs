@@ -19,6 +19,9 @@ use std::sync::Arc;
 
 use sha2::Digest;
 
+mod common;
+use common::assert_bytes_eq;
+
 use deflatefs::container::{Container, PieceKind};
 use deflatefs::engine::{Engine, EngineConfig, SoftwareBackend};
 use deflatefs::fs::core::{Caller, SetAttr};
@@ -135,6 +138,15 @@ impl Core {
         self.fs().release(fh).expect("release");
         data
     }
+
+    /// Truncates (or extends) file `id` to `size` through setattr, as `truncate(1)` does.
+    fn truncate(&self, id: u64, size: usize) -> libc::stat {
+        let a = SetAttr {
+            size: Some(size as u64),
+            ..SetAttr::default()
+        };
+        self.fs().setattr(id, None, a).expect("setattr size")
+    }
 }
 
 /// The caller of every request: the user running the tests (the daemon's own user).
@@ -199,23 +211,6 @@ fn assert_errno<T: std::fmt::Debug>(r: FsResult<T>, want: i32, what: &str) {
         Ok(v) => panic!("{what}: succeeded ({v:?}), expected errno {want}"),
         Err(e) => assert_eq!(e.errno, want, "{what}: {e}"),
     }
-}
-
-#[track_caller]
-fn assert_bytes_eq(actual: &[u8], expected: &[u8], what: &str) {
-    if actual == expected {
-        return;
-    }
-    let first = actual
-        .iter()
-        .zip(expected)
-        .position(|(a, b)| a != b)
-        .unwrap_or(actual.len().min(expected.len()));
-    panic!(
-        "{what}: {} bytes, expected {}; first difference at byte {first}",
-        actual.len(),
-        expected.len()
-    );
 }
 
 fn names_in(fs: &DeflateFs, dir: u64) -> Vec<String> {
@@ -450,32 +445,12 @@ fn truncate_shrinks_and_grows_with_zeros_where_data_was_cut() {
     let data = text(3 * CHUNK, 8);
     let id = core.make_file("f", &data);
     let shrink = CHUNK + 100;
-    let st = core
-        .fs()
-        .setattr(
-            id,
-            None,
-            SetAttr {
-                size: Some(shrink as u64),
-                ..SetAttr::default()
-            },
-        )
-        .unwrap();
+    let st = core.truncate(id, shrink);
     assert_eq!(st.st_size as usize, shrink);
     assert_bytes_eq(&core.content(id), &data[..shrink], "after shrink");
     // Growing again must not bring back what the shrink cut away.
     let grow = 4 * CHUNK + 3;
-    let st = core
-        .fs()
-        .setattr(
-            id,
-            None,
-            SetAttr {
-                size: Some(grow as u64),
-                ..SetAttr::default()
-            },
-        )
-        .unwrap();
+    let st = core.truncate(id, grow);
     assert_eq!(st.st_size as usize, grow);
     let mut want = data[..shrink].to_vec();
     want.resize(grow, 0);
@@ -853,16 +828,7 @@ fn digest_xattrs_equal_sha256_and_blake3_of_the_content() {
     core.fs().release(fh).unwrap();
     data[CHUNK + 5..CHUNK + 12].copy_from_slice(b"CHANGED");
     check(&data, "after an overwrite");
-    core.fs()
-        .setattr(
-            id,
-            None,
-            SetAttr {
-                size: Some(CHUNK as u64 + 1),
-                ..SetAttr::default()
-            },
-        )
-        .unwrap();
+    core.truncate(id, CHUNK + 1);
     data.truncate(CHUNK + 1);
     check(&data, "after a truncate");
     let empty = core.make_file("empty", b"");
