@@ -183,13 +183,18 @@ impl DeflateFs {
     }
 
     pub fn unlink(&self, parent: u64, name: &OsStr) -> FsResult<()> {
+        self.remove_name(parent, name, 0)
+    }
+
+    /// unlink (`flags` 0) or rmdir (`AT_REMOVEDIR`) of `name` in `parent`.
+    fn remove_name(&self, parent: u64, name: &OsStr, flags: i32) -> FsResult<()> {
         self.check_writable()?;
         self.refuse_internal(name)?;
         let dir = self.node(parent)?;
         let _names = self.names.lock(&[parent]);
         let dir_fd = self.fd(&dir)?;
         self.before_name_goes(&dir_fd, parent, name)?;
-        sys::unlinkat(dir_fd.raw(), &sys::cstr(name)?, 0)
+        sys::unlinkat(dir_fd.raw(), &sys::cstr(name)?, flags)
     }
 
     /// Before `name` in `parent` is removed or replaced: the inode it names, if the kernel
@@ -206,13 +211,7 @@ impl DeflateFs {
     }
 
     pub fn rmdir(&self, parent: u64, name: &OsStr) -> FsResult<()> {
-        self.check_writable()?;
-        self.refuse_internal(name)?;
-        let dir = self.node(parent)?;
-        let _names = self.names.lock(&[parent]);
-        let dir_fd = self.fd(&dir)?;
-        self.before_name_goes(&dir_fd, parent, name)?;
-        sys::unlinkat(dir_fd.raw(), &sys::cstr(name)?, libc::AT_REMOVEDIR)
+        self.remove_name(parent, name, libc::AT_REMOVEDIR)
     }
 
     pub fn rename(
