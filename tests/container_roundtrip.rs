@@ -225,6 +225,33 @@ fn checkpoint_after_entries_exceed_live_entries() {
     assert!(read_all(&c) == w.model);
 }
 
+/// A caller that must not hold the container across an fdatasync asks first: the commit that
+/// would be a checkpoint over unsynced data says so, and once the data is synced (and marked) it
+/// no longer does; a delta commit never needs one.
+#[test]
+fn commit_needs_sync_exactly_before_a_checkpoint_over_unsynced_data() {
+    let s = Scratch::new();
+    let mut w = Writer::new(s.create("f", 12));
+    // 2000 chunks, one entry each: a delta commit (as in the test above).
+    w.write_at(0, &pattern(2000 * 4096, 1));
+    assert!(
+        !w.c.commit_needs_sync(),
+        "a delta commit needs no fdatasync"
+    );
+    w.c.commit().unwrap();
+    assert_eq!(w.c.deltas_since_checkpoint(), 1);
+    // 2000 + 2000 entries since the last checkpoint > 2000 live: the next commit is one.
+    w.write_at(0, &pattern(2000 * 4096, 2));
+    assert!(w.c.commit_needs_sync());
+    w.c.file().sync_data().unwrap();
+    w.c.mark_synced(w.c.container_len());
+    assert!(!w.c.commit_needs_sync(), "synced and marked");
+    w.c.commit().unwrap();
+    assert_eq!(w.c.deltas_since_checkpoint(), 0, "it was a checkpoint");
+    assert!(!w.c.commit_needs_sync(), "nothing pending");
+    assert!(read_all(&s.open("f")) == w.model);
+}
+
 #[test]
 fn a_checkpoint_of_more_than_a_mebibyte_of_index_is_written_in_pieces_and_replays() {
     let s = Scratch::new();

@@ -940,11 +940,9 @@ impl Container {
         self.commit_inner(false)
     }
 
-    fn commit_inner(&mut self, force_checkpoint: bool) -> Result<()> {
-        if !force_checkpoint && !self.has_pending() {
-            return Ok(());
-        }
-        self.prepare_write()?;
+    /// What the next commit writes: (whether it is a checkpoint, whether it needs a final
+    /// delta, the entries and the deltas it adds).
+    fn next_commit_shape(&self, force_checkpoint: bool) -> (bool, bool, u64, u64) {
         let final_size = self.index.size();
         // The final delta is redundant only when a segment already records the final state.
         let final_needed = self
@@ -965,6 +963,30 @@ impl Container {
             || self.deltas_since_checkpoint + new_deltas > CHECKPOINT_MAX_DELTAS
             || self.container_len.saturating_sub(self.checkpoint_end)
                 > CHECKPOINT_MIN_BYTES.max(CHECKPOINT_BYTES_FACTOR * index_members_len(live));
+        (checkpoint, final_needed, new_entries, new_deltas)
+    }
+
+    /// Whether [`Container::commit`] would fdatasync before writing: its commit is a checkpoint
+    /// and bytes it refers to are not durable yet. A caller that must not hold its lock on this
+    /// container across an fdatasync makes them durable first ([`Container::mark_synced`]).
+    pub fn commit_needs_sync(&self) -> bool {
+        self.has_pending()
+            && self.last_commit != u64::MAX
+            && !self.needs_init
+            && !self.tail_dirty
+            && self.synced_len.load(Ordering::Relaxed) < self.container_len
+            && self.next_commit_shape(false).0
+    }
+
+    fn commit_inner(&mut self, force_checkpoint: bool) -> Result<()> {
+        if !force_checkpoint && !self.has_pending() {
+            return Ok(());
+        }
+        self.prepare_write()?;
+        let final_size = self.index.size();
+        let (checkpoint, final_needed, new_entries, new_deltas) =
+            self.next_commit_shape(force_checkpoint);
+        let live = self.index.live_entry_count();
         if checkpoint
             && self.last_commit != u64::MAX
             && self.synced_len.load(Ordering::Relaxed) < self.container_len

@@ -53,18 +53,6 @@ fn copy_xattrs(from: std::os::fd::RawFd, to: std::os::fd::RawFd) -> FsResult<()>
     Ok(())
 }
 
-/// Test hook: `DEFLATEFS_TEST_COMPACTION_DELAY_MS=N` makes every compaction wait N ms before
-/// it starts, so a test can tell whether a close waited for it (tests/mount_compaction.rs).
-pub const COMPACTION_DELAY_ENV: &str = "DEFLATEFS_TEST_COMPACTION_DELAY_MS";
-
-fn test_compaction_delay() -> Option<std::time::Duration> {
-    static DELAY: std::sync::OnceLock<Option<std::time::Duration>> = std::sync::OnceLock::new();
-    *DELAY.get_or_init(|| {
-        let ms: u64 = std::env::var(COMPACTION_DELAY_ENV).ok()?.parse().ok()?;
-        Some(std::time::Duration::from_millis(ms))
-    })
-}
-
 impl DeflateFs {
     /// Compaction that a flush or close of `open` finds due, handed to the compaction worker so
     /// that the close does not wait for it. The file's open state stays in its slot until the
@@ -123,9 +111,7 @@ impl DeflateFs {
         if !self.inodes.hold(node) {
             return;
         }
-        if let Some(delay) = test_compaction_delay() {
-            std::thread::sleep(delay);
-        }
+        super::test_hooks::compaction_delay();
         // Guarded here, not only by the flusher's loop, so that the reference taken above is
         // given back whatever happens.
         let result = crate::panics::catch(|| self.compact(node, c));

@@ -32,13 +32,16 @@
 //!    compaction, copies into and out of it, the digests' one-pass fallback. It may be held
 //!    across disk I/O, decoding, engine waits and fdatasync. Readers and `stat` never take it.
 //! 3. `state` ([`WriteState`]: size, resident chunks, the write cursor): held only for short
-//!    sections that copy bytes or update maps. Its holder lets go of it (with
+//!    sections that copy bytes or update maps (a chunk is hashed from a snapshot, with `state`
+//!    released). `stat` does not take it: it reads `size_for_stat`, a copy of the size stored
+//!    in the same hold that changes it. Its holder lets go of it (with
 //!    `MutexGuard::unlocked`) around every read or decode of a stored chunk, every wait for the
 //!    buffer pools or the engine, compression of small pieces, and fdatasync. Because only the
 //!    holder of `change_turn` changes what `state` holds, the holder finds it as it left it.
 //! 4. `store.inner` ([`StoreInner`]: the container, landing order, jobs in flight, errors, the
 //!    reading descriptor): short sections, plus the append of a landed member and the write of
-//!    a commit record (page-cache writes of at most a chunk). Never across fdatasync or
+//!    a commit record (page-cache writes of at most a chunk). Never across fdatasync (a
+//!    checkpoint's is done first, with it released: `Container::commit_needs_sync`) or
 //!    decoding. Engine completions take only this lock, so landing never waits for a writer.
 //! 5. Leaf locks, taken alone: `readahead.pending`, the chunk cache's, the digest memo's.
 //!
@@ -203,7 +206,7 @@ impl OpenFile {
     pub fn logical_size(&self) -> Option<u64> {
         match self {
             OpenFile::Plain(_) => None,
-            OpenFile::Container(c) => Some(c.state.lock().size),
+            OpenFile::Container(c) => Some(c.size_for_stat.load(Ordering::Acquire)),
         }
     }
 
@@ -263,9 +266,44 @@ const INLINE_PIECE_MAX: usize = 16 << 10;
 const UNCHANGED: (usize, usize) = (usize::MAX, 0);
 
 /// One chunk held in memory by the writer.
+/// A resident chunk's buffer. The holder of the change turn (the only thread that changes or
+/// removes resident chunks) may take a [`ChunkBuf::snapshot`] of it and read it with `state`
+/// released, for work too long to do under that lock (hashing a chunk for a partial piece);
+/// the snapshot is dropped before the same thread changes the chunk again.
+struct ChunkBuf(Arc<PoolBuf>);
+
+impl ChunkBuf {
+    fn new(buf: PoolBuf) -> Self {
+        ChunkBuf(Arc::new(buf))
+    }
+
+    /// The bytes, to change. Panics if a snapshot is still alive: that would be a change while
+    /// its holder reads, which the change turn rules out.
+    fn bytes_mut(&mut self) -> &mut PoolBuf {
+        Arc::get_mut(&mut self.0).expect("a chunk snapshot outlived its change turn")
+    }
+
+    /// A shared handle on the bytes, readable without `state`.
+    fn snapshot(&self) -> Arc<PoolBuf> {
+        Arc::clone(&self.0)
+    }
+
+    /// The buffer itself, handed to the engine. Panics like [`ChunkBuf::bytes_mut`].
+    fn into_inner(self) -> PoolBuf {
+        Arc::into_inner(self.0).expect("a chunk snapshot outlived its change turn")
+    }
+}
+
+impl std::ops::Deref for ChunkBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 struct DirtyChunk {
     /// Capacity: the chunk size; bytes `[..valid]` are the chunk's content.
-    buf: PoolBuf,
+    buf: ChunkBuf,
     valid: usize,
     /// Bytes `[..persisted]` equal what the container already holds for this chunk.
     persisted: usize,
@@ -368,6 +406,9 @@ pub struct ContainerFile {
     /// or update maps, never across disk I/O, decoding, engine waits or fdatasync: every
     /// reader and `stat` takes it.
     state: Mutex<WriteState>,
+    /// `state`'s size, stored in the same hold of `state` that changes it: what `stat` reads,
+    /// so that it never waits for `state`.
+    size_for_stat: AtomicU64,
     store: Arc<Store>,
     chunk_log2: u8,
     readahead: Arc<Readahead>,
@@ -421,6 +462,7 @@ impl ContainerFile {
                 landed: Condvar::new(),
             }),
             change_turn: Mutex::new(()),
+            size_for_stat: AtomicU64::new(size),
             chunk_log2,
             readahead: Arc::new(Readahead::default()),
             digests,

@@ -20,6 +20,7 @@ pub mod namespace;
 pub mod open;
 pub mod recovery;
 pub mod sys;
+pub mod test_hooks;
 pub mod xattr;
 
 pub use self::core::DeflateFs;

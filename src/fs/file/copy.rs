@@ -9,6 +9,7 @@
 //! order stays the usual one (write state, then store, then reader).
 
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::Ordering;
 
 use parking_lot::MutexGuard;
 
@@ -344,6 +345,7 @@ impl ContainerFile {
         s.lost.remove(&chunk);
         drop(s);
         st.size = st.size.max(end);
+        self.size_for_stat.store(st.size, Ordering::Release);
         st.generation += 1;
         // Stale unless the caller carries the source's state over at the end.
         st.sha.invalidate();

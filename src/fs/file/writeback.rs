@@ -46,12 +46,12 @@ impl ContainerFile {
             }
             let d = st.dirty.get_mut(&chunk).expect("just inserted");
             let from = if a > d.valid {
-                d.buf[d.valid..a].fill(0);
+                d.buf.bytes_mut()[d.valid..a].fill(0);
                 d.valid
             } else {
                 a
             };
-            d.buf[a..b].copy_from_slice(src);
+            d.buf.bytes_mut()[a..b].copy_from_slice(src);
             d.changed = (d.changed.0.min(from), d.changed.1.max(b));
             d.valid = d.valid.max(b);
             d.dirty = true;
@@ -62,6 +62,7 @@ impl ContainerFile {
             }
         }
         st.size = st.size.max(end);
+        self.size_for_stat.store(st.size, Ordering::Release);
         // A write that ends a new file's data short of a chunk boundary is, most often, the last
         // one (a small file copied in one write, the tail of a large one): compress that chunk
         // now, while the writer sets attributes and closes, instead of at the close. If more
@@ -97,7 +98,7 @@ impl ContainerFile {
         };
         if overwritten || logical_len == 0 {
             return Ok(DirtyChunk {
-                buf,
+                buf: ChunkBuf::new(buf),
                 valid: 0,
                 persisted: 0,
                 dirty: false,
@@ -115,7 +116,7 @@ impl ContainerFile {
         // Appending a piece is only right if what is stored is exactly our prefix.
         let persisted = if stored.len() == logical_len { n } else { 0 };
         Ok(DirtyChunk {
-            buf,
+            buf: ChunkBuf::new(buf),
             valid: logical_len,
             persisted,
             dirty: false,
@@ -214,10 +215,15 @@ impl ContainerFile {
         // (`None`). With `digests=off` it is all zero: "not computed".
         let (input, offset_in_chunk, reset, cv) = if let Some((lo, hi)) = partial {
             let cv = if self.ctx.digests {
-                chunk_cv(chunk_start, &d.buf[..d.valid])
+                // Hashing a whole chunk takes longer than a reader or `stat` should wait for
+                // `state`: hash a snapshot with it released. This thread holds the change
+                // turn, so the chunk stays resident and unchanged meanwhile.
+                let (snapshot, valid) = (d.buf.snapshot(), d.valid);
+                MutexGuard::unlocked(st, || chunk_cv(chunk_start, &snapshot[..valid]))
             } else {
                 [0; 32]
             };
+            let d = st.dirty.get_mut(&chunk).expect("present");
             let input = match self.try_take_job_buffer(hi - lo) {
                 Some(mut input) => {
                     input.copy_from_slice(&d.buf[lo..hi]);
@@ -226,7 +232,7 @@ impl ContainerFile {
                 None => {
                     // No dirty memory for a copy: the chunk gives up its own buffer (a writer
                     // waiting here for memory that only its own chunks hold would wait forever).
-                    let mut buf = st.dirty.remove(&chunk).expect("present").buf;
+                    let mut buf = st.dirty.remove(&chunk).expect("present").buf.into_inner();
                     buf.copy_within(lo..hi, 0);
                     buf.set_len(hi - lo);
                     buf
@@ -236,7 +242,7 @@ impl ContainerFile {
         } else if d.valid == cs && !lost && !d.keep_after_submit {
             // Written whole by a streaming writer: hand the buffer over instead of copying it.
             let d = st.dirty.remove(&chunk).expect("present");
-            (d.buf, 0, true, None)
+            (d.buf.into_inner(), 0, true, None)
         } else {
             let input = match self.try_take_job_buffer(d.valid) {
                 Some(mut input) => {
@@ -246,7 +252,7 @@ impl ContainerFile {
                 None => {
                     // As above: hand the chunk's buffer over rather than wait for a copy's.
                     let d = st.dirty.remove(&chunk).expect("present");
-                    let mut buf = d.buf;
+                    let mut buf = d.buf.into_inner();
                     buf.set_len(d.valid);
                     buf
                 }
@@ -376,6 +382,23 @@ impl ContainerFile {
             self.submit_all(st)?;
             MutexGuard::unlocked(st, || self.drain());
         }
+        // The rest needs only the size and the SHA-256 state from `state`: commit with it
+        // released, so readers and `stat` never wait for a commit's writes.
+        let size = st.size;
+        let aux = st.sha.aux_record(size);
+        MutexGuard::unlocked(st, || self.commit_and_sync(size, aux, durable))
+    }
+
+    /// Commits what landed at `size` (with the SHA-256 state `aux` if the commit records new
+    /// content) and, with `durable`, fdatasyncs. For a caller that holds the change turn, with
+    /// every job landed: nothing else appends to the container meanwhile, so fdatasyncs can run
+    /// with `store.inner` released and still cover what they must.
+    fn commit_and_sync(
+        &self,
+        size: u64,
+        aux: Option<crate::container::AuxRecord>,
+        durable: bool,
+    ) -> FsResult<()> {
         let mut s = self.store.inner.lock();
         if let Some(e) = s.error.take() {
             return Err(e);
@@ -398,36 +421,53 @@ impl ContainerFile {
                 return Err(e.clone());
             }
         }
-        if s.container.size() != st.size {
-            s.container.set_size(st.size);
+        if s.container.size() != size {
+            s.container.set_size(size);
         }
         // The SHA-256 state rides along with a commit of new content, never makes one: a flush
         // after reads alone must leave the backing file (and so the file's mtime) untouched.
         if self.digests.writable() && s.container.has_content_pending() {
-            s.container.set_aux(st.sha.aux_record(st.size));
+            s.container.set_aux(aux);
         }
+        if s.container.commit_needs_sync() {
+            // A checkpoint is only written once what it refers to is durable: make it so
+            // here, with readers free to take `store.inner`, rather than inside the commit.
+            drop(s);
+            self.sync_unlocked()?;
+            s = self.store.inner.lock();
+        }
+        crate::fs::test_hooks::commit_delay();
         s.container
             .commit()
             .map_err(|e| FsError::from(e).context(format!("{}: commit", self.label)))?;
         // Even with nothing new to commit, an earlier commit (a close's, the periodic one's) may
         // not be on disk yet; but when every byte the container holds was fdatasync'd already,
         // another fdatasync has nothing to write (a database fsyncs files it did not change).
-        if durable && !s.container.is_synced() {
-            // Outside every lock a reader needs: only holders of the change turn, which this
-            // caller has, append to or replace the container, so what the fdatasync covers
-            // cannot move meanwhile.
-            let (file, len) = (s.reader.clone(), s.container.container_len());
-            drop(s);
-            let synced = MutexGuard::unlocked(st, || file.sync_data());
-            let mut s = self.store.inner.lock();
-            if let Err(e) = synced {
-                let e = FsError::from(e).context(format!("{}: fdatasync", self.label));
-                tracing::error!("{e}");
-                s.sync_failed = Some(e.clone());
-                return Err(e);
-            }
-            s.container.mark_synced(len);
+        let synced = s.container.is_synced();
+        drop(s);
+        if durable && !synced {
+            self.sync_unlocked()?;
         }
+        Ok(())
+    }
+
+    /// fdatasyncs the container with no lock held and records it. A failure is remembered:
+    /// every later fsync reports it, since the data it should have made durable may be lost
+    /// while a later fdatasync succeeds.
+    fn sync_unlocked(&self) -> FsResult<()> {
+        let (file, len) = {
+            let s = self.store.inner.lock();
+            (s.reader.clone(), s.container.container_len())
+        };
+        let synced = file.sync_data();
+        let mut s = self.store.inner.lock();
+        if let Err(e) = synced {
+            let e = FsError::from(e).context(format!("{}: fdatasync", self.label));
+            tracing::error!("{e}");
+            s.sync_failed = Some(e.clone());
+            return Err(e);
+        }
+        s.container.mark_synced(len);
         Ok(())
     }
 
@@ -455,6 +495,7 @@ impl ContainerFile {
             // beyond it: a reader while the rest runs (unlocked) must not find those chunks
             // at their stored versions, older than writes that completed before this.
             st.size = size;
+            self.size_for_stat.store(st.size, Ordering::Release);
             // What was written before the shrink lands before it, so the commit that records
             // the shrink on its own (see `Container::set_size`) is a state the file really had.
             self.submit_all(&mut st)?;
@@ -482,6 +523,7 @@ impl ContainerFile {
             self.clamp_tail_before_growth(&mut st)?;
         }
         st.size = size;
+        self.size_for_stat.store(st.size, Ordering::Release);
         Ok(())
     }
 
