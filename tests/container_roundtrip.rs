@@ -252,6 +252,47 @@ fn commit_needs_sync_exactly_before_a_checkpoint_over_unsynced_data() {
     assert!(read_all(&s.open("f")) == w.model);
 }
 
+/// An append split in two halves, its bytes written by the caller in between: nothing changes
+/// until the second half, a failed write changes nothing (and the bytes after the last good
+/// append go at the next write), and a good one is applied and replays after reopening.
+#[test]
+fn begin_and_finish_append_apply_a_member_only_once_it_is_written() {
+    let s = Scratch::new();
+    let mut w = Writer::new(s.create("f", 12));
+    w.append(&pattern(4096, 1));
+    w.c.commit().unwrap();
+    let len = w.c.container_len();
+    let data = pattern(4096, 2);
+    let (member, entry) = w.member(4096, true, &data);
+    let slot = w.c.begin_append(&member, entry.clone()).unwrap();
+    assert_eq!(slot.offset(), len);
+    assert_eq!(
+        w.c.container_len(),
+        len,
+        "nothing changes before finish_append"
+    );
+    assert!(w.c.index().pieces(1).is_empty());
+    // A write that failed half way: some bytes landed, the append is not applied.
+    w.c.file()
+        .write_all_at(&member[..10], slot.offset())
+        .unwrap();
+    let failed = std::io::Error::from_raw_os_error(libc::ENOSPC);
+    assert!(w.c.finish_append(slot, Err(failed)).is_err());
+    assert_eq!(w.c.container_len(), len);
+    assert!(w.c.index().pieces(1).is_empty());
+    // The next append cuts the torn bytes away first and goes where they were.
+    let slot = w.c.begin_append(&member, entry).unwrap();
+    assert_eq!(slot.offset(), len);
+    assert_eq!(w.c.file().metadata().unwrap().len(), len);
+    w.c.file().write_all_at(&member, slot.offset()).unwrap();
+    w.c.finish_append(slot, Ok(())).unwrap();
+    assert_eq!(w.c.container_len(), len + member.len() as u64);
+    w.c.set_size(8192);
+    w.model.extend_from_slice(&data);
+    w.c.commit().unwrap();
+    assert!(read_all(&s.open("f")) == w.model);
+}
+
 #[test]
 fn a_checkpoint_of_more_than_a_mebibyte_of_index_is_written_in_pieces_and_replays() {
     let s = Scratch::new();

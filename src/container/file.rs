@@ -873,7 +873,18 @@ impl Container {
 
     /// Appends one complete data member at the end, fills `entry.member_offset`/`stored_len`,
     /// applies it to the index and records it for the next commit. On error nothing changes.
-    pub fn append_member(&mut self, member: &[u8], mut entry: IndexEntry) -> Result<()> {
+    pub fn append_member(&mut self, member: &[u8], entry: IndexEntry) -> Result<()> {
+        let slot = self.begin_append(member, entry)?;
+        let written = self.file.write_all_at(member, slot.offset);
+        self.finish_append(slot, written)
+    }
+
+    /// The first half of [`Container::append_member`], for a caller that writes the member's
+    /// bytes without holding the container: checks the member against `entry` and says where
+    /// the bytes go ([`AppendSlot::offset`]). Nothing changes until
+    /// [`Container::finish_append`]; until then the caller must be this container's only
+    /// appender (no other append, commit or cut of it may run).
+    pub fn begin_append(&mut self, member: &[u8], mut entry: IndexEntry) -> Result<AppendSlot> {
         if entry.kind == PieceKind::Hole {
             return Err(invalid("append_member with a hole entry"));
         }
@@ -886,13 +897,32 @@ impl Container {
         parse_data_member(member, &entry)?;
         let end = self.container_len + member.len() as u64;
         validate_entry(&entry, self.chunk_log2(), end, entry.member_offset)?;
-        if let Err(e) = self.file.write_all_at(member, self.container_len) {
+        Ok(AppendSlot {
+            offset: self.container_len,
+            entry,
+        })
+    }
+
+    /// The second half of [`Container::append_member`]: `written` is how the write of the
+    /// member at `slot.offset()` went. On success the entry is applied and recorded for the next
+    /// commit; on a failed write nothing changes but that the bytes after the last good append
+    /// are cut away before the next write.
+    pub fn finish_append(&mut self, slot: AppendSlot, written: std::io::Result<()>) -> Result<()> {
+        if slot.offset != self.container_len {
+            // Someone appended or cut meanwhile, against `begin_append`'s rule: what the write
+            // overlapped cannot be trusted.
+            self.tail_dirty = true;
+            return Err(invalid(
+                "the container changed between begin_append and finish_append",
+            ));
+        }
+        if let Err(e) = written {
             self.tail_dirty = true;
             return Err(e.into());
         }
-        self.container_len = end;
-        self.index.apply(entry.clone());
-        self.pending.push(entry);
+        self.container_len = slot.offset + slot.entry.stored_len as u64;
+        self.index.apply(slot.entry.clone());
+        self.pending.push(slot.entry);
         Ok(())
     }
 
@@ -1227,6 +1257,21 @@ impl Container {
 /// bytes, so a checkpoint of a file with millions of chunks never holds its whole encoded index
 /// in memory. Nothing it wrote counts until the commit member at its end is on disk: a commit
 /// cut short is a torn tail like any other.
+/// Where a data member begun with [`Container::begin_append`] is to be written.
+#[must_use = "an append is only recorded by Container::finish_append"]
+#[derive(Debug)]
+pub struct AppendSlot {
+    offset: u64,
+    entry: IndexEntry,
+}
+
+impl AppendSlot {
+    /// The container offset the member's bytes go to.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+}
+
 struct CommitWriter<'f> {
     file: &'f std::fs::File,
     /// Container offset of `buf[0]`.

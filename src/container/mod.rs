@@ -21,7 +21,7 @@ pub mod record;
 pub mod salvage;
 pub mod stored;
 
-pub use file::{Container, OpenMode};
+pub use file::{AppendSlot, Container, OpenMode};
 pub use index::{check_piece_order, ChunkIndex};
 pub use member::{
     build_deflate_member, build_stored_member, data_member_header, data_member_len, decode_piece,

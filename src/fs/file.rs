@@ -38,12 +38,15 @@
 //!    `MutexGuard::unlocked`) around every read or decode of a stored chunk, every wait for the
 //!    buffer pools or the engine, compression of small pieces, and fdatasync. Because only the
 //!    holder of `change_turn` changes what `state` holds, the holder finds it as it left it.
-//! 4. `store.inner` ([`StoreInner`]: the container, landing order, jobs in flight, errors, the
-//!    reading descriptor): short sections, plus the append of a landed member and the write of
-//!    a commit record (page-cache writes of at most a chunk). Never across fdatasync (a
+//! 4. `store.landing` (`writeback::LandingTurn`): one appender to the container at a time, a
+//!    thread landing compressed members or a copy; engine completions only `try_lock` it (its
+//!    holder lands their members too). Its holder writes members with `store.inner` released.
+//! 5. `store.inner` ([`StoreInner`]: the container, landing order, jobs in flight, errors, the
+//!    reading descriptor): short sections, plus the write of a commit record (a page-cache
+//!    write) and a copy's pieces. Never across a landed member's write, fdatasync (a
 //!    checkpoint's is done first, with it released: `Container::commit_needs_sync`) or
-//!    decoding. Engine completions take only this lock, so landing never waits for a writer.
-//! 5. Leaf locks, taken alone: `readahead.pending`, the chunk cache's, the digest memo's.
+//!    decoding.
+//! 6. Leaf locks, taken alone: `readahead.pending`, the chunk cache's, the digest memo's.
 //!
 //! What a reader relies on: it notes under `state` which chunks are resident (and copies their
 //! bytes) and, for the others, the newest job in flight; then, without `state`, it waits for
@@ -382,6 +385,9 @@ struct StoreInner {
 }
 
 struct Store {
+    /// The landing turn ([`writeback::LandingTurn`]): one appender at a time, taken before
+    /// `inner`.
+    landing: Mutex<()>,
     inner: Mutex<StoreInner>,
     landed: Condvar,
 }
@@ -446,6 +452,7 @@ impl ContainerFile {
                 early_tail_sent: false,
             }),
             store: Arc::new(Store {
+                landing: Mutex::new(()),
                 inner: Mutex::new(StoreInner {
                     container,
                     next_append: 0,

@@ -77,7 +77,8 @@ impl Writer {
         }
     }
 
-    fn member(&mut self, off: u64, reset: bool, data: &[u8]) -> (Vec<u8>, IndexEntry) {
+    /// A data member holding `data` at logical offset `off`, and its index entry.
+    pub fn member(&mut self, off: u64, reset: bool, data: &[u8]) -> (Vec<u8>, IndexEntry) {
         self.toggle = !self.toggle;
         if self.toggle {
             build_stored_member(off, reset, data)

@@ -14,6 +14,7 @@ use std::sync::atomic::Ordering;
 use parking_lot::MutexGuard;
 
 use super::digests::ShaTracker;
+use super::writeback::LandingTurn;
 use super::{ContainerFile, WriteState};
 use crate::container::{self, IndexEntry, PieceKind};
 use crate::fs::error::{FsError, FsResult};
@@ -309,6 +310,9 @@ impl ContainerFile {
         // pieces are in: a reader meanwhile finds the chunk's latest content, never older.)
         MutexGuard::unlocked(&mut st, || self.wait_chunk_idle(chunk));
         st.dirty.remove(&chunk);
+        // The only appender while it holds the turn: members of other chunks that land
+        // meanwhile wait, and are landed when it is dropped.
+        let _landing = LandingTurn::take(&self.store, &self.label);
         let mut s = self.store.inner.lock();
         let had_data = !s.container.index().pieces(chunk).is_empty();
         let mut members = 0u64;

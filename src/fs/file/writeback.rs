@@ -635,12 +635,63 @@ pub(super) fn land_compressed(
             chunk,
         },
     };
+    store.inner.lock().ready.insert(seq, ready);
+    // Whoever holds the landing turn lands this member too (see `LandingTurn`).
+    drop(LandingTurn::try_take(store, label));
+}
+
+/// The right to append to a file's container, held by one thread at a time: a thread landing
+/// compressed members, or a copy appending its pieces. It lets the appender write with
+/// `store.inner` released, so readers, which need that lock for the index, never wait for a
+/// write to the backing file. Taken before `store.inner`.
+///
+/// Dropping it lands every member that is next in sequence order first, and gives the turn up
+/// in the same hold of `store.inner` as it finds none: a completion that queues a member after
+/// that finds the turn free, and one that queued before is landed. So no member waits in
+/// `ready` with nobody to land it.
+pub(super) struct LandingTurn<'a> {
+    store: &'a Store,
+    label: &'a str,
+    turn: Option<MutexGuard<'a, ()>>,
+}
+
+impl<'a> LandingTurn<'a> {
+    /// The turn, if nobody holds it (an engine completion: the holder lands its member).
+    pub(super) fn try_take(store: &'a Store, label: &'a str) -> Option<Self> {
+        let turn = store.landing.try_lock()?;
+        Some(LandingTurn {
+            store,
+            label,
+            turn: Some(turn),
+        })
+    }
+
+    /// The turn, waiting for it.
+    pub(super) fn take(store: &'a Store, label: &'a str) -> Self {
+        LandingTurn {
+            store,
+            label,
+            turn: Some(store.landing.lock()),
+        }
+    }
+}
+
+impl Drop for LandingTurn<'_> {
+    fn drop(&mut self) {
+        land_ready(self.store, self.label, &mut self.turn);
+    }
+}
+
+/// Appends, one at a time and in sequence order, the members that are next to land, each
+/// written with `store.inner` released; gives `turn` up once none is next (see
+/// [`LandingTurn`]).
+fn land_ready(store: &Store, label: &str, turn: &mut Option<MutexGuard<'_, ()>>) {
     let mut s = store.inner.lock();
-    s.ready.insert(seq, ready);
     loop {
         let next = s.next_append;
         let Some(r) = s.ready.remove(&next) else {
-            break;
+            drop(turn.take());
+            return;
         };
         let chunk = match r {
             Ready::Member {
@@ -652,13 +703,29 @@ pub(super) fn land_compressed(
                 if !entry.reset && s.lost.contains_key(&chunk) {
                     // It would continue bytes that were never stored; the chunk stays lost (a
                     // resident chunk is written again whole at the next flush).
-                } else if let Err(e) = s.container.append_member(&output[..len], entry) {
-                    let e = FsError::from(e).context(format!("{label}: writing chunk {chunk}"));
-                    tracing::error!("{e}");
-                    s.error.get_or_insert(e.clone());
-                    s.lost.insert(chunk, e);
                 } else {
-                    s.lost.remove(&chunk);
+                    let member = &output[..len];
+                    let stored = match s.container.begin_append(member, entry) {
+                        Ok(slot) => {
+                            // The landing turn keeps every other appender out; readers only
+                            // look at the index, which changes in `finish_append`.
+                            let file = s.reader.clone();
+                            let written = MutexGuard::unlocked(&mut s, || {
+                                crate::fs::test_hooks::member_write_delay();
+                                file.write_all_at(member, slot.offset())
+                            });
+                            s.container.finish_append(slot, written)
+                        }
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = stored {
+                        let e = FsError::from(e).context(format!("{label}: writing chunk {chunk}"));
+                        tracing::error!("{e}");
+                        s.error.get_or_insert(e.clone());
+                        s.lost.insert(chunk, e);
+                    } else {
+                        s.lost.remove(&chunk);
+                    }
                 }
                 chunk
             }
@@ -678,9 +745,9 @@ pub(super) fn land_compressed(
                 s.newest_inflight.remove(&chunk);
             }
         }
+        // Per member, not per batch: a reader waits for the job it needs, not for the rest.
+        store.landed.notify_all();
     }
-    drop(s);
-    store.landed.notify_all();
 }
 
 /// Writes the member header and trailer around a compressed stream that the engine left at
