@@ -216,6 +216,11 @@ impl ChunkIndex {
         n - (self.chunk_count() - beyond)
     }
 
+    /// The first chunk from `from` on that holds data.
+    pub fn next_data_chunk(&self, from: u64) -> Option<u64> {
+        self.chunks.range(from..).next().map(|(c, _)| *c)
+    }
+
     /// Numbers of the chunks holding data, ascending.
     pub fn data_chunks(&self) -> impl Iterator<Item = u64> + '_ {
         self.chunks.keys().copied()

@@ -537,6 +537,26 @@ impl DeflateFs {
         let file = h.file.as_ref().ok_or(FsError::new(libc::EISDIR))?;
         match file.as_ref() {
             OpenFile::Plain(p) => sys::fallocate(&p.file, mode, offset, length),
+            OpenFile::Container(_) if mode & libc::FALLOC_FL_PUNCH_HOLE != 0 => {
+                // The kernel lets PUNCH_HOLE through only with KEEP_SIZE.
+                if mode & !(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE) != 0 {
+                    return errno(libc::EOPNOTSUPP);
+                }
+                file.punch_hole(offset, length)
+            }
+            OpenFile::Container(_) if mode & libc::FALLOC_FL_ZERO_RANGE != 0 => {
+                if mode & !(libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE) != 0 {
+                    return errno(libc::EOPNOTSUPP);
+                }
+                let end = offset
+                    .checked_add(length)
+                    .ok_or(FsError::new(libc::EFBIG))?;
+                file.punch_hole(offset, length)?;
+                if mode & libc::FALLOC_FL_KEEP_SIZE == 0 && end > file.logical_size().unwrap_or(0) {
+                    file.truncate(end)?;
+                }
+                Ok(())
+            }
             OpenFile::Container(_) => {
                 if mode & !libc::FALLOC_FL_KEEP_SIZE != 0 {
                     return errno(libc::EOPNOTSUPP);
@@ -555,6 +575,13 @@ impl DeflateFs {
                 Ok(())
             }
         }
+    }
+
+    /// lseek(2) SEEK_DATA (`data`) or SEEK_HOLE from `offset` in an open file.
+    pub fn seek_data_or_hole(&self, fh: u64, offset: u64, data: bool) -> FsResult<u64> {
+        let h = self.handle(fh)?;
+        let file = h.file.as_ref().ok_or(FsError::new(libc::EISDIR))?;
+        file.seek_data_or_hole(offset, data)
     }
 
     pub fn engine(&self) -> &Arc<Engine> {

@@ -78,6 +78,7 @@ use crate::engine::{stored_stream_len, Completion, Done, Engine, Job, Op};
 mod compact;
 mod copy;
 mod digests;
+mod holes;
 mod read;
 mod readahead;
 mod writeback;
@@ -202,6 +203,29 @@ impl OpenFile {
         match self {
             OpenFile::Plain(p) => Ok(p.file.set_len(size)?),
             OpenFile::Container(c) => c.truncate(size),
+        }
+    }
+
+    /// Zeros `[offset, offset + len)` below the size, giving whole chunks' space back (a
+    /// container's chunks become holes); the size does not change.
+    pub fn punch_hole(&self, offset: u64, len: u64) -> FsResult<()> {
+        match self {
+            OpenFile::Plain(p) => super::sys::fallocate(
+                &p.file,
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                offset,
+                len,
+            ),
+            OpenFile::Container(c) => c.punch_hole(offset, len),
+        }
+    }
+
+    /// lseek(2) SEEK_DATA (`data`) or SEEK_HOLE from `offset`; for a container at chunk
+    /// granularity.
+    pub fn seek_data_or_hole(&self, offset: u64, data: bool) -> FsResult<u64> {
+        match self {
+            OpenFile::Plain(p) => super::sys::seek_data_or_hole(&p.file, offset, data),
+            OpenFile::Container(c) => c.seek_data_or_hole(offset, data),
         }
     }
 

@@ -654,18 +654,32 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    /// ENOSYS makes the kernel seek by itself from then on (SEEK_DATA/SEEK_HOLE then treat the
-    /// whole file as data, as for a filesystem without holes).
+    /// SEEK_DATA and SEEK_HOLE (the only whence values the kernel sends here): from the chunk
+    /// index for containers (a chunk with data is data throughout), from the backing file
+    /// otherwise.
     fn lseek(
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
-        _offset: i64,
-        _whence: i32,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
         reply: ReplyLseek,
     ) {
-        reply.error(Errno::ENOSYS);
+        let data = match whence {
+            libc::SEEK_DATA => true,
+            libc::SEEK_HOLE => false,
+            _ => return reply.error(Errno::EINVAL),
+        };
+        if offset < 0 {
+            return reply.error(Errno::ENXIO);
+        }
+        match guarded("lseek", || {
+            self.fs.seek_data_or_hole(fh.0, offset as u64, data)
+        }) {
+            Ok(pos) => reply.offset(pos as i64),
+            Err(e) => reply.error(e),
+        }
     }
 
     /// Answered inside the daemon in one request: containers copy their compressed members

@@ -351,3 +351,19 @@ pub fn fallocate(file: &File, mode: i32, offset: u64, len: u64) -> FsResult<()> 
     })
     .map(drop)
 }
+
+/// lseek(2) with SEEK_DATA (`data`) or SEEK_HOLE on an open file; the new offset.
+pub fn seek_data_or_hole(file: &File, offset: u64, data: bool) -> FsResult<u64> {
+    let whence = if data {
+        libc::SEEK_DATA
+    } else {
+        libc::SEEK_HOLE
+    };
+    // SAFETY: no pointers; `file` keeps its descriptor open across the call. lseek on a
+    // descriptor shared by nobody else here (the daemon's own) moves only its own offset.
+    let r = unsafe { libc::lseek(file.as_raw_fd(), offset as libc::off_t, whence) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(r as u64)
+}
