@@ -1,6 +1,6 @@
 //! Crash consistency under SIGKILL of the daemon (issue "Nothing lost").
 //!
-//! A workload of writes, overwrites, appends, truncates, renames, creates, unlinks, fsyncs and
+//! A workload of writes, overwrites, appends, truncates, hole punches, renames, creates, unlinks, fsyncs and
 //! closes runs on a mount while another thread kills the daemon with SIGKILL at a random moment.
 //! The dead mount is removed, the backing directory mounted again and checked against the model
 //! (`tests/crash_common`):
@@ -114,13 +114,14 @@ fn sigkill_at_random_moments_loses_no_acknowledged_byte() {
     drop(m);
     eprintln!(
         "crash_kill: {cycles} SIGKILL cycles (seed {seed}) in {:.1?}: {} operations ({} writes, \
-         {} truncates, {} fsyncs, {} closes, {} renames, {} creates, {} unlinks, {} dir fsyncs), \
+         {} truncates, {} punches, {} fsyncs, {} closes, {} renames, {} creates, {} unlinks, {} dir fsyncs), \
          {files_checked} files checked, {inflight_seen} directory operations in flight at the kill, \
          {} compactions",
         started.elapsed(),
         totals.ops,
         totals.writes,
         totals.truncates,
+        totals.punches,
         totals.fsyncs,
         totals.closes,
         totals.renames,

@@ -165,6 +165,7 @@ pub struct Stats {
     pub ops: u64,
     pub writes: u64,
     pub truncates: u64,
+    pub punches: u64,
     pub fsyncs: u64,
     pub closes: u64,
     pub renames: u64,
@@ -178,6 +179,7 @@ impl Stats {
         self.ops += o.ops;
         self.writes += o.writes;
         self.truncates += o.truncates;
+        self.punches += o.punches;
         self.fsyncs += o.fsyncs;
         self.closes += o.closes;
         self.renames += o.renames;
@@ -285,7 +287,41 @@ fn step(
             open.insert(id, f);
             st.creates += 1;
         }
-        3..=55 => {
+        53..=55 => {
+            // punch a hole: whole chunks become holes, parts of chunks are zeroed
+            let f = match open.get(&id) {
+                Some(f) => f,
+                None => {
+                    let f = open_rw(&path(&pick))?;
+                    open.entry(id).or_insert(f)
+                }
+            };
+            let fm = &mut model.files[id];
+            let size = fm.content.len();
+            let off = rng.below(size as u64 + 1) as usize;
+            let len = 1 + rng.below(3 * CHUNK as u64) as usize;
+            let mut next = fm.content.clone();
+            let end = (off + len).min(size);
+            if off < end {
+                next[off..end].fill(0);
+            }
+            fm.push(Version::of(&next));
+            // SAFETY: no pointers; `f` keeps its descriptor open across the call.
+            let r = unsafe {
+                libc::fallocate(
+                    std::os::fd::AsRawFd::as_raw_fd(f),
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    off as i64,
+                    len as i64,
+                )
+            };
+            if r != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            fm.content = next;
+            st.punches += 1;
+        }
+        3..=52 => {
             // write: overwrite, append, whole chunk, or beyond the end
             let f = match open.get(&id) {
                 Some(f) => f,

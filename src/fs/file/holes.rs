@@ -11,7 +11,11 @@ impl ContainerFile {
     /// the range covers to their end (or to the end of the file) become holes, the parts of
     /// chunks at either end are written with zeros. Chunks that are holes already stay so.
     pub(super) fn punch_hole(&self, offset: u64, len: u64) -> FsResult<()> {
-        let size = self.size_for_stat.load(Ordering::Acquire);
+        // One hold of the change turn for the whole range: neither a periodic commit nor a
+        // writer sees it half punched.
+        let _turn = self.change_turn.lock();
+        let mut st = self.state.lock();
+        let size = st.size;
         let end = offset.saturating_add(len).min(size);
         if offset >= end {
             return Ok(());
@@ -24,22 +28,20 @@ impl ContainerFile {
         } else {
             end / cs
         };
-        let zero_part = |from: u64, to: u64| -> FsResult<()> {
-            if from < to && self.chunk_has_data(from >> self.chunk_log2) {
-                self.write(from, &vec![0u8; (to - from) as usize], false)?;
+        let zero_part = |st: &mut MutexGuard<'_, WriteState>, from: u64, to: u64| {
+            if from < to && self.chunk_has_data(st, from >> self.chunk_log2) {
+                self.write_locked(st, from, &vec![0u8; (to - from) as usize], false)?;
             }
-            Ok(())
+            FsResult::Ok(())
         };
         if first_whole >= end_whole {
             // Inside one chunk, or across a boundary without covering a chunk.
             let mid = (first_whole << self.chunk_log2).clamp(offset, end);
-            zero_part(offset, mid)?;
-            return zero_part(mid, end);
+            zero_part(&mut st, offset, mid)?;
+            return zero_part(&mut st, mid, end);
         }
-        zero_part(offset, first_whole << self.chunk_log2)?;
-        zero_part((end_whole << self.chunk_log2).min(end), end)?;
-        let _turn = self.change_turn.lock();
-        let mut st = self.state.lock();
+        zero_part(&mut st, offset, first_whole << self.chunk_log2)?;
+        zero_part(&mut st, (end_whole << self.chunk_log2).min(end), end)?;
         st.generation += 1;
         st.sha.invalidate();
         for chunk in first_whole..end_whole {
@@ -61,8 +63,7 @@ impl ContainerFile {
     }
 
     /// Whether `chunk` holds data: stored, resident or on its way to the container.
-    fn chunk_has_data(&self, chunk: u64) -> bool {
-        let st = self.state.lock();
+    fn chunk_has_data(&self, st: &WriteState, chunk: u64) -> bool {
         if st.dirty.contains_key(&chunk) {
             return true;
         }

@@ -8,6 +8,17 @@ impl ContainerFile {
     pub(super) fn write(&self, offset: u64, data: &[u8], append: bool) -> FsResult<usize> {
         let _turn = self.change_turn.lock();
         let mut st = self.state.lock();
+        self.write_locked(&mut st, offset, data, append)
+    }
+
+    /// [`Self::write`] for a caller that holds the change turn and `st`.
+    pub(super) fn write_locked(
+        &self,
+        st: &mut MutexGuard<'_, WriteState>,
+        offset: u64,
+        data: &[u8],
+        append: bool,
+    ) -> FsResult<usize> {
         if let Some(e) = self.store.inner.lock().error.clone() {
             // Data written earlier could not be stored (ENOSPC, EIO): say so now, as a local
             // filesystem would, rather than only at close.
@@ -31,7 +42,7 @@ impl ContainerFile {
             }
         }
         if end > st.size {
-            self.clamp_tail_before_growth(&mut st)?;
+            self.clamp_tail_before_growth(st)?;
         }
         let mut pos = offset;
         while pos < end {
@@ -41,7 +52,7 @@ impl ContainerFile {
             let b = ((end - chunk_start) as usize).min(cs);
             let src = &data[(pos - offset) as usize..(pos - offset) as usize + (b - a)];
             if !st.dirty.contains_key(&chunk) {
-                let d = self.make_resident(&mut st, chunk, a == 0 && b == cs)?;
+                let d = self.make_resident(st, chunk, a == 0 && b == cs)?;
                 st.dirty.insert(chunk, d);
             }
             let d = st.dirty.get_mut(&chunk).expect("just inserted");
@@ -58,7 +69,7 @@ impl ContainerFile {
             pos = chunk_start + b as u64;
             if b == cs {
                 // The writer reached the end of this chunk: compress it while it goes on.
-                self.submit_chunk(&mut st, chunk)?;
+                self.submit_chunk(st, chunk)?;
             }
         }
         st.size = st.size.max(end);
@@ -76,7 +87,7 @@ impl ContainerFile {
                 .is_some_and(|d| d.persisted == 0 && d.dirty)
             {
                 st.early_tail_sent = true;
-                self.submit_chunk(&mut st, chunk)?;
+                self.submit_chunk(st, chunk)?;
             }
         }
         Ok(data.len())
