@@ -40,8 +40,7 @@ use crate::container::salvage::{
 };
 use crate::container::{decode_piece, Container, ContainerError, PieceKind, HEADER_MEMBER_LEN};
 
-/// Prefix of deflatefs' own temporary files in a backing directory.
-const INTERNAL_PREFIX: &str = ".deflatefs-";
+use crate::container::INTERNAL_NAME_PREFIX as INTERNAL_PREFIX;
 
 /// What `deflatefs fsck` was asked to do.
 #[derive(Debug, Clone)]

@@ -194,7 +194,11 @@ fn walk(path: &Path, report: &mut Report, seen: &mut HashSet<(u64, u64)>) {
             Ok(rd) => rd
                 .filter_map(|e| e.ok())
                 // deflatefs' own temporary files in a backing directory (compaction).
-                .filter(|e| !e.file_name().as_bytes().starts_with(b".deflatefs-"))
+                .filter(|e| {
+                    !e.file_name()
+                        .as_bytes()
+                        .starts_with(crate::container::INTERNAL_NAME_PREFIX.as_bytes())
+                })
                 .map(|e| e.path())
                 .collect(),
             Err(e) => {

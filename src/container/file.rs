@@ -12,12 +12,11 @@ use super::record::{
     index_members_len, parse_header, parse_index_member_rest, AuxRecord, CommitRecord, HeaderProbe,
     EMPTY_BODY, FRAMING_LEN, RECORD_INDEX,
 };
-use super::stored::stored_stream_len;
 use super::{
     corrupt, ChunkIndex, ContainerError, IndexEntry, PieceKind, Result, AUX_MEMBER_LEN,
     CHECKPOINT_MAX_DELTAS, CHECKPOINT_MIN_ENTRIES, COMMIT_MEMBER_LEN, COMPACTION_MIN_LEN,
-    DATA_HEADER_LEN, HEADER_MEMBER_LEN, MAX_CHUNK_LOG2, MAX_CHUNK_PIECES,
-    MAX_INDEX_ENTRIES_PER_MEMBER, MEMBER_TRAILER_LEN, MIN_CHUNK_LOG2,
+    HEADER_MEMBER_LEN, MAX_CHUNK_LOG2, MAX_CHUNK_PIECES, MAX_INDEX_ENTRIES_PER_MEMBER,
+    MIN_CHUNK_LOG2,
 };
 
 const COMMIT_LEN: u64 = COMMIT_MEMBER_LEN as u64;
@@ -363,9 +362,7 @@ fn validate_entry(e: &IndexEntry, chunk_log2: u8, data_limit: u64, at: u64) -> R
         ));
     }
     if e.kind == PieceKind::Stored
-        && stored
-            < (DATA_HEADER_LEN + stored_stream_len(e.logical_len as usize) + MEMBER_TRAILER_LEN)
-                as u64
+        && stored < super::stored_member_len(e.logical_len as usize) as u64
     {
         return Err(corrupt(
             format!(

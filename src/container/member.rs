@@ -205,7 +205,7 @@ impl StoredLayout {
             return None;
         }
         let n = entry.logical_len as usize;
-        let want = DATA_HEADER_LEN + stored_stream_len(n) + MEMBER_TRAILER_LEN;
+        let want = super::stored_member_len(n);
         (entry.stored_len as usize == want).then(|| StoredLayout {
             blocks: n.div_ceil(MAX_STORED_BLOCK).max(1),
         })

@@ -47,6 +47,18 @@ pub const AUX_MEMBER_LEN: usize = 138;
 pub const DATA_HEADER_LEN: usize = 32;
 /// Length of every member's trailer (CRC32, ISIZE).
 pub const MEMBER_TRAILER_LEN: usize = 8;
+/// Length of a data member holding `n` bytes as stored blocks: the longest a data member of `n`
+/// bytes can be (a writer stores a piece whose deflate stream would be longer), so what a
+/// buffer for any member of `n` bytes needs.
+pub const fn stored_member_len(n: usize) -> usize {
+    DATA_HEADER_LEN + stored_stream_len(n) + MEMBER_TRAILER_LEN
+}
+
+/// Names in a backing directory beginning with this belong to deflatefs itself (a compaction's
+/// or fsck's temporary copy of a file): never shown through the mount, skipped by fsck and
+/// `deflatefs stat`.
+pub const INTERNAL_NAME_PREFIX: &str = ".deflatefs-";
+
 /// Length of an encoded index entry.
 pub const INDEX_ENTRY_LEN: usize = 64;
 /// Maximum number of entries in one index member.

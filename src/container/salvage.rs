@@ -23,7 +23,6 @@ use super::record::{
     CommitRecord, FRAMING_LEN, GZIP_ID, MAGIC, RECORD_COMMIT, RECORD_DATA, RECORD_HEADER,
     RECORD_INDEX, SUBFIELD_ID1,
 };
-use super::stored::stored_stream_len;
 use super::{
     ChunkIndex, Container, IndexEntry, PieceKind, AUX_MEMBER_LEN, COMMIT_MEMBER_LEN,
     DATA_HEADER_LEN, HEADER_MEMBER_LEN, MAX_CHUNK_LOG2, MEMBER_TRAILER_LEN, MIN_CHUNK_LOG2,
@@ -282,8 +281,7 @@ pub fn scan_members(b: &[u8], chunk_log2: u8) -> MemberScan {
     let mut found = Vec::new();
     let mut garbage = Vec::new();
     let mut d = libdeflater::Decompressor::new();
-    let max_member =
-        DATA_HEADER_LEN + stored_stream_len(1 << chunk_log2) + MEMBER_TRAILER_LEN + 1024;
+    let max_member = super::stored_member_len(1 << chunk_log2) + 1024;
     let mut pos = HEADER_MEMBER_LEN.min(b.len());
     while pos < b.len() {
         if !member_starts_at(b, pos) {

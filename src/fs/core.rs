@@ -41,7 +41,7 @@ use crate::engine::Engine;
 use crate::options::MountOptions;
 
 /// Names in the backing directory that belong to deflatefs itself and are never shown.
-pub const INTERNAL_PREFIX: &str = ".deflatefs-";
+pub use crate::container::INTERNAL_NAME_PREFIX as INTERNAL_PREFIX;
 
 /// One open file or directory handle.
 pub struct Handle {

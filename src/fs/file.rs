@@ -73,7 +73,7 @@ use crate::container::{
 };
 use crate::digest::{chunk_cv, ChainingValue};
 use crate::engine::pool::{BufferPool, PoolBuf};
-use crate::engine::{stored_stream_len, Completion, Done, Engine, Job, Op};
+use crate::engine::{Completion, Done, Engine, Job, Op};
 
 mod compact;
 mod copy;

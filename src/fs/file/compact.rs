@@ -85,10 +85,7 @@ impl ContainerFile {
         let [mut input, output] = self
             .ctx
             .job_pool
-            .take_many([
-                len,
-                DATA_HEADER_LEN + stored_stream_len(len) + MEMBER_TRAILER_LEN,
-            ])
+            .take_many([len, container::stored_member_len(len)])
             .map_err(FsError::from)?;
         input.copy_from_slice(&data);
         let op = Op::Compress {

@@ -213,7 +213,7 @@ impl ContainerFile {
             Some((lo, hi)) => hi - lo,
             None => d.valid,
         };
-        let out_len = DATA_HEADER_LEN + stored_stream_len(in_len) + MEMBER_TRAILER_LEN;
+        let out_len = container::stored_member_len(in_len);
         let output = match self.ctx.job_pool.try_take(out_len) {
             Some(output) => output,
             None => MutexGuard::unlocked(st, || self.ctx.job_pool.take(out_len))
