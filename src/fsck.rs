@@ -165,7 +165,12 @@ fn walk(root: &Path) -> io::Result<(Vec<PathBuf>, Vec<PathBuf>)> {
                     stack.push(e.path());
                 }
             } else if md.is_file() {
-                if e.file_name()
+                if e.file_name().as_bytes() == crate::source_lock::lock_file_name().as_bytes() {
+                    // A mount's lock on its source (src/source_lock.rs), not a leftover: removing
+                    // it while held would let a second writer in.
+                    continue;
+                } else if e
+                    .file_name()
                     .as_bytes()
                     .starts_with(INTERNAL_PREFIX.as_bytes())
                 {

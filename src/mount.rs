@@ -650,6 +650,13 @@ fn serve_inner(
         },
     )
     .map_err(|e| MountError(format!("compression engine: {e}")))?;
+    // Before anything reads or repairs the source: a second writer must find it locked.
+    let _source_lock = if opts.read_only {
+        None
+    } else {
+        crate::source_lock::SourceLock::acquire(root.as_raw_fd(), source, mountpoint)
+            .map_err(MountError)?
+    };
     let fs = Arc::new(
         DeflateFs::new(root, opts.clone(), engine.clone())
             .map_err(|e| MountError(format!("source {}: {e}", source.display())))?,

@@ -169,3 +169,64 @@ fn a_user_without_access_gets_permission_denied() {
         assert_refused(&d, &out, &[what, "permission denied"]);
     }
 }
+
+/// One read-write mount per source: a second read-write mount of the same source on another
+/// mount point is refused and names the holder (pid, mount point); a read-only mount may run
+/// beside it; once the holder is killed with SIGKILL and its dead mount removed, the source
+/// mounts read-write again (the lock went with the daemon).
+#[test]
+fn a_second_read_write_mount_of_one_source_is_refused_naming_the_holder() {
+    let d = Daemon::unmounted(&[]);
+    d.mount();
+    let pid = d.pid();
+    let second = d.base.join("second");
+    std::fs::create_dir(&second).unwrap();
+    let out = run(&mut mount_cmd(&d.src, &second, ""));
+    assert!(!out.status.success(), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for w in [
+        "already mounted read-write".to_string(),
+        format!("pid {pid}"),
+        d.mnt.display().to_string(),
+    ] {
+        assert!(
+            stderr.contains(&w),
+            "the message should say {w:?}: {}",
+            describe(&out)
+        );
+    }
+    assert!(mounts_at(None, &second).is_empty());
+    // The refused daemon reports before it exits.
+    assert!(
+        lifecycle_common::wait_until(std::time::Duration::from_secs(10), || {
+            daemons_under(&d.base) == vec![pid]
+        }),
+        "no second daemon may be left: {:?}",
+        daemons_under(&d.base)
+    );
+
+    let out = run(&mut mount_cmd(&d.src, &second, "ro"));
+    assert!(
+        out.status.success(),
+        "a read-only mount beside it: {}",
+        describe(&out)
+    );
+    assert!(run(Command::new("umount").arg(&second)).status.success());
+
+    // SAFETY: kill(2) with a pid and a signal number, no pointers.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    assert!(lifecycle_common::wait_gone(
+        &[pid],
+        std::time::Duration::from_secs(10)
+    ));
+    assert!(run(Command::new("umount").arg("-l").arg(&d.mnt))
+        .status
+        .success());
+    let out = run(&mut mount_cmd(&d.src, &second, ""));
+    assert!(
+        out.status.success(),
+        "after the holder died: {}",
+        describe(&out)
+    );
+    assert!(run(Command::new("umount").arg(&second)).status.success());
+}
