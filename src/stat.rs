@@ -193,9 +193,19 @@ fn walk(path: &Path, report: &mut Report, seen: &mut HashSet<(u64, u64)>) {
         let mut names: Vec<PathBuf> = match std::fs::read_dir(path) {
             Ok(rd) => rd
                 .filter_map(|e| e.ok())
-                // deflatefs' own temporary files in a backing directory (compaction).
+                // deflatefs' own files in a backing directory: a compaction's temporaries are
+                // left out; the source lock stays for good, so it counts like `du` counts it.
                 .filter(|e| {
-                    !e.file_name()
+                    let name = e.file_name();
+                    if name.as_bytes() == crate::source_lock::lock_file_name().as_bytes() {
+                        if let Ok(m) = e.metadata() {
+                            report.other_entries += 1;
+                            report.other_apparent += m.len();
+                            report.other_disk += m.blocks() * 512;
+                        }
+                        return false;
+                    }
+                    !name
                         .as_bytes()
                         .starts_with(crate::container::INTERNAL_NAME_PREFIX.as_bytes())
                 })
