@@ -31,7 +31,7 @@ use crate::fs::fuse::FuseAdapter;
 use crate::fs::sys;
 use crate::fs::DeflateFs;
 use crate::logging::{self, LogTarget};
-use crate::options::MountOptions;
+use crate::options::{AtimeMode, MountOptions};
 
 /// The filesystem type shown in /proc/mounts and by findmnt.
 pub const FS_TYPE: &str = "fuse.deflatefs";
@@ -239,13 +239,7 @@ fn kernel_mount(
         .map_err(|e| MountError(format!("cannot open /dev/fuse: {e}")))?;
     let fd: OwnedFd = dev.into();
     let data = kernel_mount_data(fd.as_raw_fd(), opts);
-    let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    if opts.read_only {
-        flags |= MsFlags::MS_RDONLY;
-    }
-    if opts.noexec {
-        flags |= MsFlags::MS_NOEXEC;
-    }
+    let flags = kernel_mount_flags(opts);
     if let Err(errno) = nix::mount::mount(
         Some(source),
         mountpoint,
@@ -266,6 +260,36 @@ fn kernel_mount(
         ));
     }
     Ok(fd)
+}
+
+/// The mount(2) flags for a mount by root: `nosuid,nodev` unless `suid`/`dev` were asked for, and
+/// the access-time policy, so findmnt shows the options the daemon follows.
+fn kernel_mount_flags(opts: &MountOptions) -> MsFlags {
+    let mut flags = MsFlags::empty();
+    if !opts.suid {
+        flags |= MsFlags::MS_NOSUID;
+    }
+    if !opts.dev {
+        flags |= MsFlags::MS_NODEV;
+    }
+    if opts.read_only {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    if opts.noexec {
+        flags |= MsFlags::MS_NOEXEC;
+    }
+    flags |= match opts.atime {
+        AtimeMode::Relatime => MsFlags::MS_RELATIME,
+        AtimeMode::Strict => MsFlags::MS_STRICTATIME,
+        AtimeMode::Never => MsFlags::MS_NOATIME,
+    };
+    if opts.nodiratime {
+        flags |= MsFlags::MS_NODIRATIME;
+    }
+    if opts.lazytime {
+        flags |= MsFlags::MS_LAZYTIME;
+    }
+    flags
 }
 
 /// The data string of mount(2) for a FUSE mount on /dev/fuse descriptor `fd`.
@@ -294,6 +318,13 @@ fn fusermount_options(source: &Path, opts: &MountOptions) -> String {
     if opts.noexec {
         o.push("noexec".into());
     }
+    o.push(opts.atime.option_name().into());
+    if opts.nodiratime {
+        o.push("nodiratime".into());
+    }
+    if opts.lazytime {
+        o.push("lazytime".into());
+    }
     o.push(format!(
         "fsname={}",
         crate::fusermount::escape_option_value(&source.to_string_lossy())
@@ -316,6 +347,10 @@ fn user_mount(
     mountpoint: &Path,
     opts: &MountOptions,
 ) -> Result<OwnedFd, MountError> {
+    if opts.dev || opts.suid {
+        // FUSE forces nosuid,nodev on mounts without root, as fusermount3 does.
+        tracing::warn!("options dev and suid need a mount by root; mounting nosuid,nodev");
+    }
     crate::fusermount::mount(mountpoint, &fusermount_options(source, opts)).map_err(|why| {
         let hint = if why.contains("/dev/fuse") && why.contains("denied") {
             " (/dev/fuse must be mode 0666 for mounts without root; udev makes it so on Debian)"

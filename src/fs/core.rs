@@ -108,6 +108,9 @@ pub struct DeflateFs {
     pub(super) names: NameLocks,
     /// The user the daemon runs as: the mount's owner, who (with root) may read the engine report.
     pub(super) owner_uid: u32,
+    /// Under `strictatime`, the source directory on a detached mount of its own with the
+    /// `strictatime` flag (see `atime`), when the daemon may make one (root).
+    pub(super) strict_atime_view: Option<OwnedFd>,
     /// The daemon runs as root, so it creates files under each caller's filesystem ids
     /// ([`AsCaller`]); a daemon without root creates them only for its own user.
     pub(super) creates_as_caller: bool,
@@ -174,6 +177,7 @@ impl DeflateFs {
             // engine's queues. Room for a few readers' batches; beyond that they decode alone.
             prefetch: Background::new("dfs-prefetch", 1, 16)?,
         });
+        let strict_atime_view = super::atime::strict_atime_view(&root_fd, &opts);
         let inodes = InodeTable::new(root_fd, &st, opts.fds);
         Ok(DeflateFs {
             opts,
@@ -190,6 +194,7 @@ impl DeflateFs {
             lingering: Lingering::new(),
             names: NameLocks::default(),
             owner_uid: nix::unistd::getuid().as_raw(),
+            strict_atime_view,
             creates_as_caller: nix::unistd::geteuid().is_root(),
             copies: CopyStats::default(),
             // One at a time is what the disk can do anyway; a queue beyond that only holds

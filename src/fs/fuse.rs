@@ -341,8 +341,18 @@ impl Filesystem for FuseAdapter {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match guarded("open", || self.fs.open(ino.0, flags.0)) {
             // KEEP_CACHE: only this daemon changes the data, and it invalidates nothing behind
-            // the kernel's back, so cached pages stay valid across opens.
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            // the kernel's back, so cached pages stay valid across opens. Unless the next read
+            // must move the atime: it has to reach the daemon then, not the kernel's cache.
+            Ok(fh) => {
+                let reads = flags.0 & libc::O_ACCMODE != libc::O_WRONLY;
+                let keep = !(reads && self.fs.handle_read_would_move_atime(fh));
+                let cache = if keep {
+                    FopenFlags::FOPEN_KEEP_CACHE
+                } else {
+                    FopenFlags::empty()
+                };
+                reply.opened(FileHandle(fh), cache)
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -360,7 +370,11 @@ impl Filesystem for FuseAdapter {
     ) {
         READ_REPLY.with_borrow_mut(|buf| {
             match guarded("read", || self.fs.read_into(fh.0, offset, size, buf)) {
-                Ok(()) => reply.data(buf),
+                Ok(()) => {
+                    // Before the reply: the kernel asks for the atime again once it has it.
+                    self.fs.note_file_read(fh.0);
+                    reply.data(buf)
+                }
                 Err(e) => reply.error(e),
             }
             if buf.capacity() > MAX_WRITE as usize {
@@ -439,6 +453,7 @@ impl Filesystem for FuseAdapter {
     ) {
         match guarded("readdir", || self.fs.readdir(fh.0, offset)) {
             Ok(entries) => {
+                self.fs.note_dir_read(fh.0);
                 for (i, e) in entries.iter().enumerate() {
                     let kind = dtype_kind(e.dtype);
                     if reply.add(INodeNo(e.ino), offset + i as u64 + 1, kind, &e.name) {
@@ -466,6 +481,7 @@ impl Filesystem for FuseAdapter {
             Ok(entries) => entries,
             Err(e) => return reply.error(e),
         };
+        self.fs.note_dir_read(fh.0);
         for (i, e) in entries.iter().enumerate() {
             let next = offset + i as u64 + 1;
             let name = e.name.as_encoded_bytes();

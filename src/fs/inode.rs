@@ -704,7 +704,7 @@ fn handles_work(root: &OwnedFd) -> Option<OwnedFd> {
 
 /// `name_to_handle_at(fd, "", AT_EMPTY_PATH)`: the kernel's `struct file_handle` as bytes
 /// (handle_bytes, handle_type, f_handle), or None where the backing filesystem has none.
-fn file_handle(fd: RawFd) -> Option<Box<[u8]>> {
+pub(super) fn file_handle(fd: RawFd) -> Option<Box<[u8]>> {
     const MAX_HANDLE_SZ: usize = 128;
     let mut buf = vec![0u8; 8 + MAX_HANDLE_SZ];
     buf[..4].copy_from_slice(&(MAX_HANDLE_SZ as u32).to_ne_bytes());
@@ -732,6 +732,11 @@ fn file_handle(fd: RawFd) -> Option<Box<[u8]>> {
 
 /// `open_by_handle_at(mount_fd, handle, O_PATH | O_NOFOLLOW)`.
 fn open_by_handle(mount_fd: RawFd, handle: &[u8]) -> FsResult<OwnedFd> {
+    open_by_handle_with(mount_fd, handle, libc::O_PATH | libc::O_NOFOLLOW)
+}
+
+/// `open_by_handle_at(mount_fd, handle, flags | O_CLOEXEC)`, with a handle from [`file_handle`].
+pub(super) fn open_by_handle_with(mount_fd: RawFd, handle: &[u8], flags: i32) -> FsResult<OwnedFd> {
     // The kernel reads the header's handle_bytes and then that many bytes: keep them aligned
     // as `struct file_handle` is.
     let mut aligned = vec![0u32; handle.len().div_ceil(4)];
@@ -747,7 +752,7 @@ fn open_by_handle(mount_fd: RawFd, handle: &[u8]) -> FsResult<OwnedFd> {
             libc::SYS_open_by_handle_at,
             mount_fd,
             aligned.as_mut_ptr(),
-            libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            flags | libc::O_CLOEXEC,
         )
     };
     if fd < 0 {

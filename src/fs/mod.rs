@@ -2,6 +2,7 @@
 //! `core`, `open`, `namespace`, `xattr`, `recovery`, `compaction`, `flusher`, `copy`, `ioctl`),
 //! open-file write-back and reads (`file`), bounded background workers (`background`), caches,
 //! and the adapter to fuser (`fuse`).
+pub mod atime;
 pub mod background;
 pub mod cache;
 pub mod caller;
