@@ -20,4 +20,5 @@ pub mod logging;
 pub mod mount;
 pub mod options;
 pub mod panics;
+pub mod remount;
 pub mod stat;

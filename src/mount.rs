@@ -67,6 +67,10 @@ pub struct MountInfo {
     pub dev: (u32, u32),
     pub mount_point: PathBuf,
     pub fs_type: String,
+    /// The per-mount options (`rw,nosuid,nodev,relatime`).
+    pub mount_options: String,
+    /// The superblock's options (`rw,user_id=0,group_id=0,default_permissions`).
+    pub super_options: String,
 }
 
 fn unescape_mountinfo(s: &str) -> String {
@@ -103,6 +107,8 @@ pub fn read_mountinfo() -> Vec<MountInfo> {
                     .unwrap_or((0, 0)),
                 mount_point: PathBuf::from(unescape_mountinfo(fields.get(4)?)),
                 fs_type: fields.get(sep + 1)?.to_string(),
+                mount_options: fields.get(5)?.to_string(),
+                super_options: fields.get(sep + 3).copied().unwrap_or("").to_string(),
             })
         })
         .collect()
@@ -442,6 +448,65 @@ fn raise_readahead_later(mount_id: u64) {
         });
 }
 
+/// The remountable state a mount's /proc/self/mountinfo options show: read-only (the mount's or
+/// the superblock's flag), the access-time policy and `nodiratime`.
+pub fn shown_state(m: &MountInfo) -> (bool, AtimeMode, bool) {
+    let has = |list: &str, o: &str| list.split(',').any(|x| x == o);
+    let read_only = has(&m.mount_options, "ro") || has(&m.super_options, "ro");
+    let atime = if has(&m.mount_options, "noatime") {
+        AtimeMode::Never
+    } else if has(&m.mount_options, "relatime") {
+        AtimeMode::Relatime
+    } else {
+        AtimeMode::Strict
+    };
+    (read_only, atime, has(&m.mount_options, "nodiratime"))
+}
+
+/// Follows remounts of the mount with id `mount_id` (`mount -o remount,ro|rw|noatime...`): the
+/// kernel applies them and bumps the namespace's mount table, which wakes a poll on
+/// /proc/self/mountinfo; the daemon then reads its mount's options and follows them
+/// ([`DeflateFs::follow_remount`]). No request to any filesystem is made.
+fn watch_remounts(fs: Arc<DeflateFs>, mount_id: u64) {
+    let spawned = std::thread::Builder::new()
+        .name("dfs-remount".into())
+        .spawn(move || {
+            let Ok(table) = File::open("/proc/self/mountinfo") else {
+                tracing::warn!("cannot open /proc/self/mountinfo: remounts are not followed");
+                return;
+            };
+            let mut last = None;
+            loop {
+                let followed = crate::panics::catch(|| {
+                    let Some(m) = read_mountinfo().into_iter().find(|m| m.id == mount_id) else {
+                        return false;
+                    };
+                    let state = shown_state(&m);
+                    if last != Some(state) {
+                        fs.follow_remount(state.0, state.1, state.2);
+                        last = Some(state);
+                    }
+                    true
+                });
+                match followed {
+                    Ok(true) => {}
+                    Ok(false) => return, // unmounted
+                    Err(msg) => tracing::error!("thread dfs-remount panicked: {msg}"),
+                }
+                let mut pfd = libc::pollfd {
+                    fd: table.as_raw_fd(),
+                    events: libc::POLLPRI,
+                    revents: 0,
+                };
+                // SAFETY: `pfd` is one live pollfd, as the count says.
+                unsafe { libc::poll(&mut pfd, 1, 1000) };
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot start the remount thread ({e}): remounts are not followed");
+    }
+}
+
 /// The device number of the mount with id `mount_id`, from /proc/self/mountinfo (no request to
 /// any filesystem).
 fn mount_dev(mount_id: u64) -> Option<(u32, u32)> {
@@ -712,6 +777,7 @@ fn serve_inner(
     };
     fs.spawn_flusher();
     raise_readahead_later(mount_id);
+    watch_remounts(fs.clone(), mount_id);
     if let Some(w) = permissions_warning(opts, source, mountpoint) {
         tracing::warn!("{w}");
     }

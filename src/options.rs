@@ -178,6 +178,8 @@ Mount options (-o OPT[,OPT...]):
   dev / nodev          honour device nodes on the mount (root only; default nodev)
   suid / nosuid        honour setuid and setgid bits (root only; default nosuid)
   Accepted and ignored, as passed by mount(8)/mount.fuse3: async, defaults.
+  remount              (mount -o remount,...) change ro/rw, the atime options, exec, dev and
+                       suid of a live mount; other options are refused (README, Remount)
 SIZE takes a suffix k, m or g (powers of 1024).";
 
 /// How the error for an option nobody knows begins.

@@ -54,12 +54,12 @@ fn now() -> (i64, i64) {
     (d.as_secs() as i64, i64::from(d.subsec_nanos()))
 }
 
-/// Under `strictatime`, a detached clone of the mount holding the source directory `root`,
-/// flagged `strictatime`, through which reads record every access whatever the backing mount's
-/// own atime option is. None for other modes, or when the kernel or the daemon's privileges do
-/// not allow one (logged).
-pub fn strict_atime_view(root: &OwnedFd, opts: &crate::options::MountOptions) -> Option<OwnedFd> {
-    if opts.atime != AtimeMode::Strict {
+/// A detached clone of the mount holding the source directory `root`, flagged `strictatime`,
+/// through which reads under `strictatime` record every access whatever the backing mount's
+/// own atime option is (made for every mode: a remount may switch to `strictatime`). None
+/// without root, or when the kernel does not allow one (logged).
+pub fn strict_atime_view(root: &OwnedFd) -> Option<OwnedFd> {
+    if !nix::unistd::geteuid().is_root() {
         return None;
     }
     const OPEN_TREE_CLONE: libc::c_uint = 1;
@@ -124,13 +124,14 @@ impl DeflateFs {
     /// The access-time policy for `node`'s kind, or `None` when nothing may move its atime
     /// (a read-only mount, `noatime`, a directory under `nodiratime`).
     fn atime_mode(&self, node: &Node) -> Option<AtimeMode> {
-        if self.opts.read_only || self.opts.atime == AtimeMode::Never {
+        let mode = self.atime_now();
+        if self.read_only_now() || mode == AtimeMode::Never {
             return None;
         }
-        if node.kind == NodeKind::Directory && self.opts.nodiratime {
+        if node.kind == NodeKind::Directory && self.nodiratime_now() {
             return None;
         }
-        Some(self.opts.atime)
+        Some(mode)
     }
 
     /// Whether the next read through the new handle `fh` must reach the daemon so the file's
@@ -153,7 +154,7 @@ impl DeflateFs {
     /// Records a user's read through handle `fh`: moves the file's atime if the mount's policy
     /// says so. Failing to do so is logged and never fails the read.
     pub fn note_file_read(&self, fh: u64) {
-        if self.opts.atime == AtimeMode::Never || self.opts.read_only {
+        if self.atime_now() == AtimeMode::Never || self.read_only_now() {
             return;
         }
         if let Ok(h) = self.handle(fh) {
@@ -163,7 +164,7 @@ impl DeflateFs {
 
     /// Records a user's directory listing through handle `fh` (see [`Self::note_file_read`]).
     pub fn note_dir_read(&self, fh: u64) {
-        if self.opts.atime == AtimeMode::Never || self.opts.read_only || self.opts.nodiratime {
+        if self.atime_now() == AtimeMode::Never || self.read_only_now() || self.nodiratime_now() {
             return;
         }
         if let Ok(h) = self.handle(fh) {

@@ -108,9 +108,11 @@ pub struct DeflateFs {
     pub(super) names: NameLocks,
     /// The user the daemon runs as: the mount's owner, who (with root) may read the engine report.
     pub(super) owner_uid: u32,
-    /// Under `strictatime`, the source directory on a detached mount of its own with the
-    /// `strictatime` flag (see `atime`), when the daemon may make one (root).
+    /// The source directory on a detached mount of its own with the `strictatime` flag, for
+    /// reads under `strictatime` (see `atime`), when the daemon may make one (root).
     pub(super) strict_atime_view: Option<OwnedFd>,
+    /// The options a remount may change (see `live`).
+    pub(super) live: super::live::LiveOptions,
     /// The daemon runs as root, so it creates files under each caller's filesystem ids
     /// ([`AsCaller`]); a daemon without root creates them only for its own user.
     pub(super) creates_as_caller: bool,
@@ -177,7 +179,8 @@ impl DeflateFs {
             // engine's queues. Room for a few readers' batches; beyond that they decode alone.
             prefetch: Background::new("dfs-prefetch", 1, 16)?,
         });
-        let strict_atime_view = super::atime::strict_atime_view(&root_fd, &opts);
+        let strict_atime_view = super::atime::strict_atime_view(&root_fd);
+        let live = super::live::LiveOptions::new(&opts);
         let inodes = InodeTable::new(root_fd, &st, opts.fds);
         Ok(DeflateFs {
             opts,
@@ -195,6 +198,7 @@ impl DeflateFs {
             names: NameLocks::default(),
             owner_uid: nix::unistd::getuid().as_raw(),
             strict_atime_view,
+            live,
             creates_as_caller: nix::unistd::geteuid().is_root(),
             copies: CopyStats::default(),
             // One at a time is what the disk can do anyway; a queue beyond that only holds
@@ -254,7 +258,7 @@ impl DeflateFs {
     }
 
     pub(super) fn check_writable(&self) -> FsResult<()> {
-        if self.opts.read_only {
+        if self.read_only_now() {
             errno(libc::EROFS)
         } else {
             Ok(())
@@ -462,7 +466,7 @@ impl DeflateFs {
     pub fn access(&self, id: u64, mask: i32, caller: Caller) -> FsResult<()> {
         let node = self.node(id)?;
         let st = sys::fstat(self.fd(&node)?.raw())?;
-        if mask & libc::W_OK != 0 && self.opts.read_only {
+        if mask & libc::W_OK != 0 && self.read_only_now() {
             return errno(libc::EROFS);
         }
         // R_OK, W_OK and X_OK are the mode bits 4, 2 and 1.
@@ -511,7 +515,7 @@ impl DeflateFs {
             Some(f) => {
                 f.fsync(datasync)?;
                 if let OpenFile::Container(c) = f {
-                    if !self.opts.read_only && c.wants_compaction() {
+                    if !self.read_only_now() && c.wants_compaction() {
                         self.compaction_due.store(true, Ordering::Relaxed);
                     }
                 }

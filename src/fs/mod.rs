@@ -16,6 +16,7 @@ pub mod flusher;
 pub mod fuse;
 pub mod inode;
 pub mod ioctl;
+pub mod live;
 pub mod namelock;
 pub mod namespace;
 pub mod open;
