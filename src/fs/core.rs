@@ -550,11 +550,11 @@ impl DeflateFs {
                 if mode & !libc::FALLOC_FL_KEEP_SIZE != 0 {
                     return errno(libc::EOPNOTSUPP);
                 }
-                // Space cannot be reserved for data whose compressed size is unknown; extending
-                // the logical size is what callers rely on.
                 let end = offset
                     .checked_add(length)
                     .ok_or(FsError::new(libc::EFBIG))?;
+                // Mode 0 and KEEP_SIZE alike: reserve, as ext4 does for both.
+                self.reserve_backing(&h.node, length)?;
                 if mode & libc::FALLOC_FL_KEEP_SIZE == 0 {
                     let size = file.logical_size().unwrap_or(0);
                     if end > size {
@@ -568,5 +568,22 @@ impl DeflateFs {
 
     pub fn engine(&self) -> &Arc<Engine> {
         &self.ctx.engine
+    }
+
+    /// Reserves room for `length` bytes of a container stored uncompressed (with its members'
+    /// framing) in the backing filesystem: blocks allocated past the backing file's end
+    /// (`FALLOC_FL_KEEP_SIZE`), which the members written next fill. ENOSPC, with nothing
+    /// changed, when the backing filesystem cannot hold them. Compressed data takes less, so
+    /// writes of up to `length` bytes will not run out of space, unless the reservation is
+    /// used up by other writes to the file first or a compaction moves it to a new inode.
+    fn reserve_backing(&self, node: &Node, length: u64) -> FsResult<()> {
+        // Framing of stored members: well under 1/64 of the data, plus an index record's worth.
+        let framing = length / 64 + (64 << 10);
+        let want = length.saturating_add(framing);
+        let file = self.reopen(node, libc::O_WRONLY)?;
+        let end = file.metadata().map_err(FsError::from)?.len();
+        sys::fallocate(&file, libc::FALLOC_FL_KEEP_SIZE, end, want).map_err(|e| {
+            FsError::with_context(e.errno, format!("reserving {want} bytes for fallocate"))
+        })
     }
 }
