@@ -375,6 +375,13 @@ impl DeflateFs {
         if is_internal(name.as_bytes()) {
             return errno(libc::ENOENT);
         }
+        // The kernel looks up "." of a node id to reconnect a file handle (open_by_handle_at,
+        // NFS), and ".." of a directory to find its parent; the root is its own parent.
+        match name.as_bytes() {
+            b"." => return self.lookup_id(parent),
+            b".." if parent == ROOT_ID => return self.lookup_id(ROOT_ID),
+            _ => {}
+        }
         let dir = self.node(parent)?;
         let cname = sys::cstr(name)?;
         let dir_fd = self.fd(&dir)?;
@@ -383,7 +390,49 @@ impl DeflateFs {
         })?;
         let st = sys::fstat(fd.as_raw_fd())?;
         let node = self.inodes.insert_lookup(fd, &st);
-        node.set_location(parent, name);
+        if name.as_bytes() != b".." {
+            node.set_location(parent, name);
+        }
+        match self.stat_node(&node) {
+            Ok(st) => Ok((node, st)),
+            Err(e) => {
+                self.inodes.forget(node.id, 1);
+                Err(e)
+            }
+        }
+    }
+
+    /// Looks node `id` up by itself; registers one kernel lookup. A node the kernel forgot (or
+    /// that a previous mount handed out) is found again by its backing inode number where the
+    /// backing filesystem allows it (see `InodeTable::open_by_id`); ESTALE otherwise, as for
+    /// a removed file.
+    pub fn lookup_id(&self, id: u64) -> FsResult<(Arc<Node>, libc::stat)> {
+        let (fd, st) = match self.inodes.get(id) {
+            Some(node) => {
+                let fd = self.fd(&node)?;
+                let st = sys::fstat(fd.raw())?;
+                // SAFETY: F_DUPFD_CLOEXEC on a descriptor `fd` keeps open; no pointers.
+                let dup = unsafe { libc::fcntl(fd.raw(), libc::F_DUPFD_CLOEXEC, 0) };
+                if dup < 0 {
+                    return errno(sys::last_errno());
+                }
+                // SAFETY: `dup` was just returned by fcntl and nothing else owns it.
+                (
+                    unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(dup) },
+                    st,
+                )
+            }
+            None => {
+                let root = self.node(ROOT_ID)?;
+                self.inodes.open_by_id(id, &root).ok_or_else(|| {
+                    FsError::with_context(libc::ESTALE, format!("node {id} cannot be found again"))
+                })?
+            }
+        };
+        if st.st_nlink == 0 && st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            return errno(libc::ESTALE);
+        }
+        let node = self.inodes.insert_lookup(fd, &st);
         match self.stat_node(&node) {
             Ok(st) => Ok((node, st)),
             Err(e) => {

@@ -179,6 +179,9 @@ impl Filesystem for FuseAdapter {
             fuser::InitFlags::FUSE_DO_READDIRPLUS | fuser::InitFlags::FUSE_READDIRPLUS_AUTO,
         );
         let _ = config.set_max_background(64);
+        // File handles (open_by_handle_at, NFS export) outlive the kernel's inode cache: it
+        // then asks for "." of the node id, which the core answers (`DeflateFs::lookup_id`).
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_EXPORT_SUPPORT);
         Ok(())
     }
 

@@ -503,6 +503,30 @@ impl InodeTable {
         self.table.lock().by_id.get(&id).cloned()
     }
 
+    /// Opens (O_PATH) the backing inode whose number is node id `id`, for a node the kernel no
+    /// longer holds (a file handle from before a forget or a remount). Works where the backing
+    /// filesystem's file handles are an inode number and a generation (`FILEID_INO32_GEN`, as on
+    /// ext2/3/4): the handle is built with generation 0, which the filesystem does not check,
+    /// and the inode is accepted only if it is on the source's device. None otherwise.
+    pub fn open_by_id(&self, id: u64, root: &Node) -> Option<(OwnedFd, libc::stat)> {
+        const FILEID_INO32_GEN: i32 = 1;
+        let mount = self.handle_mount.as_ref()?;
+        let ino = u32::try_from(id).ok()?;
+        let root_fd = self.fd(root).ok()?;
+        let template = file_handle(root_fd.raw())?;
+        let kind = i32::from_ne_bytes(template.get(4..8)?.try_into().ok()?);
+        if kind != FILEID_INO32_GEN || template.len() != 16 {
+            return None;
+        }
+        let mut handle = template.to_vec();
+        handle[8..12].copy_from_slice(&ino.to_le_bytes());
+        handle[12..16].copy_from_slice(&0u32.to_le_bytes());
+        let fd = open_by_handle(mount.as_raw_fd(), &handle).ok()?;
+        let st = sys::fstat(fd.as_raw_fd()).ok()?;
+        let root_dev = self.table.lock().root_dev;
+        (st.st_dev == root_dev && st.st_ino == id).then_some((fd, st))
+    }
+
     /// Registers one kernel lookup of the inode described by `st`, reached through `fd`. An inode
     /// already known keeps its node (and its existing descriptor; `fd` is dropped).
     pub fn insert_lookup(&self, fd: OwnedFd, st: &libc::stat) -> Arc<Node> {
