@@ -171,6 +171,18 @@ fn reply_xattr(reply: ReplyXattr, size: u32, r: Result<Vec<u8>, Errno>) {
 
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // POSIX ACLs as on ext4: the kernel checks them and keeps them in step with the mode;
+        // the ACLs live as xattrs of the backing inodes. Only with default_permissions (the
+        // kernel turns that on with ACLs, which would override no_default_permissions).
+        if self.fs.opts.default_permissions {
+            let acl = fuser::InitFlags::FUSE_POSIX_ACL | fuser::InitFlags::FUSE_DONT_MASK;
+            match config.add_capabilities(acl) {
+                Ok(()) => self.fs.set_posix_acl(true),
+                Err(missing) => {
+                    tracing::warn!("the kernel offers no POSIX ACLs ({missing:?}): not enforced")
+                }
+            }
+        }
         // Big requests are what make the FUSE path cheap (docs/PLATFORM.md).
         let _ = config.set_max_write(MAX_WRITE);
         let _ = config.set_max_readahead(MAX_WRITE);
@@ -255,11 +267,12 @@ impl Filesystem for FuseAdapter {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         rdev: u32,
         reply: ReplyEntry,
     ) {
         let r = guarded("mknod", || {
+            let mode = self.fs.mode_for_new(parent.0, mode, umask);
             self.fs
                 .mknod(parent.0, name, mode, rdev as u64, caller(req))
                 .map(|(_, st)| st)
@@ -273,10 +286,11 @@ impl Filesystem for FuseAdapter {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
         let r = guarded("mkdir", || {
+            let mode = self.fs.mode_for_new(parent.0, mode, umask);
             self.fs
                 .mkdir(parent.0, name, mode, caller(req))
                 .map(|(_, st)| st)
@@ -609,11 +623,12 @@ impl Filesystem for FuseAdapter {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
         match guarded("create", || {
+            let mode = self.fs.mode_for_new(parent.0, mode, umask);
             self.fs.create(parent.0, name, mode, flags, caller(req))
         }) {
             Ok((_, st, fh)) => reply.created(

@@ -17,6 +17,9 @@ pub struct LiveOptions {
     /// Mounted read-only: backing files are opened read-only, so the mount can never become
     /// writable without being mounted again.
     started_read_only: bool,
+    /// The kernel enforces POSIX ACLs and leaves the umask to the daemon (FUSE_POSIX_ACL and
+    /// FUSE_DONT_MASK granted at init).
+    posix_acl: AtomicBool,
 }
 
 fn atime_code(mode: AtimeMode) -> u8 {
@@ -42,6 +45,7 @@ impl LiveOptions {
             atime: AtomicU8::new(atime_code(opts.atime)),
             nodiratime: AtomicBool::new(opts.nodiratime),
             started_read_only: opts.read_only,
+            posix_acl: AtomicBool::new(false),
         }
     }
 }
@@ -84,6 +88,31 @@ impl DeflateFs {
                 self.live.read_only.store(false, Ordering::SeqCst);
                 tracing::info!("remounted read-write");
             }
+        }
+    }
+
+    /// Records that the kernel granted POSIX ACLs (and leaves the umask to the daemon).
+    pub fn set_posix_acl(&self, on: bool) {
+        self.live.posix_acl.store(on, Ordering::Relaxed);
+    }
+
+    /// The mode a new inode in directory `parent` gets from the `mode` and `umask` of the
+    /// request, as ext4 decides it: the umask applies unless the directory has a default ACL
+    /// (which the backing filesystem then applies itself, masked by `mode`). Without POSIX ACLs
+    /// the kernel has already applied the umask.
+    pub fn mode_for_new(&self, parent: u64, mode: u32, umask: u32) -> u32 {
+        if !self.live.posix_acl.load(Ordering::Relaxed) {
+            return mode;
+        }
+        let has_default_acl = self
+            .node(parent)
+            .and_then(|dir| self.fd(&dir))
+            .and_then(|fd| super::sys::getxattr_len(fd.raw(), c"system.posix_acl_default"))
+            .is_ok_and(|n| n > 0);
+        if has_default_acl {
+            mode
+        } else {
+            mode & !(umask & 0o777)
         }
     }
 
