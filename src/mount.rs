@@ -324,12 +324,10 @@ fn fusermount_options(source: &Path, opts: &MountOptions) -> String {
     if opts.noexec {
         o.push("noexec".into());
     }
-    o.push(opts.atime.option_name().into());
-    if opts.nodiratime {
-        o.push("nodiratime".into());
-    }
-    if opts.lazytime {
-        o.push("lazytime".into());
+    // fusermount3 knows noatime but not relatime, strictatime, nodiratime or lazytime
+    // (`unknown option`); the daemon follows its own policy whatever the mount shows.
+    if opts.atime == AtimeMode::Never {
+        o.push("noatime".into());
     }
     o.push(format!(
         "fsname={}",
@@ -481,11 +479,30 @@ fn watch_remounts(fs: Arc<DeflateFs>, mount_id: u64) {
                     let Some(m) = read_mountinfo().into_iter().find(|m| m.id == mount_id) else {
                         return false;
                     };
-                    let state = shown_state(&m);
-                    if last != Some(state) {
-                        fs.follow_remount(state.0, state.1, state.2);
-                        last = Some(state);
+                    // What the mount showed at start is the options' doing (fusermount3 cannot
+                    // show them all): only what changes after it is a remount to follow.
+                    let shown = shown_state(&m);
+                    if let Some(before) = last.filter(|b| *b != shown) {
+                        let (ro, atime, nodiratime): (bool, AtimeMode, bool) = before;
+                        fs.follow_remount(
+                            if shown.0 != ro {
+                                shown.0
+                            } else {
+                                fs.read_only_now()
+                            },
+                            if shown.1 != atime {
+                                shown.1
+                            } else {
+                                fs.atime_now()
+                            },
+                            if shown.2 != nodiratime {
+                                shown.2
+                            } else {
+                                fs.nodiratime_now()
+                            },
+                        );
                     }
+                    last = Some(shown);
                     true
                 });
                 match followed {

@@ -192,3 +192,40 @@ fn daemon_reads_never_move_atime() {
     ns.wait_daemons_exit(&src);
     assert_eq!(out.trim(), "kept");
 }
+
+/// A user's mount goes through fusermount3, which knows `noatime` (not `relatime`,
+/// `strictatime` or `nodiratime`, which the daemon follows all the same).
+#[test]
+fn a_users_mount_follows_the_atime_options_through_fusermount3() {
+    const ALICE: u32 = 4242;
+    let ns = Ns::new(FuseConf::Host);
+    let (src, mnt) = (ns.base.join("src"), ns.base.join("mnt"));
+    for d in [&src, &mnt] {
+        std::fs::create_dir(d).unwrap();
+        std::os::unix::fs::chown(d, Some(ALICE), Some(ALICE)).unwrap();
+    }
+    let (s, m) = (src.display(), mnt.display());
+    for opts in ["noatime", "nodiratime", "strictatime"] {
+        ns.ok_as(ALICE, ALICE, &format!("deflatefs mount -o {opts} {s} {m}"));
+        let shown = ns.ok(&format!("findmnt -no OPTIONS {m}"));
+        let out = ns.ok_as(
+            ALICE,
+            ALICE,
+            &format!("export TZ=UTC D={m}; rm -rf {m}/*\n{SCENARIO}"),
+        );
+        ns.ok_as(ALICE, ALICE, &format!("fusermount3 -u {m}"));
+        ns.wait_daemons_exit(&src);
+        let first_read = out.lines().next().unwrap_or("");
+        match opts {
+            "noatime" => {
+                assert!(shown.contains("noatime"), "{shown}");
+                assert_eq!(first_read, "first_read kept", "{out}");
+            }
+            "nodiratime" => {
+                assert_eq!(first_read, "first_read moved", "{out}");
+                assert!(out.contains("first_list kept"), "{out}");
+            }
+            _ => assert!(out.contains("second_read moved"), "{out}"),
+        }
+    }
+}
