@@ -111,7 +111,16 @@ fn scenario(root: &Path, mount: &Path, between: impl FnOnce()) -> Vec<String> {
         ("dir", name_to_handle(&root.join("dir")).unwrap()),
         ("gone", name_to_handle(&root.join("gone")).unwrap()),
     ];
+    let gone_ino = common::lstat(&root.join("gone")).unwrap().st_ino;
     std::fs::remove_file(root.join("gone")).unwrap();
+    // ext4 hands the freed inode number to the next file made nearby: the handle of the removed
+    // file must still be ESTALE, never open this one (the generations differ).
+    std::fs::write(root.join("reuser"), "another file").unwrap();
+    eprintln!(
+        "{}: inode number reused: {}",
+        root.display(),
+        common::lstat(&root.join("reuser")).unwrap().st_ino == gone_ino
+    );
     let mut out = vec!["while cached".to_string()];
     out.extend(use_handles(mount, &mut handles));
     between();

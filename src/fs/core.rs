@@ -442,6 +442,11 @@ impl DeflateFs {
         }
     }
 
+    /// The generation the kernel gets with node `id` (see `Node::generation`); 0 if unknown.
+    pub fn generation(&self, id: u64) -> u32 {
+        self.inodes.get(id).map_or(0, |n| n.generation)
+    }
+
     pub fn forget(&self, id: u64, n: u64) {
         self.inodes.forget(id, n);
     }

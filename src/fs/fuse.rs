@@ -146,10 +146,16 @@ fn caller(req: &Request) -> Caller {
     }
 }
 
-fn reply_entry(reply: ReplyEntry, r: Result<libc::stat, Errno>) {
-    match r {
-        Ok(st) => reply.entry(&TTL, &to_attr(&st), Generation(0)),
-        Err(e) => reply.error(e),
+impl FuseAdapter {
+    fn reply_entry(&self, reply: ReplyEntry, r: Result<libc::stat, Errno>) {
+        match r {
+            Ok(st) => reply.entry(
+                &TTL,
+                &to_attr(&st),
+                Generation(u64::from(self.fs.generation(st.st_ino))),
+            ),
+            Err(e) => reply.error(e),
+        }
     }
 }
 
@@ -205,7 +211,7 @@ impl Filesystem for FuseAdapter {
         let r = guarded("lookup", || {
             self.fs.lookup(parent.0, name).map(|(_, st)| st)
         });
-        reply_entry(reply, r);
+        self.reply_entry(reply, r);
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -277,7 +283,7 @@ impl Filesystem for FuseAdapter {
                 .mknod(parent.0, name, mode, rdev as u64, caller(req))
                 .map(|(_, st)| st)
         });
-        reply_entry(reply, r);
+        self.reply_entry(reply, r);
     }
 
     fn mkdir(
@@ -295,7 +301,7 @@ impl Filesystem for FuseAdapter {
                 .mkdir(parent.0, name, mode, caller(req))
                 .map(|(_, st)| st)
         });
-        reply_entry(reply, r);
+        self.reply_entry(reply, r);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -319,7 +325,7 @@ impl Filesystem for FuseAdapter {
                 .symlink(parent.0, link_name, target.as_os_str(), caller(req))
                 .map(|(_, st)| st)
         });
-        reply_entry(reply, r);
+        self.reply_entry(reply, r);
     }
 
     fn rename(
@@ -352,7 +358,7 @@ impl Filesystem for FuseAdapter {
         let r = guarded("link", || {
             self.fs.link(ino.0, newparent.0, newname).map(|(_, st)| st)
         });
-        reply_entry(reply, r);
+        self.reply_entry(reply, r);
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -525,7 +531,8 @@ impl Filesystem for FuseAdapter {
                 continue;
             };
             let attr = to_attr(&st);
-            if reply.add(attr.ino, next, &e.name, &TTL, &attr, Generation(0)) {
+            let generation = Generation(u64::from(node.generation));
+            if reply.add(attr.ino, next, &e.name, &TTL, &attr, generation) {
                 self.fs.forget(node.id, 1);
                 break;
             }
@@ -631,10 +638,10 @@ impl Filesystem for FuseAdapter {
             let mode = self.fs.mode_for_new(parent.0, mode, umask);
             self.fs.create(parent.0, name, mode, flags, caller(req))
         }) {
-            Ok((_, st, fh)) => reply.created(
+            Ok((node, st, fh)) => reply.created(
                 &TTL,
                 &to_attr(&st),
-                Generation(0),
+                Generation(u64::from(node.generation)),
                 FileHandle(fh),
                 FopenFlags::FOPEN_KEEP_CACHE,
             ),

@@ -91,11 +91,18 @@ pub struct Node {
     /// The last (parent node, name) this inode was reached through: names it in log lines, and
     /// tells compaction where to put the rewritten file.
     location: Mutex<Option<(u64, OsString)>>,
+    /// The backing inode's generation when the node was made (0 where the backing filesystem's
+    /// file handles do not carry one): the kernel puts it in file handles and refuses a handle
+    /// whose generation differs, so a handle of a removed file never opens another file that
+    /// got its inode number. Fixed for the node's life: a compaction's new inode keeps it.
+    pub generation: u32,
 }
 
 impl Node {
     fn new(id: u64, st: &libc::stat, fd: OwnedFd, lookups: u64) -> Node {
+        let generation = backing_generation(fd.as_raw_fd());
         Node {
+            generation,
             id,
             dev: st.st_dev,
             ino: st.st_ino,
@@ -752,6 +759,24 @@ pub(super) fn file_handle(fd: RawFd) -> Option<Box<[u8]>> {
     let len = u32::from_ne_bytes(buf[..4].try_into().expect("4 bytes")) as usize;
     buf.truncate(8 + len.min(MAX_HANDLE_SZ));
     Some(buf.into_boxed_slice())
+}
+
+/// The generation in the backing filesystem's file handle of `fd` (`FILEID_INO32_GEN`: inode
+/// number, then generation), or 0.
+fn backing_generation(fd: RawFd) -> u32 {
+    const FILEID_INO32_GEN: i32 = 1;
+    let Some(h) = file_handle(fd) else {
+        return 0;
+    };
+    let kind = h
+        .get(4..8)
+        .map(|b| i32::from_ne_bytes(b.try_into().expect("4 bytes")));
+    match (kind, h.get(12..16)) {
+        (Some(FILEID_INO32_GEN), Some(g)) if h.len() == 16 => {
+            u32::from_ne_bytes(g.try_into().expect("4 bytes"))
+        }
+        _ => 0,
+    }
 }
 
 /// `open_by_handle_at(mount_fd, handle, O_PATH | O_NOFOLLOW)`.
