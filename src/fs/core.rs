@@ -634,8 +634,22 @@ impl DeflateFs {
         // Framing of stored members: well under 1/64 of the data, plus an index record's worth.
         let framing = length / 64 + (64 << 10);
         let want = length.saturating_add(framing);
+        // Refused before anything is allocated: the backing filesystem keeps whatever part of
+        // a fallocate it managed before running out, and those blocks past the end could only
+        // be given back by a truncate, which could cut members a concurrent write-back just
+        // appended.
+        let fs = sys::fstatvfs(self.fd(node)?.raw())?;
+        let free = fs.f_bavail.saturating_mul(fs.f_frsize);
+        if want > free {
+            return Err(FsError::with_context(
+                libc::ENOSPC,
+                format!("fallocate needs {want} bytes stored uncompressed, {free} are free"),
+            ));
+        }
         let file = self.reopen(node, libc::O_WRONLY)?;
         let end = file.metadata().map_err(FsError::from)?.len();
+        // Past the end: the members written next fill these blocks. Out of space here (the
+        // disk filled meanwhile), what was allocated stays for those members.
         sys::fallocate(&file, libc::FALLOC_FL_KEEP_SIZE, end, want).map_err(|e| {
             FsError::with_context(e.errno, format!("reserving {want} bytes for fallocate"))
         })
