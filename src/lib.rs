@@ -21,5 +21,6 @@ pub mod logging;
 pub mod mount;
 pub mod options;
 pub mod panics;
+pub mod remount;
 pub mod source_lock;
 pub mod stat;

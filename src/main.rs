@@ -22,6 +22,9 @@ fn parse_mount_options(
 fn main() {
     let cli = parse_args(std::env::args_os().collect());
     let code = match cli.command {
+        Command::Mount(m) if deflatefs::remount::is_remount(&m.options) => {
+            deflatefs::remount::run(&m.mountpoint, &m.options, m.sloppy)
+        }
         Command::Mount(m) => match parse_mount_options(&m.options, m.sloppy) {
             Ok(options) => mount::run(MountRequest {
                 source: m.source,

@@ -31,7 +31,7 @@ use crate::fs::fuse::FuseAdapter;
 use crate::fs::sys;
 use crate::fs::DeflateFs;
 use crate::logging::{self, LogTarget};
-use crate::options::MountOptions;
+use crate::options::{AtimeMode, MountOptions};
 
 /// The filesystem type shown in /proc/mounts and by findmnt.
 pub const FS_TYPE: &str = "fuse.deflatefs";
@@ -67,6 +67,10 @@ pub struct MountInfo {
     pub dev: (u32, u32),
     pub mount_point: PathBuf,
     pub fs_type: String,
+    /// The per-mount options (`rw,nosuid,nodev,relatime`).
+    pub mount_options: String,
+    /// The superblock's options (`rw,user_id=0,group_id=0,default_permissions`).
+    pub super_options: String,
 }
 
 fn unescape_mountinfo(s: &str) -> String {
@@ -103,6 +107,8 @@ pub fn read_mountinfo() -> Vec<MountInfo> {
                     .unwrap_or((0, 0)),
                 mount_point: PathBuf::from(unescape_mountinfo(fields.get(4)?)),
                 fs_type: fields.get(sep + 1)?.to_string(),
+                mount_options: fields.get(5)?.to_string(),
+                super_options: fields.get(sep + 3).copied().unwrap_or("").to_string(),
             })
         })
         .collect()
@@ -239,13 +245,7 @@ fn kernel_mount(
         .map_err(|e| MountError(format!("cannot open /dev/fuse: {e}")))?;
     let fd: OwnedFd = dev.into();
     let data = kernel_mount_data(fd.as_raw_fd(), opts);
-    let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    if opts.read_only {
-        flags |= MsFlags::MS_RDONLY;
-    }
-    if opts.noexec {
-        flags |= MsFlags::MS_NOEXEC;
-    }
+    let flags = kernel_mount_flags(opts);
     if let Err(errno) = nix::mount::mount(
         Some(source),
         mountpoint,
@@ -266,6 +266,36 @@ fn kernel_mount(
         ));
     }
     Ok(fd)
+}
+
+/// The mount(2) flags for a mount by root: `nosuid,nodev` unless `suid`/`dev` were asked for, and
+/// the access-time policy, so findmnt shows the options the daemon follows.
+fn kernel_mount_flags(opts: &MountOptions) -> MsFlags {
+    let mut flags = MsFlags::empty();
+    if !opts.suid {
+        flags |= MsFlags::MS_NOSUID;
+    }
+    if !opts.dev {
+        flags |= MsFlags::MS_NODEV;
+    }
+    if opts.read_only {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    if opts.noexec {
+        flags |= MsFlags::MS_NOEXEC;
+    }
+    flags |= match opts.atime {
+        AtimeMode::Relatime => MsFlags::MS_RELATIME,
+        AtimeMode::Strict => MsFlags::MS_STRICTATIME,
+        AtimeMode::Never => MsFlags::MS_NOATIME,
+    };
+    if opts.nodiratime {
+        flags |= MsFlags::MS_NODIRATIME;
+    }
+    if opts.lazytime {
+        flags |= MsFlags::MS_LAZYTIME;
+    }
+    flags
 }
 
 /// The data string of mount(2) for a FUSE mount on /dev/fuse descriptor `fd`.
@@ -294,6 +324,11 @@ fn fusermount_options(source: &Path, opts: &MountOptions) -> String {
     if opts.noexec {
         o.push("noexec".into());
     }
+    // fusermount3 knows noatime but not relatime, strictatime, nodiratime or lazytime
+    // (`unknown option`); the daemon follows its own policy whatever the mount shows.
+    if opts.atime == AtimeMode::Never {
+        o.push("noatime".into());
+    }
     o.push(format!(
         "fsname={}",
         crate::fusermount::escape_option_value(&source.to_string_lossy())
@@ -316,6 +351,10 @@ fn user_mount(
     mountpoint: &Path,
     opts: &MountOptions,
 ) -> Result<OwnedFd, MountError> {
+    if opts.dev || opts.suid {
+        // FUSE forces nosuid,nodev on mounts without root, as fusermount3 does.
+        tracing::warn!("options dev and suid need a mount by root; mounting nosuid,nodev");
+    }
     crate::fusermount::mount(mountpoint, &fusermount_options(source, opts)).map_err(|why| {
         let hint = if why.contains("/dev/fuse") && why.contains("denied") {
             " (/dev/fuse must be mode 0666 for mounts without root; udev makes it so on Debian)"
@@ -405,6 +444,84 @@ fn raise_readahead_later(mount_id: u64) {
                 );
             }
         });
+}
+
+/// The remountable state a mount's /proc/self/mountinfo options show: read-only (the mount's or
+/// the superblock's flag), the access-time policy and `nodiratime`.
+pub fn shown_state(m: &MountInfo) -> (bool, AtimeMode, bool) {
+    let has = |list: &str, o: &str| list.split(',').any(|x| x == o);
+    let read_only = has(&m.mount_options, "ro") || has(&m.super_options, "ro");
+    let atime = if has(&m.mount_options, "noatime") {
+        AtimeMode::Never
+    } else if has(&m.mount_options, "relatime") {
+        AtimeMode::Relatime
+    } else {
+        AtimeMode::Strict
+    };
+    (read_only, atime, has(&m.mount_options, "nodiratime"))
+}
+
+/// Follows remounts of the mount with id `mount_id` (`mount -o remount,ro|rw|noatime...`): the
+/// kernel applies them and bumps the namespace's mount table, which wakes a poll on
+/// /proc/self/mountinfo; the daemon then reads its mount's options and follows them
+/// ([`DeflateFs::follow_remount`]). No request to any filesystem is made.
+fn watch_remounts(fs: Arc<DeflateFs>, mount_id: u64) {
+    let spawned = std::thread::Builder::new()
+        .name("dfs-remount".into())
+        .spawn(move || {
+            let Ok(table) = File::open("/proc/self/mountinfo") else {
+                tracing::warn!("cannot open /proc/self/mountinfo: remounts are not followed");
+                return;
+            };
+            let mut last = None;
+            loop {
+                let followed = crate::panics::catch(|| {
+                    let Some(m) = read_mountinfo().into_iter().find(|m| m.id == mount_id) else {
+                        return false;
+                    };
+                    // What the mount showed at start is the options' doing (fusermount3 cannot
+                    // show them all): only what changes after it is a remount to follow.
+                    let shown = shown_state(&m);
+                    if let Some(before) = last.filter(|b| *b != shown) {
+                        let (ro, atime, nodiratime): (bool, AtimeMode, bool) = before;
+                        fs.follow_remount(
+                            if shown.0 != ro {
+                                shown.0
+                            } else {
+                                fs.read_only_now()
+                            },
+                            if shown.1 != atime {
+                                shown.1
+                            } else {
+                                fs.atime_now()
+                            },
+                            if shown.2 != nodiratime {
+                                shown.2
+                            } else {
+                                fs.nodiratime_now()
+                            },
+                        );
+                    }
+                    last = Some(shown);
+                    true
+                });
+                match followed {
+                    Ok(true) => {}
+                    Ok(false) => return, // unmounted
+                    Err(msg) => tracing::error!("thread dfs-remount panicked: {msg}"),
+                }
+                let mut pfd = libc::pollfd {
+                    fd: table.as_raw_fd(),
+                    events: libc::POLLPRI,
+                    revents: 0,
+                };
+                // SAFETY: `pfd` is one live pollfd, as the count says.
+                unsafe { libc::poll(&mut pfd, 1, 1000) };
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot start the remount thread ({e}): remounts are not followed");
+    }
 }
 
 /// The device number of the mount with id `mount_id`, from /proc/self/mountinfo (no request to
@@ -684,6 +801,7 @@ fn serve_inner(
     };
     fs.spawn_flusher();
     raise_readahead_later(mount_id);
+    watch_remounts(fs.clone(), mount_id);
     if let Some(w) = permissions_warning(opts, source, mountpoint) {
         tracing::warn!("{w}");
     }

@@ -67,6 +67,38 @@ pub struct MountOptions {
     /// SHA-256 and each chunk's BLAKE3 chaining value. Off, `user.deflatefs.sha256` and
     /// `user.deflatefs.blake3` are computed by reading the file when they are asked for.
     pub digests: bool,
+    /// When reading moves a file's access time (`relatime` default, `strictatime`, `noatime`).
+    pub atime: AtimeMode,
+    /// Listing a directory never moves its access time (`nodiratime`).
+    pub nodiratime: bool,
+    /// `lazytime`: passed to the kernel and shown by findmnt; the backing filesystem already
+    /// decides when its inode times reach the disk, so the daemon does nothing more.
+    pub lazytime: bool,
+    /// Honour device nodes (`dev`) and setuid/setgid bits (`suid`); root mounts only.
+    pub dev: bool,
+    pub suid: bool,
+}
+
+/// When a read moves the access time, as the same ext4 mount options decide it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AtimeMode {
+    /// Only when the access time is not after the modification or change time, or is a day old.
+    Relatime,
+    /// At every read.
+    Strict,
+    /// Never (`touch -a` and utimensat still set it).
+    Never,
+}
+
+impl AtimeMode {
+    /// The option that selects this mode, as findmnt shows it.
+    pub fn option_name(self) -> &'static str {
+        match self {
+            AtimeMode::Relatime => "relatime",
+            AtimeMode::Strict => "strictatime",
+            AtimeMode::Never => "noatime",
+        }
+    }
 }
 
 impl Default for MountOptions {
@@ -95,6 +127,11 @@ impl Default for MountOptions {
             log_file: None,
             shatag: false,
             digests: true,
+            atime: AtimeMode::Relatime,
+            nodiratime: false,
+            lazytime: false,
+            dev: false,
+            suid: false,
         }
     }
 }
@@ -132,8 +169,17 @@ Mount options (-o OPT[,OPT...]):
   log=FILE             log to FILE instead of syslog (daemon) or stderr (-f)
   log_level=LEVEL      error, warn, info (default), debug or trace
   noexec / exec        forbid / allow executing files on the mount (default exec)
-  Accepted and ignored, as passed by mount(8)/mount.fuse3: dev, nodev, suid, nosuid (the mount
-  is always nosuid,nodev), atime, noatime, relatime, async, defaults.
+  relatime             a read moves the access time only when it is not after the modification
+                       or change time, or is a day old, as on ext4 (default; also `atime`)
+  strictatime          every read moves the access time (also `norelatime`)
+  noatime              reads never move the access time
+  nodiratime / diratime  listing a directory never / does (default) move its access time
+  lazytime / nolazytime  accepted and shown; the backing filesystem's own policy applies
+  dev / nodev          honour device nodes on the mount (root only; default nodev)
+  suid / nosuid        honour setuid and setgid bits (root only; default nosuid)
+  Accepted and ignored, as passed by mount(8)/mount.fuse3: async, defaults.
+  remount              (mount -o remount,...) change ro/rw, the atime options, exec, dev and
+                       suid of a live mount; other options are refused (README, Remount)
 SIZE takes a suffix k, m or g (powers of 1024).";
 
 /// How the error for an option nobody knows begins.
@@ -332,8 +378,35 @@ impl MountOptions {
                 flag(value)?;
                 self.noexec = false
             }
-            "dev" | "nodev" | "suid" | "nosuid" | "atime" | "noatime" | "relatime" | "async"
-            | "defaults" => flag(value)?,
+            "relatime" | "atime" | "nostrictatime" => {
+                flag(value)?;
+                self.atime = AtimeMode::Relatime
+            }
+            "strictatime" | "norelatime" => {
+                flag(value)?;
+                self.atime = AtimeMode::Strict
+            }
+            "noatime" => {
+                flag(value)?;
+                self.atime = AtimeMode::Never
+            }
+            "nodiratime" | "diratime" => {
+                flag(value)?;
+                self.nodiratime = name == "nodiratime"
+            }
+            "lazytime" | "nolazytime" => {
+                flag(value)?;
+                self.lazytime = name == "lazytime"
+            }
+            "dev" | "nodev" => {
+                flag(value)?;
+                self.dev = name == "dev"
+            }
+            "suid" | "nosuid" => {
+                flag(value)?;
+                self.suid = name == "suid"
+            }
+            "async" | "defaults" => flag(value)?,
             _ => {
                 return Err(OptionError(format!(
                     "{UNKNOWN_OPTION} '{opt}' (see deflatefs --help)"
@@ -388,6 +461,36 @@ mod tests {
             let e = MountOptions::parse(&[bad]).unwrap_err();
             assert!(e.0.contains("fds"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn atime_options_select_the_mode_last_one_wins() {
+        assert_eq!(
+            MountOptions::parse::<&str>(&[]).unwrap().atime,
+            AtimeMode::Relatime
+        );
+        for (text, mode) in [
+            ("noatime", AtimeMode::Never),
+            ("strictatime", AtimeMode::Strict),
+            ("norelatime", AtimeMode::Strict),
+            ("noatime,relatime", AtimeMode::Relatime),
+            ("strictatime,atime", AtimeMode::Relatime),
+        ] {
+            assert_eq!(MountOptions::parse(&[text]).unwrap().atime, mode, "{text}");
+        }
+        let o = MountOptions::parse(&["nodiratime,lazytime"]).unwrap();
+        assert!(o.nodiratime && o.lazytime);
+        assert!(MountOptions::parse(&["noatime=1"]).is_err());
+    }
+
+    #[test]
+    fn dev_and_suid_are_off_unless_asked_for() {
+        let o = MountOptions::parse::<&str>(&[]).unwrap();
+        assert!(!o.dev && !o.suid);
+        let o = MountOptions::parse(&["dev,suid"]).unwrap();
+        assert!(o.dev && o.suid);
+        let o = MountOptions::parse(&["dev,suid,nodev,nosuid"]).unwrap();
+        assert!(!o.dev && !o.suid);
     }
 
     #[test]

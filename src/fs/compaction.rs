@@ -64,7 +64,9 @@ impl DeflateFs {
         let OpenFile::Container(c) = open.as_ref() else {
             return;
         };
-        if self.opts.read_only || self.shutting_down.load(Ordering::SeqCst) || !c.wants_compaction()
+        if self.read_only_now()
+            || self.shutting_down.load(Ordering::SeqCst)
+            || !c.wants_compaction()
         {
             return;
         }
@@ -100,7 +102,7 @@ impl DeflateFs {
         let OpenFile::Container(c) = open else {
             return;
         };
-        if self.opts.read_only || !c.wants_compaction() {
+        if self.read_only_now() || !c.wants_compaction() {
             return;
         }
         let Some(_turn) = c.try_compaction_turn() else {
@@ -281,7 +283,7 @@ impl DeflateFs {
     /// every overwrite. Runs on the flusher thread; each file is held open meanwhile, so its
     /// state cannot be dropped and made again under the compaction.
     pub fn compact_open_files(&self) {
-        if self.opts.read_only {
+        if self.read_only_now() {
             return;
         }
         let mut nodes: Vec<Arc<Node>> = self

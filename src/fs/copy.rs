@@ -104,7 +104,7 @@ impl DeflateFs {
         if !h_out.writable || h_out.append {
             return errno(libc::EBADF);
         }
-        if self.opts.read_only {
+        if self.read_only_now() {
             return errno(libc::EROFS);
         }
         if off_in > i64::MAX as u64 || off_out > i64::MAX as u64 {

@@ -108,6 +108,11 @@ pub struct DeflateFs {
     pub(super) names: NameLocks,
     /// The user the daemon runs as: the mount's owner, who (with root) may read the engine report.
     pub(super) owner_uid: u32,
+    /// The source directory on a detached mount of its own with the `strictatime` flag, for
+    /// reads under `strictatime` (see `atime`), when the daemon may make one (root).
+    pub(super) strict_atime_view: Option<OwnedFd>,
+    /// The options a remount may change (see `live`).
+    pub(super) live: super::live::LiveOptions,
     /// The daemon runs as root, so it creates files under each caller's filesystem ids
     /// ([`AsCaller`]); a daemon without root creates them only for its own user.
     pub(super) creates_as_caller: bool,
@@ -174,6 +179,8 @@ impl DeflateFs {
             // engine's queues. Room for a few readers' batches; beyond that they decode alone.
             prefetch: Background::new("dfs-prefetch", 1, 16)?,
         });
+        let strict_atime_view = super::atime::strict_atime_view(&root_fd);
+        let live = super::live::LiveOptions::new(&opts);
         let inodes = InodeTable::new(root_fd, &st, opts.fds);
         Ok(DeflateFs {
             opts,
@@ -190,6 +197,8 @@ impl DeflateFs {
             lingering: Lingering::new(),
             names: NameLocks::default(),
             owner_uid: nix::unistd::getuid().as_raw(),
+            strict_atime_view,
+            live,
             creates_as_caller: nix::unistd::geteuid().is_root(),
             copies: CopyStats::default(),
             // One at a time is what the disk can do anyway; a queue beyond that only holds
@@ -249,7 +258,7 @@ impl DeflateFs {
     }
 
     pub(super) fn check_writable(&self) -> FsResult<()> {
-        if self.opts.read_only {
+        if self.read_only_now() {
             errno(libc::EROFS)
         } else {
             Ok(())
@@ -366,6 +375,13 @@ impl DeflateFs {
         if is_internal(name.as_bytes()) {
             return errno(libc::ENOENT);
         }
+        // The kernel looks up "." of a node id to reconnect a file handle (open_by_handle_at,
+        // NFS), and ".." of a directory to find its parent; the root is its own parent.
+        match name.as_bytes() {
+            b"." => return self.lookup_id(parent),
+            b".." if parent == ROOT_ID => return self.lookup_id(ROOT_ID),
+            _ => {}
+        }
         let dir = self.node(parent)?;
         let cname = sys::cstr(name)?;
         let dir_fd = self.fd(&dir)?;
@@ -374,7 +390,9 @@ impl DeflateFs {
         })?;
         let st = sys::fstat(fd.as_raw_fd())?;
         let node = self.inodes.insert_lookup(fd, &st);
-        node.set_location(parent, name);
+        if name.as_bytes() != b".." {
+            node.set_location(parent, name);
+        }
         match self.stat_node(&node) {
             Ok(st) => Ok((node, st)),
             Err(e) => {
@@ -382,6 +400,51 @@ impl DeflateFs {
                 Err(e)
             }
         }
+    }
+
+    /// Looks node `id` up by itself; registers one kernel lookup. A node the kernel forgot (or
+    /// that a previous mount handed out) is found again by its backing inode number where the
+    /// backing filesystem allows it (see `InodeTable::open_by_id`); ESTALE otherwise, as for
+    /// a removed file.
+    pub fn lookup_id(&self, id: u64) -> FsResult<(Arc<Node>, libc::stat)> {
+        let (fd, st) = match self.inodes.get(id) {
+            Some(node) => {
+                let fd = self.fd(&node)?;
+                let st = sys::fstat(fd.raw())?;
+                // SAFETY: F_DUPFD_CLOEXEC on a descriptor `fd` keeps open; no pointers.
+                let dup = unsafe { libc::fcntl(fd.raw(), libc::F_DUPFD_CLOEXEC, 0) };
+                if dup < 0 {
+                    return errno(sys::last_errno());
+                }
+                // SAFETY: `dup` was just returned by fcntl and nothing else owns it.
+                (
+                    unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(dup) },
+                    st,
+                )
+            }
+            None => {
+                let root = self.node(ROOT_ID)?;
+                self.inodes.open_by_id(id, &root).ok_or_else(|| {
+                    FsError::with_context(libc::ESTALE, format!("node {id} cannot be found again"))
+                })?
+            }
+        };
+        if st.st_nlink == 0 && st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            return errno(libc::ESTALE);
+        }
+        let node = self.inodes.insert_lookup(fd, &st);
+        match self.stat_node(&node) {
+            Ok(st) => Ok((node, st)),
+            Err(e) => {
+                self.inodes.forget(node.id, 1);
+                Err(e)
+            }
+        }
+    }
+
+    /// The generation the kernel gets with node `id` (see `Node::generation`); 0 if unknown.
+    pub fn generation(&self, id: u64) -> u32 {
+        self.inodes.get(id).map_or(0, |n| n.generation)
     }
 
     pub fn forget(&self, id: u64, n: u64) {
@@ -457,7 +520,7 @@ impl DeflateFs {
     pub fn access(&self, id: u64, mask: i32, caller: Caller) -> FsResult<()> {
         let node = self.node(id)?;
         let st = sys::fstat(self.fd(&node)?.raw())?;
-        if mask & libc::W_OK != 0 && self.opts.read_only {
+        if mask & libc::W_OK != 0 && self.read_only_now() {
             return errno(libc::EROFS);
         }
         // R_OK, W_OK and X_OK are the mode bits 4, 2 and 1.
@@ -506,7 +569,7 @@ impl DeflateFs {
             Some(f) => {
                 f.fsync(datasync)?;
                 if let OpenFile::Container(c) = f {
-                    if !self.opts.read_only && c.wants_compaction() {
+                    if !self.read_only_now() && c.wants_compaction() {
                         self.compaction_due.store(true, Ordering::Relaxed);
                     }
                 }
@@ -561,11 +624,11 @@ impl DeflateFs {
                 if mode & !libc::FALLOC_FL_KEEP_SIZE != 0 {
                     return errno(libc::EOPNOTSUPP);
                 }
-                // Space cannot be reserved for data whose compressed size is unknown; extending
-                // the logical size is what callers rely on.
                 let end = offset
                     .checked_add(length)
                     .ok_or(FsError::new(libc::EFBIG))?;
+                // Mode 0 and KEEP_SIZE alike: reserve, as ext4 does for both.
+                self.reserve_backing(&h.node, length)?;
                 if mode & libc::FALLOC_FL_KEEP_SIZE == 0 {
                     let size = file.logical_size().unwrap_or(0);
                     if end > size {
@@ -586,5 +649,36 @@ impl DeflateFs {
 
     pub fn engine(&self) -> &Arc<Engine> {
         &self.ctx.engine
+    }
+
+    /// Reserves room for `length` bytes of a container stored uncompressed (with its members'
+    /// framing) in the backing filesystem: blocks allocated past the backing file's end
+    /// (`FALLOC_FL_KEEP_SIZE`), which the members written next fill. ENOSPC, with nothing
+    /// changed, when the backing filesystem cannot hold them. Compressed data takes less, so
+    /// writes of up to `length` bytes will not run out of space, unless the reservation is
+    /// used up by other writes to the file first or a compaction moves it to a new inode.
+    fn reserve_backing(&self, node: &Node, length: u64) -> FsResult<()> {
+        // Framing of stored members: well under 1/64 of the data, plus an index record's worth.
+        let framing = length / 64 + (64 << 10);
+        let want = length.saturating_add(framing);
+        // Refused before anything is allocated: the backing filesystem keeps whatever part of
+        // a fallocate it managed before running out, and those blocks past the end could only
+        // be given back by a truncate, which could cut members a concurrent write-back just
+        // appended.
+        let fs = sys::fstatvfs(self.fd(node)?.raw())?;
+        let free = fs.f_bavail.saturating_mul(fs.f_frsize);
+        if want > free {
+            return Err(FsError::with_context(
+                libc::ENOSPC,
+                format!("fallocate needs {want} bytes stored uncompressed, {free} are free"),
+            ));
+        }
+        let file = self.reopen(node, libc::O_WRONLY)?;
+        let end = file.metadata().map_err(FsError::from)?.len();
+        // Past the end: the members written next fill these blocks. Out of space here (the
+        // disk filled meanwhile), what was allocated stays for those members.
+        sys::fallocate(&file, libc::FALLOC_FL_KEEP_SIZE, end, want).map_err(|e| {
+            FsError::with_context(e.errno, format!("reserving {want} bytes for fallocate"))
+        })
     }
 }

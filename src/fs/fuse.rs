@@ -146,10 +146,16 @@ fn caller(req: &Request) -> Caller {
     }
 }
 
-fn reply_entry(reply: ReplyEntry, r: Result<libc::stat, Errno>) {
-    match r {
-        Ok(st) => reply.entry(&TTL, &to_attr(&st), Generation(0)),
-        Err(e) => reply.error(e),
+impl FuseAdapter {
+    fn reply_entry(&self, reply: ReplyEntry, r: Result<libc::stat, Errno>) {
+        match r {
+            Ok(st) => reply.entry(
+                &TTL,
+                &to_attr(&st),
+                Generation(u64::from(self.fs.generation(st.st_ino))),
+            ),
+            Err(e) => reply.error(e),
+        }
     }
 }
 
@@ -171,6 +177,18 @@ fn reply_xattr(reply: ReplyXattr, size: u32, r: Result<Vec<u8>, Errno>) {
 
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // POSIX ACLs as on ext4: the kernel checks them and keeps them in step with the mode;
+        // the ACLs live as xattrs of the backing inodes. Only with default_permissions (the
+        // kernel turns that on with ACLs, which would override no_default_permissions).
+        if self.fs.opts.default_permissions {
+            let acl = fuser::InitFlags::FUSE_POSIX_ACL | fuser::InitFlags::FUSE_DONT_MASK;
+            match config.add_capabilities(acl) {
+                Ok(()) => self.fs.set_posix_acl(true),
+                Err(missing) => {
+                    tracing::warn!("the kernel offers no POSIX ACLs ({missing:?}): not enforced")
+                }
+            }
+        }
         // Big requests are what make the FUSE path cheap (docs/PLATFORM.md).
         let _ = config.set_max_write(MAX_WRITE);
         let _ = config.set_max_readahead(MAX_WRITE);
@@ -179,6 +197,9 @@ impl Filesystem for FuseAdapter {
             fuser::InitFlags::FUSE_DO_READDIRPLUS | fuser::InitFlags::FUSE_READDIRPLUS_AUTO,
         );
         let _ = config.set_max_background(64);
+        // File handles (open_by_handle_at, NFS export) outlive the kernel's inode cache: it
+        // then asks for "." of the node id, which the core answers (`DeflateFs::lookup_id`).
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_EXPORT_SUPPORT);
         Ok(())
     }
 
@@ -190,7 +211,7 @@ impl Filesystem for FuseAdapter {
         let r = guarded("lookup", || {
             self.fs.lookup(parent.0, name).map(|(_, st)| st)
         });
-        reply_entry(reply, r);
+        self.reply_entry(reply, r);
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -252,16 +273,17 @@ impl Filesystem for FuseAdapter {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         rdev: u32,
         reply: ReplyEntry,
     ) {
         let r = guarded("mknod", || {
+            let mode = self.fs.mode_for_new(parent.0, mode, umask);
             self.fs
                 .mknod(parent.0, name, mode, rdev as u64, caller(req))
                 .map(|(_, st)| st)
         });
-        reply_entry(reply, r);
+        self.reply_entry(reply, r);
     }
 
     fn mkdir(
@@ -270,15 +292,16 @@ impl Filesystem for FuseAdapter {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
         let r = guarded("mkdir", || {
+            let mode = self.fs.mode_for_new(parent.0, mode, umask);
             self.fs
                 .mkdir(parent.0, name, mode, caller(req))
                 .map(|(_, st)| st)
         });
-        reply_entry(reply, r);
+        self.reply_entry(reply, r);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -302,7 +325,7 @@ impl Filesystem for FuseAdapter {
                 .symlink(parent.0, link_name, target.as_os_str(), caller(req))
                 .map(|(_, st)| st)
         });
-        reply_entry(reply, r);
+        self.reply_entry(reply, r);
     }
 
     fn rename(
@@ -335,14 +358,24 @@ impl Filesystem for FuseAdapter {
         let r = guarded("link", || {
             self.fs.link(ino.0, newparent.0, newname).map(|(_, st)| st)
         });
-        reply_entry(reply, r);
+        self.reply_entry(reply, r);
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match guarded("open", || self.fs.open(ino.0, flags.0)) {
             // KEEP_CACHE: only this daemon changes the data, and it invalidates nothing behind
-            // the kernel's back, so cached pages stay valid across opens.
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            // the kernel's back, so cached pages stay valid across opens. Unless the next read
+            // must move the atime: it has to reach the daemon then, not the kernel's cache.
+            Ok(fh) => {
+                let reads = flags.0 & libc::O_ACCMODE != libc::O_WRONLY;
+                let keep = !(reads && self.fs.handle_read_would_move_atime(fh));
+                let cache = if keep {
+                    FopenFlags::FOPEN_KEEP_CACHE
+                } else {
+                    FopenFlags::empty()
+                };
+                reply.opened(FileHandle(fh), cache)
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -360,7 +393,11 @@ impl Filesystem for FuseAdapter {
     ) {
         READ_REPLY.with_borrow_mut(|buf| {
             match guarded("read", || self.fs.read_into(fh.0, offset, size, buf)) {
-                Ok(()) => reply.data(buf),
+                Ok(()) => {
+                    // Before the reply: the kernel asks for the atime again once it has it.
+                    self.fs.note_file_read(fh.0);
+                    reply.data(buf)
+                }
                 Err(e) => reply.error(e),
             }
             if buf.capacity() > MAX_WRITE as usize {
@@ -439,6 +476,7 @@ impl Filesystem for FuseAdapter {
     ) {
         match guarded("readdir", || self.fs.readdir(fh.0, offset)) {
             Ok(entries) => {
+                self.fs.note_dir_read(fh.0);
                 for (i, e) in entries.iter().enumerate() {
                     let kind = dtype_kind(e.dtype);
                     if reply.add(INodeNo(e.ino), offset + i as u64 + 1, kind, &e.name) {
@@ -466,6 +504,7 @@ impl Filesystem for FuseAdapter {
             Ok(entries) => entries,
             Err(e) => return reply.error(e),
         };
+        self.fs.note_dir_read(fh.0);
         for (i, e) in entries.iter().enumerate() {
             let next = offset + i as u64 + 1;
             let name = e.name.as_encoded_bytes();
@@ -492,7 +531,8 @@ impl Filesystem for FuseAdapter {
                 continue;
             };
             let attr = to_attr(&st);
-            if reply.add(attr.ino, next, &e.name, &TTL, &attr, Generation(0)) {
+            let generation = Generation(u64::from(node.generation));
+            if reply.add(attr.ino, next, &e.name, &TTL, &attr, generation) {
                 self.fs.forget(node.id, 1);
                 break;
             }
@@ -590,17 +630,18 @@ impl Filesystem for FuseAdapter {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
         match guarded("create", || {
+            let mode = self.fs.mode_for_new(parent.0, mode, umask);
             self.fs.create(parent.0, name, mode, flags, caller(req))
         }) {
-            Ok((_, st, fh)) => reply.created(
+            Ok((node, st, fh)) => reply.created(
                 &TTL,
                 &to_attr(&st),
-                Generation(0),
+                Generation(u64::from(node.generation)),
                 FileHandle(fh),
                 FopenFlags::FOPEN_KEEP_CACHE,
             ),

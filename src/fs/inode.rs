@@ -91,11 +91,18 @@ pub struct Node {
     /// The last (parent node, name) this inode was reached through: names it in log lines, and
     /// tells compaction where to put the rewritten file.
     location: Mutex<Option<(u64, OsString)>>,
+    /// The backing inode's generation when the node was made (0 where the backing filesystem's
+    /// file handles do not carry one): the kernel puts it in file handles and refuses a handle
+    /// whose generation differs, so a handle of a removed file never opens another file that
+    /// got its inode number. Fixed for the node's life: a compaction's new inode keeps it.
+    pub generation: u32,
 }
 
 impl Node {
     fn new(id: u64, st: &libc::stat, fd: OwnedFd, lookups: u64) -> Node {
+        let generation = backing_generation(fd.as_raw_fd());
         Node {
+            generation,
             id,
             dev: st.st_dev,
             ino: st.st_ino,
@@ -503,6 +510,30 @@ impl InodeTable {
         self.table.lock().by_id.get(&id).cloned()
     }
 
+    /// Opens (O_PATH) the backing inode whose number is node id `id`, for a node the kernel no
+    /// longer holds (a file handle from before a forget or a remount). Works where the backing
+    /// filesystem's file handles are an inode number and a generation (`FILEID_INO32_GEN`, as on
+    /// ext2/3/4): the handle is built with generation 0, which the filesystem does not check,
+    /// and the inode is accepted only if it is on the source's device. None otherwise.
+    pub fn open_by_id(&self, id: u64, root: &Node) -> Option<(OwnedFd, libc::stat)> {
+        const FILEID_INO32_GEN: i32 = 1;
+        let mount = self.handle_mount.as_ref()?;
+        let ino = u32::try_from(id).ok()?;
+        let root_fd = self.fd(root).ok()?;
+        let template = file_handle(root_fd.raw())?;
+        let kind = i32::from_ne_bytes(template.get(4..8)?.try_into().ok()?);
+        if kind != FILEID_INO32_GEN || template.len() != 16 {
+            return None;
+        }
+        let mut handle = template.to_vec();
+        handle[8..12].copy_from_slice(&ino.to_le_bytes());
+        handle[12..16].copy_from_slice(&0u32.to_le_bytes());
+        let fd = open_by_handle(mount.as_raw_fd(), &handle).ok()?;
+        let st = sys::fstat(fd.as_raw_fd()).ok()?;
+        let root_dev = self.table.lock().root_dev;
+        (st.st_dev == root_dev && st.st_ino == id).then_some((fd, st))
+    }
+
     /// Registers one kernel lookup of the inode described by `st`, reached through `fd`. An inode
     /// already known keeps its node (and its existing descriptor; `fd` is dropped).
     pub fn insert_lookup(&self, fd: OwnedFd, st: &libc::stat) -> Arc<Node> {
@@ -704,7 +735,7 @@ fn handles_work(root: &OwnedFd) -> Option<OwnedFd> {
 
 /// `name_to_handle_at(fd, "", AT_EMPTY_PATH)`: the kernel's `struct file_handle` as bytes
 /// (handle_bytes, handle_type, f_handle), or None where the backing filesystem has none.
-fn file_handle(fd: RawFd) -> Option<Box<[u8]>> {
+pub(super) fn file_handle(fd: RawFd) -> Option<Box<[u8]>> {
     const MAX_HANDLE_SZ: usize = 128;
     let mut buf = vec![0u8; 8 + MAX_HANDLE_SZ];
     buf[..4].copy_from_slice(&(MAX_HANDLE_SZ as u32).to_ne_bytes());
@@ -730,8 +761,31 @@ fn file_handle(fd: RawFd) -> Option<Box<[u8]>> {
     Some(buf.into_boxed_slice())
 }
 
+/// The generation in the backing filesystem's file handle of `fd` (`FILEID_INO32_GEN`: inode
+/// number, then generation), or 0.
+fn backing_generation(fd: RawFd) -> u32 {
+    const FILEID_INO32_GEN: i32 = 1;
+    let Some(h) = file_handle(fd) else {
+        return 0;
+    };
+    let kind = h
+        .get(4..8)
+        .map(|b| i32::from_ne_bytes(b.try_into().expect("4 bytes")));
+    match (kind, h.get(12..16)) {
+        (Some(FILEID_INO32_GEN), Some(g)) if h.len() == 16 => {
+            u32::from_ne_bytes(g.try_into().expect("4 bytes"))
+        }
+        _ => 0,
+    }
+}
+
 /// `open_by_handle_at(mount_fd, handle, O_PATH | O_NOFOLLOW)`.
 fn open_by_handle(mount_fd: RawFd, handle: &[u8]) -> FsResult<OwnedFd> {
+    open_by_handle_with(mount_fd, handle, libc::O_PATH | libc::O_NOFOLLOW)
+}
+
+/// `open_by_handle_at(mount_fd, handle, flags | O_CLOEXEC)`, with a handle from [`file_handle`].
+pub(super) fn open_by_handle_with(mount_fd: RawFd, handle: &[u8], flags: i32) -> FsResult<OwnedFd> {
     // The kernel reads the header's handle_bytes and then that many bytes: keep them aligned
     // as `struct file_handle` is.
     let mut aligned = vec![0u32; handle.len().div_ceil(4)];
@@ -747,7 +801,7 @@ fn open_by_handle(mount_fd: RawFd, handle: &[u8]) -> FsResult<OwnedFd> {
             libc::SYS_open_by_handle_at,
             mount_fd,
             aligned.as_mut_ptr(),
-            libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            flags | libc::O_CLOEXEC,
         )
     };
     if fd < 0 {

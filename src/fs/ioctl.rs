@@ -169,7 +169,7 @@ fn set_flags(
     if changed == 0 {
         return Ok(());
     }
-    if fs.opts.read_only {
+    if fs.read_only_now() {
         return errno(libc::EROFS);
     }
     if wanted & changed & FS_IMMUTABLE_FL != 0 && fs.open_for_writing(node.id) {

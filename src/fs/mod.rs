@@ -2,6 +2,7 @@
 //! `core`, `open`, `namespace`, `xattr`, `recovery`, `compaction`, `flusher`, `copy`, `ioctl`),
 //! open-file write-back and reads (`file`), bounded background workers (`background`), caches,
 //! and the adapter to fuser (`fuse`).
+pub mod atime;
 pub mod background;
 pub mod cache;
 pub mod caller;
@@ -15,6 +16,7 @@ pub mod flusher;
 pub mod fuse;
 pub mod inode;
 pub mod ioctl;
+pub mod live;
 pub mod namelock;
 pub mod namespace;
 pub mod open;

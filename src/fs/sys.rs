@@ -238,7 +238,16 @@ pub fn fstatvfs(fd: RawFd) -> FsResult<libc::statvfs> {
 /// Reads a directory's entries through a fresh descriptor (the O_PATH one cannot be read).
 pub fn read_dir(fd: RawFd) -> FsResult<Vec<(u64, u8, Vec<u8>)>> {
     let dot = c".";
-    let dirfd = openat(fd, dot, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+    // O_NOATIME: the listing is the daemon's; the user's access is recorded by `atime`.
+    let dirfd = match openat(
+        fd,
+        dot,
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOATIME,
+        0,
+    ) {
+        Err(e) if e.errno == libc::EPERM => openat(fd, dot, libc::O_RDONLY | libc::O_DIRECTORY, 0)?,
+        r => r?,
+    };
     let mut dir = Dir::from_fd(dirfd).map_err(|e| FsError::new(e as i32))?;
     let mut out = Vec::new();
     for ent in dir.iter() {

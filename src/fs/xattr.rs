@@ -211,6 +211,6 @@ impl DeflateFs {
             self.copies.byte_copied.load(Ordering::Relaxed),
             self.compactions.load(Ordering::Relaxed),
             self.compactions_queued.load(Ordering::Relaxed),
-        )
+        ) + &self.live_report()
     }
 }
