@@ -236,6 +236,18 @@ fn open_rw(path: &Path) -> io::Result<File> {
     OpenOptions::new().read(true).write(true).open(path)
 }
 
+/// The workload's open descriptor of file `id`, opened (read-write, at `path`) if it has none.
+fn open_for<'a>(
+    open: &'a mut HashMap<usize, File>,
+    id: usize,
+    path: &Path,
+) -> io::Result<&'a File> {
+    Ok(match open.entry(id) {
+        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::hash_map::Entry::Vacant(e) => e.insert(open_rw(path)?),
+    })
+}
+
 fn step(
     dir: &Path,
     model: &mut Model,
@@ -289,13 +301,7 @@ fn step(
         }
         53..=55 => {
             // punch a hole: whole chunks become holes, parts of chunks are zeroed
-            let f = match open.get(&id) {
-                Some(f) => f,
-                None => {
-                    let f = open_rw(&path(&pick))?;
-                    open.entry(id).or_insert(f)
-                }
-            };
+            let f = open_for(open, id, &path(&pick))?;
             let fm = &mut model.files[id];
             let size = fm.content.len();
             let off = rng.below(size as u64 + 1) as usize;
@@ -323,13 +329,7 @@ fn step(
         }
         3..=52 => {
             // write: overwrite, append, whole chunk, or beyond the end
-            let f = match open.get(&id) {
-                Some(f) => f,
-                None => {
-                    let f = open_rw(&path(&pick))?;
-                    open.entry(id).or_insert(f)
-                }
-            };
+            let f = open_for(open, id, &path(&pick))?;
             let fm = &mut model.files[id];
             let size = fm.content.len();
             let (off, len) = match rng.below(5) {
@@ -363,13 +363,7 @@ fn step(
         }
         56..=61 => {
             // truncate
-            let f = match open.get(&id) {
-                Some(f) => f,
-                None => {
-                    let f = open_rw(&path(&pick))?;
-                    open.entry(id).or_insert(f)
-                }
-            };
+            let f = open_for(open, id, &path(&pick))?;
             let fm = &mut model.files[id];
             let size = fm.content.len();
             let new = if rng.chance(30) {
